@@ -1,0 +1,3 @@
+from gemini_graphql.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Mutation mixins, one per domain, combined into the schema's Mutation type."""

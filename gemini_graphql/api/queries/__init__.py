@@ -1,0 +1,1 @@
+"""Query mixins, one per domain, combined into the schema's Query type."""

@@ -1,0 +1,62 @@
+"""The schema: Query, Mutation (and later Subscription) assembled from per-domain mixins."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.extensions import (
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    SchemaExtension,
+    ValidationCache,
+)
+from strawberry.extensions.disable_introspection import DisableIntrospection
+from strawberry.types import ExecutionContext
+
+from gemini_graphql.api.errors import apply_error_policy
+from gemini_graphql.api.mutations.auth import AuthMutations
+from gemini_graphql.api.queries.user import UserQueries
+
+# Limits on the document itself (answered as BAD_REQUEST before anything runs).
+MAX_DEPTH = 10
+MAX_ALIASES = 15
+MAX_TOKENS = 2_000
+CACHE_SIZE = 512
+
+
+@strawberry.type
+class Query(UserQueries):
+    pass
+
+
+@strawberry.type
+class Mutation(AuthMutations):
+    pass
+
+
+class AppSchema(strawberry.Schema):
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        """Replaces Strawberry's log-everything: code each error, log only the unexpected."""
+        context: Any = execution_context.context if execution_context else None
+        apply_error_policy(errors, getattr(context, "request_id", None))
+
+
+def build_schema(*, production: bool) -> strawberry.Schema:
+    # Factories: Strawberry builds fresh extension instances per operation (the caches are shared).
+    extensions: list[Callable[[], SchemaExtension] | type[SchemaExtension]] = [
+        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
+        lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
+        lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+        lambda: ParserCache(maxsize=CACHE_SIZE),
+        lambda: ValidationCache(maxsize=CACHE_SIZE),
+    ]
+    if production:
+        extensions.append(DisableIntrospection)
+    return AppSchema(query=Query, mutation=Mutation, extensions=extensions)

@@ -1,0 +1,52 @@
+"""The ASGI application: routes, middleware, and the lifespan that owns connections."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Route, WebSocketRoute
+
+from gemini_graphql.api.schema import build_schema
+from gemini_graphql.api.view import GraphQLView
+from gemini_graphql.auth.sms import SmsSender
+from gemini_graphql.clock import Clock, utc_now
+from gemini_graphql.config import Settings
+from gemini_graphql.resources import Resources
+from gemini_graphql.services import Services
+from gemini_graphql.web.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from gemini_graphql.web.routes import health, root
+
+
+def create_app(
+    settings: Settings, *, clock: Clock = utc_now, sms: SmsSender | None = None
+) -> Starlette:
+    """`clock` and `sms` are injectable for tests; production uses the defaults."""
+    view = GraphQLView(build_schema(production=settings.is_production), settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        resources = Resources.open(settings, clock=clock, sms=sms)
+        app.state.resources = resources
+        app.state.services = Services.build(resources)
+        try:
+            yield
+        finally:
+            await resources.close()
+
+    return Starlette(
+        debug=False,  # never render tracebacks; errors are logged with a request id
+        routes=[
+            Route("/", root, methods=["GET"], name="root"),
+            Route("/health", health, methods=["GET"], name="health"),
+            Route("/graphql", view, methods=["GET", "POST"], name="graphql"),
+            WebSocketRoute("/graphql", view, name="graphql_ws"),
+        ],
+        middleware=[
+            Middleware(RequestIdMiddleware),
+            Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes),
+        ],
+        lifespan=lifespan,
+    )

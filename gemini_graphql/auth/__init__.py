@@ -1,0 +1,1 @@
+"""Who the user is: one-time codes, passwords, access tokens."""

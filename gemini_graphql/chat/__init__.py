@@ -1,0 +1,1 @@
+"""Chatrooms, messages and the daily message quota."""

@@ -1,0 +1,94 @@
+"""The `gemini-graphql` command: serve, migrate, export-schema."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from gemini_graphql.config import ConfigError, Settings
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def migrations_dir() -> Path:
+    """`migrations/` beside the package (a checkout) or in the working directory (the image)."""
+    for candidate in (PACKAGE_DIR.parent / "migrations", Path.cwd() / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise FileNotFoundError("migrations/ not found beside the package or in the working directory")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gemini-graphql", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the api process under uvicorn")
+    serve.add_argument("--host", default=None, help="default: $HOST or 127.0.0.1")
+    serve.add_argument("--port", type=int, default=None, help="default: $PORT or 8000")
+    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+
+    commands.add_parser("migrate", help="apply database migrations (alembic upgrade head)")
+
+    export = commands.add_parser("export-schema", help="write the GraphQL SDL")
+    export.add_argument("--output", default="schema.graphql", help="'-' for stdout")
+
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"gemini-graphql: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.DEBUG if settings.debug else logging.INFO)
+
+    if args.command == "serve":
+        return _serve(settings, args.host, args.port, args.workers)
+    if args.command == "migrate":
+        migrate(settings.database_url)
+        return 0
+    if args.command == "export-schema":
+        return _export_schema(args.output)
+    return 2  # pragma: no cover - argparse enforces the choices
+
+
+def _serve(settings: Settings, host: str | None, port: int | None, workers: int) -> int:
+    import uvicorn
+
+    uvicorn.run(
+        "gemini_graphql.asgi:app",
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers,
+        proxy_headers=True,
+        log_level="debug" if settings.debug else "info",
+        access_log=False,  # our middleware logs each request with its id
+        ws_per_message_deflate=False,
+    )
+    return 0
+
+
+def migrate(database_url: str, revision: str = "head") -> None:
+    from alembic import command
+
+    command.upgrade(alembic_config(database_url), revision)
+
+
+def alembic_config(database_url: str):  # type: ignore[no-untyped-def]
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return config
+
+
+def _export_schema(output: str) -> int:
+    from gemini_graphql.api.schema import build_schema
+
+    sdl = build_schema(production=False).as_str() + "\n"
+    if output == "-":
+        sys.stdout.write(sdl)
+    else:
+        Path(output).write_text(sdl)
+    return 0

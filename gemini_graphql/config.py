@@ -1,0 +1,217 @@
+"""Settings read from the environment once, at start, and validated.
+
+A bad value stops the process with a message that names the variable, so an
+operator never has to guess which line of `.env` is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TypeVar
+
+T = TypeVar("T")
+
+DEV_SECRET_KEY = "dev-only-secret-key-do-not-use-in-production"
+KNOWN_DEFAULT_SECRETS = frozenset(
+    {DEV_SECRET_KEY, "changeme", "change-me", "secret", "please-change-me-to-32-random-bytes!!"}
+)
+MIN_PRODUCTION_SECRET_BYTES = 32
+
+
+class AppEnv(StrEnum):
+    DEV = "dev"
+    TEST = "test"
+    PRODUCTION = "production"
+
+
+class ConfigError(Exception):
+    """One or more settings are invalid; `problems` has one line per variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    app_env: AppEnv = AppEnv.DEV
+    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/gemini_graphql"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    secret_key: str = DEV_SECRET_KEY
+    access_token_expire_minutes: int = 60
+    jwt_issuer: str = "gemini-graphql"
+    jwt_audience: str = "gemini-graphql"
+    gemini_api_key: str | None = None
+    gemini_model: str = "gemini-2.5-flash"
+    gemini_base_url: str | None = None
+    gemini_api_version: str = "v1beta"
+    stripe_secret_key: str | None = None
+    stripe_publishable_key: str | None = None
+    stripe_webhook_secret: str | None = None
+    stripe_price_id: str | None = None
+    stripe_api_base: str | None = None
+    debug: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8000
+    basic_daily_limit: int = 5
+    pro_daily_limit: int = 1000
+    cors_origins: tuple[str, ...] = ()
+    sms_backend: str = "console"
+    sms_webhook_url: str | None = None
+    sms_webhook_token: str | None = None
+    auth_rate_per_ip: int = 30
+    auth_rate_per_number: int = 10
+    max_body_bytes: int = 1024 * 1024
+    log_json: bool | None = None
+
+    @property
+    def is_production(self) -> bool:
+        return self.app_env == AppEnv.PRODUCTION
+
+    @property
+    def is_dev(self) -> bool:
+        return self.app_env == AppEnv.DEV
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `env` (default `os.environ`); raise ConfigError."""
+        env = os.environ if env is None else env
+        reader = _Reader(env)
+        defaults = cls()
+        settings = cls(
+            app_env=reader.get("APP_ENV", AppEnv, defaults.app_env),
+            database_url=reader.get("DATABASE_URL", _database_url, defaults.database_url),
+            redis_url=reader.get("REDIS_URL", _redis_url, defaults.redis_url),
+            secret_key=reader.get("SECRET_KEY", str, defaults.secret_key),
+            access_token_expire_minutes=reader.get(
+                "ACCESS_TOKEN_EXPIRE_MINUTES", _positive_int, 60
+            ),
+            jwt_issuer=reader.get("JWT_ISSUER", str, defaults.jwt_issuer),
+            jwt_audience=reader.get("JWT_AUDIENCE", str, defaults.jwt_audience),
+            gemini_api_key=reader.optional("GEMINI_API_KEY"),
+            gemini_model=reader.get("GEMINI_MODEL", str, defaults.gemini_model),
+            gemini_base_url=reader.optional("GEMINI_BASE_URL"),
+            gemini_api_version=reader.get("GEMINI_API_VERSION", str, "v1beta"),
+            stripe_secret_key=reader.optional("STRIPE_SECRET_KEY"),
+            stripe_publishable_key=reader.optional("STRIPE_PUBLISHABLE_KEY"),
+            stripe_webhook_secret=reader.optional("STRIPE_WEBHOOK_SECRET"),
+            stripe_price_id=reader.optional("STRIPE_PRICE_ID"),
+            stripe_api_base=reader.optional("STRIPE_API_BASE"),
+            debug=reader.get("DEBUG", _bool, False),
+            host=reader.get("HOST", str, defaults.host),
+            port=reader.get("PORT", _port, defaults.port),
+            basic_daily_limit=reader.get("BASIC_DAILY_LIMIT", _positive_int, 5),
+            pro_daily_limit=reader.get("PRO_DAILY_LIMIT", _positive_int, 1000),
+            cors_origins=reader.get("CORS_ORIGINS", _csv, ()),
+            sms_backend=reader.get("SMS_BACKEND", _sms_backend, "console"),
+            sms_webhook_url=reader.optional("SMS_WEBHOOK_URL"),
+            sms_webhook_token=reader.optional("SMS_WEBHOOK_TOKEN"),
+            auth_rate_per_ip=reader.get("AUTH_RATE_PER_IP", _positive_int, 30),
+            auth_rate_per_number=reader.get("AUTH_RATE_PER_NUMBER", _positive_int, 10),
+            max_body_bytes=reader.get("MAX_BODY_BYTES", _positive_int, 1024 * 1024),
+            log_json=reader.get("LOG_JSON", _bool, None),
+        )
+        reader.problems.extend(settings.problems())
+        if reader.problems:
+            raise ConfigError(reader.problems)
+        return settings
+
+    def problems(self) -> list[str]:
+        """Combinations that are invalid even when each value parses."""
+        found: list[str] = []
+        if self.is_production:
+            secret = self.secret_key
+            if secret in KNOWN_DEFAULT_SECRETS:
+                found.append("SECRET_KEY: a known default value; set a random secret")
+            elif len(secret.encode()) < MIN_PRODUCTION_SECRET_BYTES:
+                found.append(
+                    f"SECRET_KEY: must be at least {MIN_PRODUCTION_SECRET_BYTES} bytes "
+                    "in production"
+                )
+            if self.sms_backend == "console":
+                found.append(
+                    "SMS_BACKEND: 'console' prints login codes to the log; "
+                    "use 'webhook' in production"
+                )
+        if self.sms_backend == "webhook" and not self.sms_webhook_url:
+            found.append("SMS_WEBHOOK_URL: required when SMS_BACKEND=webhook")
+        if self.pro_daily_limit < self.basic_daily_limit:
+            found.append("PRO_DAILY_LIMIT: must not be lower than BASIC_DAILY_LIMIT")
+        return found
+
+
+class _Reader:
+    """Parses variables one by one, collecting every problem instead of stopping at the first."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+
+    def optional(self, name: str) -> str | None:
+        value = self.env.get(name, "").strip()
+        return value or None
+
+    def get(self, name: str, parse: Callable[[str], T], default: T) -> T:
+        raw = self.env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            self.problems.append(f"{name}: {exc}")
+            return default
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"must be positive, got {value}")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = _positive_int(raw)
+    if value > 65535:
+        raise ValueError(f"not a TCP port: {value}")
+    return value
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _sms_backend(raw: str) -> str:
+    if raw not in {"console", "webhook"}:
+        raise ValueError(f"expected 'console' or 'webhook', got {raw!r}")
+    return raw
+
+
+def _redis_url(raw: str) -> str:
+    if not raw.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("expected a redis://, rediss:// or unix:// URL")
+    return raw
+
+
+def _database_url(raw: str) -> str:
+    """Accept the plain `postgresql://` URLs operators have and use the asyncpg driver."""
+    for prefix in ("postgresql://", "postgres://"):
+        if raw.startswith(prefix):
+            return "postgresql+asyncpg://" + raw[len(prefix) :]
+    if raw.startswith("postgresql+asyncpg://"):
+        return raw
+    raise ValueError("expected a postgresql:// URL")

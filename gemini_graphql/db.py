@@ -1,0 +1,23 @@
+"""The async engine and sessions."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession
+
+SessionFactory = async_sessionmaker[AsyncSession]
+
+
+def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
+    return create_async_engine(
+        database_url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        connect_args={"server_settings": {"application_name": "gemini-graphql"}},
+    )
+
+
+def create_session_factory(engine: AsyncEngine) -> SessionFactory:
+    # expire_on_commit=False: objects stay readable after commit, which resolvers rely on.
+    return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)

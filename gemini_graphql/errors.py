@@ -1,0 +1,49 @@
+"""Errors the domain raises; the GraphQL layer maps them to the contract's shapes."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """Expected failures, returned to clients as payload errors (see the contract)."""
+
+    INVALID_INPUT = "INVALID_INPUT"
+    MOBILE_NUMBER_TAKEN = "MOBILE_NUMBER_TAKEN"
+    OTP_INVALID = "OTP_INVALID"
+    OTP_ATTEMPTS_EXCEEDED = "OTP_ATTEMPTS_EXCEEDED"
+    OTP_THROTTLED = "OTP_THROTTLED"
+    INVALID_CREDENTIALS = "INVALID_CREDENTIALS"
+    NOT_FOUND = "NOT_FOUND"
+    DAILY_LIMIT_REACHED = "DAILY_LIMIT_REACHED"
+    ALREADY_SUBSCRIBED = "ALREADY_SUBSCRIBED"
+    PAYMENTS_UNAVAILABLE = "PAYMENTS_UNAVAILABLE"
+
+
+class DomainError(Exception):
+    """An expected failure a user can act on. `field` is the camelCase input name."""
+
+    def __init__(self, code: ErrorCode, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+def invalid_input(field: str, message: str) -> DomainError:
+    return DomainError(ErrorCode.INVALID_INPUT, message, field)
+
+
+class Unauthenticated(Exception):
+    """No token, or one that is invalid, expired or revoked."""
+
+    def __init__(self, message: str = "Authentication required.") -> None:
+        super().__init__(message)
+
+
+class RateLimited(Exception):
+    """Too many requests of one kind; the client should wait `retry_after` seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"Too many requests. Try again in {retry_after} seconds.")
+        self.retry_after = retry_after

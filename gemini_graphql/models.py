@@ -1,0 +1,167 @@
+"""The tables. PostgreSQL is the only durable store; Redis may be lost at any time.
+
+Enumerations are stored as short strings guarded by CHECK constraints rather
+than native enum types, so adding a value is a one-line migration.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+from enum import StrEnum
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from gemini_graphql.ids import new_id
+
+TIMESTAMP = sa.DateTime(timezone=True)
+
+
+class Tier(StrEnum):
+    BASIC = "basic"
+    PRO = "pro"
+
+
+class OtpPurpose(StrEnum):
+    LOGIN = "login"
+    PASSWORD_RESET = "password_reset"
+
+
+class MessageRole(StrEnum):
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+class MessageStatus(StrEnum):
+    PENDING = "pending"
+    STREAMING = "streaming"
+    COMPLETE = "complete"
+    FAILED = "failed"
+
+
+def _check_in(column: str, enum: type[StrEnum], name: str) -> sa.CheckConstraint:
+    values = ", ".join(f"'{member.value}'" for member in enum)
+    return sa.CheckConstraint(f"{column} IN ({values})", name=name)
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+    __table_args__ = (_check_in("subscription_tier", Tier, "ck_users_subscription_tier"),)
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    mobile_number: str = Field(max_length=16, unique=True)
+    name: str | None = Field(default=None, max_length=100)
+    email: str | None = Field(default=None, max_length=254)
+    password_hash: str | None = Field(default=None, max_length=255)
+    subscription_tier: str = Field(
+        default=Tier.BASIC.value, max_length=10, sa_column_kwargs={"server_default": "basic"}
+    )
+    daily_message_count: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    last_message_date: date | None = Field(default=None)
+    stripe_customer_id: str | None = Field(default=None, max_length=255, unique=True)
+    # Bumped when the password changes or is reset: every older token dies.
+    token_version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # Set by the first successful OTP login; password login needs a verified number.
+    mobile_verified_at: datetime | None = Field(default=None, sa_type=TIMESTAMP)
+    is_active: bool = Field(default=True, sa_column_kwargs={"server_default": sa.true()})
+    created_at: datetime = Field(sa_type=TIMESTAMP)
+    updated_at: datetime = Field(sa_type=TIMESTAMP)
+
+    @property
+    def tier(self) -> Tier:
+        return Tier(self.subscription_tier)
+
+
+class Otp(SQLModel, table=True):
+    """A one-time code. Only a keyed hash of the code is stored."""
+
+    __tablename__ = "otps"
+    __table_args__ = (
+        _check_in("purpose", OtpPurpose, "ck_otps_purpose"),
+        sa.Index("ix_otps_number_purpose_created", "mobile_number", "purpose", "created_at"),
+        sa.Index("ix_otps_number_created", "mobile_number", "created_at"),
+    )
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    mobile_number: str = Field(max_length=16)
+    code_hash: str = Field(max_length=64)
+    purpose: str = Field(max_length=20)
+    expires_at: datetime = Field(sa_type=TIMESTAMP)
+    attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    used_at: datetime | None = Field(default=None, sa_type=TIMESTAMP)
+    created_at: datetime = Field(sa_type=TIMESTAMP)
+
+
+class Chatroom(SQLModel, table=True):
+    __tablename__ = "chatrooms"
+    __table_args__ = (
+        # The room list: a user's rooms, most recently updated first.
+        sa.Index("ix_chatrooms_user_updated", "user_id", "updated_at", "id"),
+    )
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    user_id: uuid.UUID = Field(
+        sa_column=sa.Column(sa.Uuid, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
+    )
+    title: str = Field(max_length=255)
+    description: str | None = Field(default=None, max_length=2000)
+    created_at: datetime = Field(sa_type=TIMESTAMP)
+    updated_at: datetime = Field(sa_type=TIMESTAMP)
+
+
+class Message(SQLModel, table=True):
+    __tablename__ = "messages"
+    __table_args__ = (
+        _check_in("role", MessageRole, "ck_messages_role"),
+        _check_in("status", MessageStatus, "ck_messages_status"),
+        # Keyset pagination within a room: ids are time-ordered (UUIDv7).
+        sa.Index("ix_messages_chatroom_id", "chatroom_id", "id"),
+    )
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    chatroom_id: uuid.UUID = Field(
+        sa_column=sa.Column(
+            sa.Uuid, sa.ForeignKey("chatrooms.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    role: str = Field(max_length=10)
+    content: str = Field(default="", sa_type=sa.Text)
+    status: str = Field(default=MessageStatus.COMPLETE.value, max_length=10)
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    gemini_response_id: str | None = Field(default=None, max_length=255)
+    created_at: datetime = Field(sa_type=TIMESTAMP)
+    updated_at: datetime = Field(sa_type=TIMESTAMP)
+
+
+class Subscription(SQLModel, table=True):
+    """A Stripe subscription as last seen; the user's tier follows its status."""
+
+    __tablename__ = "subscriptions"
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    user_id: uuid.UUID = Field(
+        sa_column=sa.Column(
+            sa.Uuid, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
+        )
+    )
+    stripe_subscription_id: str = Field(max_length=255, unique=True)
+    stripe_customer_id: str | None = Field(default=None, max_length=255)
+    status: str = Field(max_length=32)
+    current_period_start: datetime | None = Field(default=None, sa_type=TIMESTAMP)
+    current_period_end: datetime | None = Field(default=None, sa_type=TIMESTAMP)
+    cancel_at_period_end: bool = Field(
+        default=False, sa_column_kwargs={"server_default": sa.false()}
+    )
+    created_at: datetime = Field(sa_type=TIMESTAMP)
+    updated_at: datetime = Field(sa_type=TIMESTAMP)
+
+
+class StripeEvent(SQLModel, table=True):
+    """Each processed Stripe event id, once: redeliveries are recognised and skipped."""
+
+    __tablename__ = "stripe_events"
+
+    id: str = Field(primary_key=True, max_length=255)
+    type: str = Field(max_length=100)
+    received_at: datetime = Field(sa_type=TIMESTAMP)

@@ -1,0 +1,207 @@
+"""The test harness: a fresh PostgreSQL database per run, a Redis database index of its own,
+and the app driven through its real ASGI interface (and a real uvicorn server where needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from starlette.applications import Starlette
+
+from gemini_graphql.app import create_app
+from gemini_graphql.cli import migrate
+from gemini_graphql.config import AppEnv, Settings
+
+ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
+REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "13"))
+TABLES = ("messages", "chatrooms", "subscriptions", "otps", "stripe_events", "users")
+# Whatever a response says, it must never show one of these.
+LEAK_PATTERNS = re.compile(
+    r"Traceback|File \"|asyncpg|sqlalchemy|psycopg|\bSELECT\b|\bINSERT\b|\bUPDATE\b|argon2\$",
+)
+
+
+@dataclass
+class RecordingSms:
+    """An SmsSender that keeps what it was asked to send."""
+
+    sent: list[tuple[str, str]] = field(default_factory=list)
+
+    async def send(self, mobile_number: str, text: str) -> None:
+        self.sent.append((mobile_number, text))
+
+    def last_code(self, mobile_number: str) -> str:
+        for number, text in reversed(self.sent):
+            if number == mobile_number:
+                match = re.search(r"\b(\d{6})\b", text)
+                assert match, text
+                return match.group(1)
+        raise AssertionError(f"no SMS to {mobile_number}")
+
+
+class FakeClock:
+    """A clock that tests move by hand; starts at the real now."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@pytest.fixture(scope="session")
+async def database_url() -> AsyncIterator[str]:
+    name = f"gemini_test_{os.getpid()}_{secrets.token_hex(3)}"
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base = ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    url = f"{base}/{name}"
+    await asyncio.to_thread(migrate, url)
+    yield url
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+def base_settings(database_url: str) -> Settings:
+    return Settings(
+        app_env=AppEnv.TEST,
+        database_url=database_url,
+        redis_url=f"{REDIS_BASE}/{REDIS_DB}",
+        secret_key=secrets.token_urlsafe(48),
+        auth_rate_per_ip=1000,
+        auth_rate_per_number=1000,
+    )
+
+
+@pytest.fixture(scope="session")
+async def pg(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """Direct SQL for assertions on what was (or was not) written."""
+    dsn = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="session")
+async def redis_client(base_settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(base_settings.redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(autouse=True)
+async def clean_state(pg: asyncpg.Pool, redis_client: aioredis.Redis) -> AsyncIterator[None]:
+    await pg.execute(f"TRUNCATE {', '.join(TABLES)} CASCADE")
+    await redis_client.flushdb()
+    yield
+
+
+@pytest.fixture
+def sms() -> RecordingSms:
+    return RecordingSms()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def _no_leaks(settings: Settings) -> Callable[[httpx.Response], Awaitable[None]]:
+    async def check(response: httpx.Response) -> None:
+        body = (await response.aread()).decode(errors="replace")
+        assert not LEAK_PATTERNS.search(body), f"response leaks internals: {body[:500]}"
+        assert settings.secret_key not in body, "response leaks SECRET_KEY"
+
+    return check
+
+
+@asynccontextmanager
+async def running_app(app: Starlette, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 40000))
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://testserver",
+            event_hooks={"response": [_no_leaks(settings)]},
+        ) as client:
+            yield client
+
+
+AppFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def make_client(
+    base_settings: Settings, sms: RecordingSms, clock: FakeClock
+) -> AsyncIterator[Callable[..., Awaitable[httpx.AsyncClient]]]:
+    """Start an app with some settings changed; every one started is stopped after the test."""
+    stack: list[Any] = []
+
+    async def start(**overrides: Any) -> httpx.AsyncClient:
+        settings = replace(base_settings, **overrides)
+        context = running_app(create_app(settings, clock=clock, sms=sms), settings)
+        stack.append(context)
+        return await context.__aenter__()
+
+    yield start
+    for context in reversed(stack):
+        await context.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def client(make_client: Callable[..., Awaitable[httpx.AsyncClient]]) -> httpx.AsyncClient:
+    return await make_client()
+
+
+class GraphQLClient:
+    """Posts GraphQL the way a client library would, and returns the decoded body."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+
+    async def __call__(
+        self,
+        query: str,
+        variables: dict[str, Any] | None = None,
+        token: str | None = None,
+        expect_status: int = 200,
+    ) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        response = await self.http.post(
+            "/graphql", json={"query": query, "variables": variables or {}}, headers=headers
+        )
+        assert response.status_code == expect_status, response.text
+        return response.json()
+
+
+@pytest.fixture
+def gql(client: httpx.AsyncClient) -> GraphQLClient:
+    return GraphQLClient(client)
+
+
+def new_number() -> str:
+    """A fresh, valid E.164 number (US range reserved for fiction is too small for many tests)."""
+    return "+1555" + f"{uuid.uuid4().int % 10**7:07d}"
