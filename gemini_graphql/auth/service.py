@@ -200,7 +200,7 @@ class AuthService:
             .where(col(User.id) == user_id)
             .values(**values)
             .returning(User)
-            .execution_options(synchronize_session=False)
+            .execution_options(synchronize_session=False, populate_existing=True)
         )
         return result.scalar_one()
 
