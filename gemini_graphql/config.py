@@ -65,7 +65,6 @@ class Settings:
     auth_rate_per_ip: int = 30
     auth_rate_per_number: int = 10
     max_body_bytes: int = 1024 * 1024
-    log_json: bool | None = None
 
     @property
     def is_production(self) -> bool:
@@ -112,7 +111,6 @@ class Settings:
             auth_rate_per_ip=reader.get("AUTH_RATE_PER_IP", _positive_int, 30),
             auth_rate_per_number=reader.get("AUTH_RATE_PER_NUMBER", _positive_int, 10),
             max_body_bytes=reader.get("MAX_BODY_BYTES", _positive_int, 1024 * 1024),
-            log_json=reader.get("LOG_JSON", _bool, None),
         )
         reader.problems.extend(settings.problems())
         if reader.problems:

@@ -73,7 +73,7 @@ def apply_error_policy(errors: list[GraphQLError], request_id: str | None) -> No
             error.extensions = {"code": original.code.value}
             if original.field:
                 error.extensions["field"] = original.field
-        elif original is None and not error.path:
+        elif not error.path and (original is None or isinstance(original, GraphQLError)):
             # Parse, validation, document limits, variable coercion: the request is at fault.
             error.extensions = {"code": BAD_REQUEST}
         else:

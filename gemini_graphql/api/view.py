@@ -16,6 +16,7 @@ from cross_web import HTTPException
 from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types import ExecutionResult
+from strawberry.types.unset import UNSET, UnsetType
 
 from gemini_graphql.api.context import Context
 from gemini_graphql.config import Settings
@@ -56,12 +57,19 @@ class GraphQLView(GraphQL[Context, None]):
         sub_response.media_type = _negotiate(request.headers.get("accept"))
         return sub_response
 
-    async def on_ws_connect(self, context: Context) -> None:
+    def decode_json(self, data: str | bytes) -> object:
+        decoded = super().decode_json(data)
+        if not isinstance(decoded, dict | list):
+            raise HTTPException(400, "The request body must be a JSON object.")
+        return decoded
+
+    async def on_ws_connect(self, context: Context) -> UnsetType:
         """Authenticate the connection_init payload; a bad or missing token closes with 4403."""
         try:
             await context.user()
         except Unauthenticated:
             raise ConnectionRejectionError() from None
+        return UNSET
 
     async def execute_single(self, **kwargs: Any) -> ExecutionResult:  # type: ignore[override]
         try:

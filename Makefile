@@ -1,0 +1,29 @@
+# One command each: `make dev` runs it, `make test` tests it. Both work from a fresh clone.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: test services install schema lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+services:
+	@.ci/services
+
+test: install services
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+schema: install
+	$(BIN)/gemini-graphql export-schema --output schema.graphql
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
