@@ -29,12 +29,13 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         resources = Resources.open(settings, clock=clock, sms=sms)
+        services = Services.build(resources)
         app.state.resources = resources
-        app.state.services = Services.build(resources)
+        app.state.services = services
         try:
             yield
         finally:
-            await resources.close()
+            await services.close()
 
     return Starlette(
         debug=False,  # never render tracebacks; errors are logged with a request id

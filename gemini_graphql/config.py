@@ -48,6 +48,11 @@ class Settings:
     gemini_model: str = "gemini-2.5-flash"
     gemini_base_url: str | None = None
     gemini_api_version: str = "v1beta"
+    gemini_system_instruction: str = (
+        "You are a helpful, concise assistant in a chat app. Answer in the user's language."
+    )
+    gemini_timeout_seconds: float = 30.0
+    gemini_retry_base_seconds: float = 1.0
     stripe_secret_key: str | None = None
     stripe_publishable_key: str | None = None
     stripe_webhook_secret: str | None = None
@@ -65,6 +70,7 @@ class Settings:
     auth_rate_per_ip: int = 30
     auth_rate_per_number: int = 10
     max_body_bytes: int = 1024 * 1024
+    redis_max_connections: int = 32
 
     @property
     def is_production(self) -> bool:
@@ -94,6 +100,13 @@ class Settings:
             gemini_model=reader.get("GEMINI_MODEL", str, defaults.gemini_model),
             gemini_base_url=reader.optional("GEMINI_BASE_URL"),
             gemini_api_version=reader.get("GEMINI_API_VERSION", str, "v1beta"),
+            gemini_system_instruction=reader.get(
+                "GEMINI_SYSTEM_INSTRUCTION", str, defaults.gemini_system_instruction
+            ),
+            gemini_timeout_seconds=reader.get("GEMINI_TIMEOUT_SECONDS", _positive_float, 30.0),
+            gemini_retry_base_seconds=reader.get(
+                "GEMINI_RETRY_BASE_SECONDS", _positive_float, 1.0
+            ),
             stripe_secret_key=reader.optional("STRIPE_SECRET_KEY"),
             stripe_publishable_key=reader.optional("STRIPE_PUBLISHABLE_KEY"),
             stripe_webhook_secret=reader.optional("STRIPE_WEBHOOK_SECRET"),
@@ -111,6 +124,7 @@ class Settings:
             auth_rate_per_ip=reader.get("AUTH_RATE_PER_IP", _positive_int, 30),
             auth_rate_per_number=reader.get("AUTH_RATE_PER_NUMBER", _positive_int, 10),
             max_body_bytes=reader.get("MAX_BODY_BYTES", _positive_int, 1024 * 1024),
+            redis_max_connections=reader.get("REDIS_MAX_CONNECTIONS", _positive_int, 32),
         )
         reader.problems.extend(settings.problems())
         if reader.problems:
@@ -170,6 +184,16 @@ def _positive_int(raw: str) -> int:
         raise ValueError(f"expected a whole number, got {raw!r}") from None
     if value <= 0:
         raise ValueError(f"must be positive, got {value}")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"expected a number, got {raw!r}") from None
+    if not value > 0:
+        raise ValueError(f"must be positive, got {raw}")
     return value
 
 

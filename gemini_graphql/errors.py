@@ -18,6 +18,7 @@ class ErrorCode(StrEnum):
     DAILY_LIMIT_REACHED = "DAILY_LIMIT_REACHED"
     ALREADY_SUBSCRIBED = "ALREADY_SUBSCRIBED"
     PAYMENTS_UNAVAILABLE = "PAYMENTS_UNAVAILABLE"
+    SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"  # a dependency failed; nothing was changed
 
 
 class DomainError(Exception):
@@ -32,6 +33,10 @@ class DomainError(Exception):
 
 def invalid_input(field: str, message: str) -> DomainError:
     return DomainError(ErrorCode.INVALID_INPUT, message, field)
+
+
+class InvalidArgument(Exception):
+    """A query argument the request cannot be answered with (a bad cursor, a page too large)."""
 
 
 class Unauthenticated(Exception):

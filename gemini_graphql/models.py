@@ -126,12 +126,21 @@ class Message(SQLModel, table=True):
         )
     )
     role: str = Field(max_length=10)
+    # An ASSISTANT message answers this USER message (its context ends there).
+    reply_to_id: uuid.UUID | None = Field(
+        default=None,
+        sa_column=sa.Column(sa.Uuid, sa.ForeignKey("messages.id", ondelete="CASCADE")),
+    )
     content: str = Field(default="", sa_type=sa.Text)
     status: str = Field(default=MessageStatus.COMPLETE.value, max_length=10)
     error: str | None = Field(default=None, sa_type=sa.Text)
     gemini_response_id: str | None = Field(default=None, max_length=255)
     created_at: datetime = Field(sa_type=TIMESTAMP)
     updated_at: datetime = Field(sa_type=TIMESTAMP)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (MessageStatus.COMPLETE, MessageStatus.FAILED)
 
 
 class Subscription(SQLModel, table=True):

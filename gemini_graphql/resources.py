@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
-import redis.asyncio as aioredis
+from arq.connections import ArqRedis
+from redis.asyncio import BlockingConnectionPool
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gemini_graphql.auth.sms import SmsSender, build_sms_sender
@@ -18,24 +20,37 @@ class Resources:
     settings: Settings
     engine: AsyncEngine
     sessions: SessionFactory
-    redis: aioredis.Redis
+    # One bounded pool per process: the connection count never grows with the load.
+    # ArqRedis is a redis.asyncio.Redis that can also enqueue jobs.
+    redis: ArqRedis
     sms: SmsSender
     clock: Clock = field(default=utc_now)
 
     @classmethod
     def open(
-        cls, settings: Settings, *, clock: Clock = utc_now, sms: SmsSender | None = None
+        cls,
+        settings: Settings,
+        *,
+        role: str = "api",
+        clock: Clock = utc_now,
+        sms: SmsSender | None = None,
     ) -> Resources:
         engine = create_engine(settings.database_url)
+        pool = BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=settings.redis_max_connections,
+            timeout=10,
+            client_name=f"gemini-graphql:{role}:{os.getpid()}",
+        )
         return cls(
             settings=settings,
             engine=engine,
             sessions=create_session_factory(engine),
-            redis=aioredis.Redis.from_url(settings.redis_url, decode_responses=False),
+            redis=ArqRedis(pool),
             sms=sms or build_sms_sender(settings),
             clock=clock,
         )
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        await self.redis.aclose(close_connection_pool=True)
         await self.engine.dispose()

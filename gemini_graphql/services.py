@@ -5,14 +5,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gemini_graphql.auth.service import AuthService
+from gemini_graphql.chat.messages import Messages
+from gemini_graphql.chat.rooms import Rooms
 from gemini_graphql.resources import Resources
+from gemini_graphql.streaming import Relay
 
 
 @dataclass(frozen=True, slots=True)
 class Services:
     resources: Resources
     auth: AuthService
+    rooms: Rooms
+    messages: Messages
+    relay: Relay  # this process's one pub/sub connection for live replies
 
     @classmethod
     def build(cls, resources: Resources) -> Services:
-        return cls(resources=resources, auth=AuthService(resources))
+        return cls(
+            resources=resources,
+            auth=AuthService(resources),
+            rooms=Rooms(resources),
+            messages=Messages(resources),
+            relay=Relay(resources.redis),
+        )
+
+    async def close(self) -> None:
+        await self.relay.close()
+        await self.resources.close()

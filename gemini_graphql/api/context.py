@@ -8,6 +8,7 @@ from typing import Any
 from starlette.requests import HTTPConnection
 from strawberry.types import Info as StrawberryInfo
 
+from gemini_graphql.api.loaders import Loaders
 from gemini_graphql.auth.tokens import bearer_token
 from gemini_graphql.config import Settings
 from gemini_graphql.models import User
@@ -24,10 +25,17 @@ class Context:
     # Set by Strawberry from the websocket's connection_init payload.
     connection_params: dict[str, Any] | None = None
     _user: User | None = field(default=None, repr=False)
+    _loaders: Loaders | None = field(default=None, repr=False)
 
     @property
     def settings(self) -> Settings:
         return self.services.resources.settings
+
+    @property
+    def loaders(self) -> Loaders:
+        if self._loaders is None:
+            self._loaders = Loaders(self.services.messages)
+        return self._loaders
 
     @property
     def client_ip(self) -> str:

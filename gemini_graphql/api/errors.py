@@ -15,7 +15,7 @@ from typing import Protocol, TypeVar
 import strawberry
 from graphql import GraphQLError
 
-from gemini_graphql.errors import DomainError, RateLimited, Unauthenticated
+from gemini_graphql.errors import DomainError, InvalidArgument, RateLimited, Unauthenticated
 from gemini_graphql.errors import ErrorCode as DomainErrorCode
 
 log = logging.getLogger("gemini_graphql.errors")
@@ -69,6 +69,8 @@ def apply_error_policy(errors: list[GraphQLError], request_id: str | None) -> No
             error.extensions = {"code": UNAUTHENTICATED}
         elif isinstance(original, RateLimited):
             error.extensions = {"code": RATE_LIMITED, "retryAfter": original.retry_after}
+        elif isinstance(original, InvalidArgument):
+            error.extensions = {"code": BAD_REQUEST}
         elif isinstance(original, DomainError):  # e.g. NOT_FOUND ending a subscription
             error.extensions = {"code": original.code.value}
             if original.field:

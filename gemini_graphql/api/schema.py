@@ -1,4 +1,4 @@
-"""The schema: Query, Mutation (and later Subscription) assembled from per-domain mixins."""
+"""The schema: Query, Mutation and Subscription assembled from per-domain mixins."""
 
 from __future__ import annotations
 
@@ -20,7 +20,10 @@ from strawberry.types import ExecutionContext
 
 from gemini_graphql.api.errors import apply_error_policy
 from gemini_graphql.api.mutations.auth import AuthMutations
+from gemini_graphql.api.mutations.chat import ChatMutations
+from gemini_graphql.api.queries.chat import ChatQueries
 from gemini_graphql.api.queries.user import UserQueries
+from gemini_graphql.api.subscriptions.chat import ChatSubscriptions
 
 # Limits on the document itself (answered as BAD_REQUEST before anything runs).
 MAX_DEPTH = 10
@@ -30,12 +33,17 @@ CACHE_SIZE = 512
 
 
 @strawberry.type
-class Query(UserQueries):
+class Query(UserQueries, ChatQueries):
     pass
 
 
 @strawberry.type
-class Mutation(AuthMutations):
+class Mutation(AuthMutations, ChatMutations):
+    pass
+
+
+@strawberry.type
+class Subscription(ChatSubscriptions):
     pass
 
 
@@ -59,4 +67,6 @@ def build_schema(*, production: bool) -> strawberry.Schema:
     ]
     if production:
         extensions.append(DisableIntrospection)
-    return AppSchema(query=Query, mutation=Mutation, extensions=extensions)
+    return AppSchema(
+        query=Query, mutation=Mutation, subscription=Subscription, extensions=extensions
+    )

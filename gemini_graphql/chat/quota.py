@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from gemini_graphql.config import Settings
 from gemini_graphql.models import Tier, User
@@ -34,3 +39,57 @@ def usage_of(user: User, settings: Settings, now: datetime) -> Usage:
     used = user.daily_message_count if user.last_message_date == utc_day(now) else 0
     limit = daily_limit(settings, user.tier)
     return Usage(used=used, limit=limit, remaining=max(0, limit - used), resets_at=next_utc_midnight(now))
+
+
+async def consume_one(
+    session: AsyncSession, user_id: uuid.UUID, settings: Settings, now: datetime
+) -> Usage | None:
+    """Count one message against today's quota, atomically; None when it is used up.
+
+    One conditional UPDATE: concurrent sends serialise on the user's row and
+    each re-checks the condition, so N parallel sends against a limit of 5
+    accept exactly 5.
+    """
+    today = utc_day(now)
+    limit = sa.case(
+        (User.subscription_tier == Tier.PRO.value, settings.pro_daily_limit),
+        else_=settings.basic_daily_limit,
+    )
+    result = await session.execute(
+        sa.update(User)
+        .where(
+            col(User.id) == user_id,
+            sa.or_(
+                col(User.last_message_date).is_distinct_from(today),
+                User.daily_message_count < limit,
+            ),
+        )
+        .values(
+            daily_message_count=sa.case(
+                (col(User.last_message_date) == today, User.daily_message_count + 1), else_=1
+            ),
+            last_message_date=today,
+        )
+        .returning(User.daily_message_count, User.subscription_tier)
+        .execution_options(synchronize_session=False)
+    )
+    row = result.first()
+    if row is None:
+        return None
+    used, tier = row
+    cap = daily_limit(settings, Tier(tier))
+    return Usage(used=used, limit=cap, remaining=max(0, cap - used), resets_at=next_utc_midnight(now))
+
+
+async def give_back_one(session: AsyncSession, user_id: uuid.UUID, day: date) -> None:
+    """Return a unit counted on `day`; a unit from an earlier day has expired anyway."""
+    await session.execute(
+        sa.update(User)
+        .where(
+            col(User.id) == user_id,
+            User.last_message_date == day,
+            User.daily_message_count > 0,
+        )
+        .values(daily_message_count=User.daily_message_count - 1)
+        .execution_options(synchronize_session=False)
+    )

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 12:08:30.562814
+Create Date: 2026-11-25 12:16:58.902529
 """
 
 from collections.abc import Sequence
@@ -18,7 +18,6 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-
     op.create_table('otps',
     sa.Column('id', sa.Uuid(), nullable=False),
     sa.Column('mobile_number', sa.String(length=16), nullable=False),
@@ -90,6 +89,7 @@ def upgrade() -> None:
     sa.Column('id', sa.Uuid(), nullable=False),
     sa.Column('chatroom_id', sa.Uuid(), nullable=False),
     sa.Column('role', sa.String(length=10), nullable=False),
+    sa.Column('reply_to_id', sa.Uuid(), nullable=True),
     sa.Column('content', sa.Text(), nullable=False),
     sa.Column('status', sa.String(length=10), nullable=False),
     sa.Column('error', sa.Text(), nullable=True),
@@ -99,14 +99,13 @@ def upgrade() -> None:
     sa.CheckConstraint("role IN ('user', 'assistant')", name='ck_messages_role'),
     sa.CheckConstraint("status IN ('pending', 'streaming', 'complete', 'failed')", name='ck_messages_status'),
     sa.ForeignKeyConstraint(['chatroom_id'], ['chatrooms.id'], ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['reply_to_id'], ['messages.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id')
     )
     op.create_index('ix_messages_chatroom_id', 'messages', ['chatroom_id', 'id'], unique=False)
 
 
-
 def downgrade() -> None:
-
     op.drop_index('ix_messages_chatroom_id', table_name='messages')
     op.drop_table('messages')
     op.drop_index(op.f('ix_subscriptions_user_id'), table_name='subscriptions')
@@ -118,4 +117,3 @@ def downgrade() -> None:
     op.drop_index('ix_otps_number_purpose_created', table_name='otps')
     op.drop_index('ix_otps_number_created', table_name='otps')
     op.drop_table('otps')
-

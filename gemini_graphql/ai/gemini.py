@@ -1,0 +1,87 @@
+"""Google Gemini through the official google-genai SDK, streaming."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+from google import genai
+from google.genai import errors, types
+
+from gemini_graphql.ai.model import Chunk, ModelError, Turn
+from gemini_graphql.config import Settings
+
+try:  # google-genai may use httpx2, a fork with its own exception classes
+    import httpx2
+
+    _NETWORK_ERRORS: tuple[type[BaseException], ...] = (
+        httpx.TransportError,
+        httpx2.TransportError,
+        OSError,
+    )
+except ImportError:  # pragma: no cover - depends on the installed SDK
+    _NETWORK_ERRORS = (httpx.TransportError, OSError)
+
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class GeminiModel:
+    def __init__(self, settings: Settings) -> None:
+        assert settings.gemini_api_key, "GeminiModel needs GEMINI_API_KEY"
+        self._model = settings.gemini_model
+        self._timeout = settings.gemini_timeout_seconds
+        self._client = genai.Client(
+            api_key=settings.gemini_api_key,
+            http_options=types.HttpOptions(
+                base_url=settings.gemini_base_url,
+                api_version=settings.gemini_api_version,  # pinned: the wire format we test against
+                timeout=int(settings.gemini_timeout_seconds * 1000),
+                # Retries are the worker's job (arq Retry with backoff), not the SDK's.
+                retry_options=types.HttpRetryOptions(attempts=1),
+            ),
+        )
+
+    async def stream(self, turns: list[Turn], system_instruction: str) -> AsyncIterator[Chunk]:
+        contents = [
+            types.Content(role=turn.role, parts=[types.Part(text=turn.text)]) for turn in turns
+        ]
+        config = types.GenerateContentConfig(system_instruction=system_instruction)
+        try:
+            async with asyncio.timeout(self._timeout * 4):  # the whole reply, not one read
+                response = await self._client.aio.models.generate_content_stream(
+                    model=self._model, contents=contents, config=config
+                )
+                async for piece in response:
+                    text = piece.text or ""
+                    if text:
+                        yield Chunk(text=text, response_id=piece.response_id)
+        except errors.APIError as exc:
+            raise _api_error(exc) from exc
+        except TimeoutError as exc:
+            raise ModelError(
+                "Gemini timed out", retryable=True, user_message=_UNAVAILABLE
+            ) from exc
+        except _NETWORK_ERRORS as exc:
+            raise ModelError(
+                f"network error talking to Gemini: {type(exc).__name__}",
+                retryable=True,
+                user_message=_UNAVAILABLE,
+            ) from exc
+
+    async def aclose(self) -> None:
+        await self._client.aio.aclose()
+
+
+_UNAVAILABLE = "The assistant is unavailable right now. Please try again in a few minutes."
+
+
+def _api_error(exc: errors.APIError) -> ModelError:
+    code = exc.code or 0
+    if code in RETRYABLE_STATUS:
+        return ModelError(f"Gemini answered {code}", retryable=True, user_message=_UNAVAILABLE)
+    return ModelError(
+        f"Gemini refused the request ({code} {exc.status})",
+        retryable=False,
+        user_message="The assistant could not answer this message.",
+    )

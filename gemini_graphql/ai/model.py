@@ -1,0 +1,34 @@
+"""What the rest of the code needs from a chat model, whichever one it is."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    role: Literal["user", "model"]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    text: str
+    response_id: str | None = None
+
+
+class ModelError(Exception):
+    """The model could not answer. `retryable`: worth another try later (429, 5xx, network)."""
+
+    def __init__(self, message: str, *, retryable: bool, user_message: str) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.user_message = user_message
+
+
+class ChatModel(Protocol):
+    def stream(self, turns: list[Turn], system_instruction: str) -> AsyncIterator[Chunk]:
+        """The reply to `turns`, piece by piece. When the last turn is the model's, continue it."""
+        ...

@@ -1,0 +1,1 @@
+"""Subscription mixins, combined into the schema's Subscription type."""

@@ -1,0 +1,198 @@
+"""Sending messages, and reading them back page by page."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from arq.connections import ArqRedis
+from sqlmodel import col, select
+
+from gemini_graphql.chat.pages import Page, decode_id_cursor, encode_cursor, page_size
+from gemini_graphql.chat.quota import Usage, consume_one, give_back_one, utc_day
+from gemini_graphql.chat.room_cache import RoomListCache
+from gemini_graphql.errors import DomainError, ErrorCode, InvalidArgument, invalid_input
+from gemini_graphql.ids import new_id, parse_id
+from gemini_graphql.models import Chatroom, Message, MessageRole, MessageStatus
+from gemini_graphql.resources import Resources
+from gemini_graphql.streaming import Relay, ReplyEvent, follow
+
+log = logging.getLogger(__name__)
+
+CONTENT_MAX = 10_000
+DEFAULT_PAGE = 20
+GENERATE_REPLY = "generate_reply"
+
+
+def reply_job_id(reply_id: uuid.UUID) -> str:
+    """One job per reply: arq refuses a second job with the same id."""
+    return f"reply:{reply_id}"
+
+
+def message_cursor(message: Message) -> str:
+    return encode_cursor(str(message.id))
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    message: Message
+    reply: Message
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class PageRequest:
+    """Hashable, so a DataLoader can batch rooms asking for the same page shape."""
+
+    first: int | None = None
+    after: str | None = None
+    last: int | None = None
+    before: str | None = None
+
+
+class Messages:
+    def __init__(self, resources: Resources) -> None:
+        self._settings = resources.settings
+        self._sessions = resources.sessions
+        self._clock = resources.clock
+        self._queue: ArqRedis = resources.redis
+        self._rooms_cache = RoomListCache(resources.redis)
+
+    async def send(self, user_id: uuid.UUID, raw_room_id: str, content: str) -> Sent:
+        """Store the message and a PENDING reply, count it, and queue the reply; never waits for it."""
+        room_id = parse_id(raw_room_id)
+        content = content.strip()
+        if not 1 <= len(content) <= CONTENT_MAX:
+            raise invalid_input("content", f"A message has 1 to {CONTENT_MAX:,} characters.")
+        now = self._clock()
+        async with self._sessions() as session:
+            room = await session.get(Chatroom, room_id) if room_id else None
+            if room is None or room.user_id != user_id:
+                raise _room_not_found()
+            usage = await consume_one(session, user_id, self._settings, now)
+            if usage is None:
+                raise DomainError(
+                    ErrorCode.DAILY_LIMIT_REACHED,
+                    "You have used today's messages on your plan. Upgrade to Pro "
+                    "(the subscribePro mutation) for more, or come back after midnight UTC.",
+                )
+            message = Message(
+                id=new_id(), chatroom_id=room.id, role=MessageRole.USER.value, content=content,
+                status=MessageStatus.COMPLETE.value, created_at=now, updated_at=now,
+            )
+            reply = Message(
+                id=new_id(), chatroom_id=room.id, role=MessageRole.ASSISTANT.value,
+                reply_to_id=message.id, status=MessageStatus.PENDING.value,
+                created_at=now, updated_at=now,
+            )
+            previous_update = room.updated_at
+            room.updated_at = now
+            session.add_all([message, reply])
+            await session.commit()
+        await self._rooms_cache.invalidate(user_id)
+        try:
+            job = await self._queue.enqueue_job(GENERATE_REPLY, str(reply.id), _job_id=reply_job_id(reply.id))
+            if job is None:
+                raise RuntimeError("a job for this reply already exists")
+        except Exception:
+            log.exception("could not queue the reply %s; undoing the send", reply.id)
+            await self._undo_send(user_id, message, reply, previous_update, now)
+            raise DomainError(
+                ErrorCode.SERVICE_UNAVAILABLE,
+                "The assistant is unavailable right now; your message was not sent. Try again.",
+            ) from None
+        return Sent(message=message, reply=reply, usage=usage)
+
+    async def _undo_send(
+        self, user_id: uuid.UUID, message: Message, reply: Message, previous: datetime, now: datetime
+    ) -> None:
+        async with self._sessions() as session:
+            await session.execute(sa.delete(Message).where(col(Message.id).in_([reply.id, message.id])))
+            await session.execute(
+                sa.update(Chatroom)
+                .where(col(Chatroom.id) == message.chatroom_id, Chatroom.updated_at == now)
+                .values(updated_at=previous)
+            )
+            await give_back_one(session, user_id, utc_day(now))
+            await session.commit()
+        await self._rooms_cache.invalidate(user_id)
+
+    async def owned(self, user_id: uuid.UUID, raw_id: str) -> Message | None:
+        """The message, if it exists and is in one of the user's rooms."""
+        message_id = parse_id(raw_id)
+        if message_id is None:
+            return None
+        async with self._sessions() as session:
+            row = (
+                await session.execute(
+                    select(Message)
+                    .join(Chatroom, col(Chatroom.id) == Message.chatroom_id)
+                    .where(col(Message.id) == message_id, Chatroom.user_id == user_id)
+                )
+            ).scalar_one_or_none()
+        return row
+
+    async def get(self, message_id: uuid.UUID) -> Message | None:
+        async with self._sessions() as session:
+            return await session.get(Message, message_id)
+
+    def follow(self, relay: Relay, reply_id: uuid.UUID, after: int) -> AsyncIterator[ReplyEvent]:
+        """The reply's events after `after`; a finished reply whose stream expired is replayed
+        from the database as one final event (carrying the whole text when `after` is 0)."""
+
+        async def stored_final(last: int) -> ReplyEvent | None:
+            stored = await self.get(reply_id)
+            if stored is None or not stored.is_finished:
+                return None
+            delta = stored.content if last == 0 else ""
+            return ReplyEvent(seq=last + 1, delta=delta, status=MessageStatus(stored.status))
+
+        return follow(self._queue, relay, reply_id, after, stored_final)
+
+    async def pages(
+        self, room_ids: Sequence[uuid.UUID], request: PageRequest
+    ) -> list[Page[Message]]:
+        """The same page of several rooms in one query (row_number per room)."""
+        if request.first is not None and request.last is not None:
+            raise InvalidArgument("Pass `first` or `last`, not both.")
+        backwards = request.last is not None or (request.first is None and request.after is None)
+        size = page_size(request.last if backwards else request.first, DEFAULT_PAGE,
+                         "last" if backwards else "first")
+        cursor = request.before if backwards else request.after
+        cursor_id = decode_id_cursor(cursor) if cursor else None
+
+        order = col(Message.id).desc() if backwards else col(Message.id).asc()
+        ranked = select(
+            Message,
+            sa.func.row_number().over(partition_by=Message.chatroom_id, order_by=order).label("rank"),
+        ).where(col(Message.chatroom_id).in_(room_ids))
+        if cursor_id is not None:
+            ranked = ranked.where(col(Message.id) < cursor_id if backwards else col(Message.id) > cursor_id)
+        subquery = ranked.subquery()
+        alias = sa.orm.aliased(Message, subquery)
+        query = select(alias).where(subquery.c.rank <= size + 1).order_by(subquery.c.chatroom_id, subquery.c.id)
+        async with self._sessions() as session:
+            rows = list((await session.execute(query)).scalars())
+
+        by_room: dict[uuid.UUID, list[Message]] = {room_id: [] for room_id in room_ids}
+        for row in rows:
+            by_room[row.chatroom_id].append(row)
+        pages = []
+        for room_id in room_ids:
+            items = by_room[room_id]
+            more = len(items) > size
+            if backwards:
+                items = items[1:] if more else items  # oldest extra row dropped
+                pages.append(Page(items=items, has_next=cursor_id is not None, has_previous=more))
+            else:
+                items = items[:size]
+                pages.append(Page(items=items, has_next=more, has_previous=cursor_id is not None))
+        return pages
+
+
+def _room_not_found() -> DomainError:
+    return DomainError(ErrorCode.NOT_FOUND, "No such chatroom.", "chatroomId")

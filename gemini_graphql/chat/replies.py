@@ -1,0 +1,191 @@
+"""Producing an assistant reply: context, streaming from the model, storing, failing well.
+
+Runs in the worker. arq runs a job at least once, so `generate` is keyed by
+the reply id and safe to repeat: a finished reply is left alone, and a reply
+whose worker died half way is continued from exactly what subscribers have
+already been sent (the reply's event stream), so the stored text always
+equals the concatenated deltas.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlmodel import col, select
+
+from gemini_graphql.ai.model import ChatModel, ModelError, Turn
+from gemini_graphql.chat.quota import give_back_one, utc_day
+from gemini_graphql.models import Chatroom, Message, MessageRole, MessageStatus
+from gemini_graphql.resources import Resources
+from gemini_graphql.streaming import ReplyEvent, history, publish
+
+log = logging.getLogger(__name__)
+
+CONTEXT_MESSAGES = 10  # earlier messages sent along with the new one
+SAVE_EVERY_SECONDS = 1.0  # how often the growing text is written to the row
+_IN_PROGRESS = (MessageStatus.PENDING.value, MessageStatus.STREAMING.value)
+
+
+class RetryLater(Exception):
+    """The model failed in a way worth another try; the worker defers the job."""
+
+    def __init__(self, cause: ModelError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: MessageStatus
+    text: str
+
+
+class ReplyGenerator:
+    def __init__(self, resources: Resources, model: ChatModel) -> None:
+        self._sessions = resources.sessions
+        self._redis = resources.redis
+        self._clock = resources.clock
+        self._model = model
+        self._system_instruction = resources.settings.gemini_system_instruction
+
+    async def generate(self, reply_id: uuid.UUID, *, final_try: bool) -> Outcome | None:
+        """Stream the reply to completion. Raises RetryLater unless this is the `final_try`."""
+        async with self._sessions() as session:
+            reply = await session.get(Message, reply_id)
+        if reply is None or reply.role != MessageRole.ASSISTANT.value:
+            log.warning("reply %s does not exist; nothing to do", reply_id)
+            return None
+        sent = await history(self._redis, reply_id)
+        if reply.is_finished:
+            await self._ensure_final_event(reply, sent)
+            return Outcome(MessageStatus(reply.status), reply.content)
+        if sent and sent[-1].is_final:  # cannot happen: the row is written before the event
+            log.error("reply %s has a final event but is %s", reply_id, reply.status)
+            return None
+
+        text = "".join(event.delta for event in sent)
+        seq = sent[-1].seq if sent else 0
+        if not sent and reply.content:  # Redis lost the stream: what the row kept is the start
+            seq += 1
+            text = reply.content
+            await publish(self._redis, reply_id, ReplyEvent(seq, text, MessageStatus.STREAMING))
+        await self._set_streaming(reply_id, text)
+
+        turns = await self._context(reply)
+        if text:
+            turns.append(Turn("model", text))  # continue the reply already under way
+        response_id: str | None = None
+        saved_at = time.monotonic()
+        try:
+            async for chunk in self._model.stream(turns, self._system_instruction):
+                seq += 1
+                text += chunk.text
+                response_id = chunk.response_id or response_id
+                await publish(
+                    self._redis, reply_id, ReplyEvent(seq, chunk.text, MessageStatus.STREAMING)
+                )
+                if time.monotonic() - saved_at >= SAVE_EVERY_SECONDS:
+                    await self._save_progress(reply_id, text)
+                    saved_at = time.monotonic()
+        except ModelError as exc:
+            await self._save_progress(reply_id, text)
+            if exc.retryable and not final_try:
+                raise RetryLater(exc) from exc
+            log.warning("reply %s failed: %s", reply_id, exc)
+            await self._fail(reply, text, seq, exc.user_message)
+            return Outcome(MessageStatus.FAILED, text)
+        await self._complete(reply_id, text, seq, response_id)
+        return Outcome(MessageStatus.COMPLETE, text)
+
+    async def fail(self, reply_id: uuid.UUID, user_message: str) -> None:
+        """Give up on a reply (e.g. after too many tries), keeping what was sent."""
+        async with self._sessions() as session:
+            reply = await session.get(Message, reply_id)
+        if reply is None or reply.is_finished:
+            return
+        sent = await history(self._redis, reply_id)
+        text = "".join(event.delta for event in sent) if sent else reply.content
+        await self._fail(reply, text, sent[-1].seq if sent else 0, user_message)
+
+    async def _context(self, reply: Message) -> list[Turn]:
+        """The new message and the ten before it, oldest first; failed and unfinished replies left out."""
+        if reply.reply_to_id is None:
+            return []
+        query = (
+            select(Message)
+            .where(
+                Message.chatroom_id == reply.chatroom_id,
+                col(Message.id) <= reply.reply_to_id,
+                Message.status == MessageStatus.COMPLETE.value,
+                Message.content != "",
+            )
+            .order_by(col(Message.id).desc())
+            .limit(CONTEXT_MESSAGES + 1)
+        )
+        async with self._sessions() as session:
+            rows = list((await session.execute(query)).scalars())
+        return [
+            Turn("user" if row.role == MessageRole.USER.value else "model", row.content)
+            for row in reversed(rows)
+        ]
+
+    async def _set_streaming(self, reply_id: uuid.UUID, text: str) -> None:
+        await self._update(reply_id, status=MessageStatus.STREAMING.value, content=text)
+
+    async def _save_progress(self, reply_id: uuid.UUID, text: str) -> None:
+        await self._update(reply_id, content=text)
+
+    async def _update(self, reply_id: uuid.UUID, **values: object) -> bool:
+        """Change an unfinished reply; False when it was already finished."""
+        async with self._sessions() as session:
+            result = await session.execute(
+                sa.update(Message)
+                .where(col(Message.id) == reply_id, col(Message.status).in_(_IN_PROGRESS))
+                .values(updated_at=self._clock(), **values)
+                .returning(Message.id)
+            )
+            changed = result.first() is not None
+            await session.commit()
+        return changed
+
+    async def _complete(
+        self, reply_id: uuid.UUID, text: str, seq: int, response_id: str | None
+    ) -> None:
+        # The row first, then the final event: whoever sees the event finds the stored text.
+        await self._update(
+            reply_id,
+            status=MessageStatus.COMPLETE.value,
+            content=text,
+            gemini_response_id=response_id,
+            error=None,
+        )
+        await publish(self._redis, reply_id, ReplyEvent(seq + 1, "", MessageStatus.COMPLETE))
+
+    async def _fail(self, reply: Message, text: str, seq: int, error: str) -> None:
+        """FAILED with a readable error, and the quota unit given back (once)."""
+        now = self._clock()
+        async with self._sessions() as session:
+            result = await session.execute(
+                sa.update(Message)
+                .where(col(Message.id) == reply.id, col(Message.status).in_(_IN_PROGRESS))
+                .values(status=MessageStatus.FAILED.value, content=text, error=error, updated_at=now)
+                .returning(Message.id)
+            )
+            if result.first() is not None:
+                owner = await session.scalar(
+                    select(Chatroom.user_id).where(col(Chatroom.id) == reply.chatroom_id)
+                )
+                if owner is not None:
+                    await give_back_one(session, owner, utc_day(reply.created_at))
+            await session.commit()
+        await publish(self._redis, reply.id, ReplyEvent(seq + 1, "", MessageStatus.FAILED))
+
+    async def _ensure_final_event(self, reply: Message, sent: list[ReplyEvent]) -> None:
+        if sent and not sent[-1].is_final:
+            await publish(
+                self._redis, reply.id, ReplyEvent(sent[-1].seq + 1, "", MessageStatus(reply.status))
+            )

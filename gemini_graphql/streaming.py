@@ -1,0 +1,216 @@
+"""Reply streaming through Redis: the worker publishes, every api process fans out.
+
+Each reply has a Redis Stream of its events (entry id `<seq>-0`, so a seq can
+be written once only) for catching up, and a pub/sub channel for live
+delivery. A subscriber registers on the channel first, then reads the
+stream, then forwards live events, dropping seqs it already sent: joining
+late or re-joining with `after` loses nothing and repeats nothing.
+
+Each api process holds ONE pub/sub connection (`Relay`) and hands events to
+per-subscriber asyncio queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from gemini_graphql.models import MessageStatus
+
+log = logging.getLogger(__name__)
+
+LIVE_TTL_SECONDS = 3600  # while a reply streams, refreshed by every event
+FINISHED_TTL_SECONDS = 900  # after the final event; then the database answers
+SUBSCRIBER_QUEUE_SIZE = 1024
+RESYNC_AFTER_SECONDS = 5.0  # with no live event for this long, re-read the stream
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyEvent:
+    seq: int
+    delta: str
+    status: MessageStatus
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in (MessageStatus.COMPLETE, MessageStatus.FAILED)
+
+    def encode(self) -> str:
+        return json.dumps({"seq": self.seq, "delta": self.delta, "status": self.status.value})
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> ReplyEvent:
+        data = json.loads(raw)
+        return cls(seq=int(data["seq"]), delta=data["delta"], status=MessageStatus(data["status"]))
+
+
+def stream_key(message_id: uuid.UUID) -> str:
+    return f"reply:{message_id}:events"
+
+
+def channel_name(message_id: uuid.UUID) -> str:
+    return f"reply:{message_id}"
+
+
+async def publish(redis: Redis, message_id: uuid.UUID, event: ReplyEvent) -> None:
+    """Append the event to the reply's stream and publish it, atomically (MULTI/EXEC)."""
+    payload = event.encode()
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.xadd(stream_key(message_id), {"e": payload}, id=f"{event.seq}-0")
+        pipe.expire(
+            stream_key(message_id), FINISHED_TTL_SECONDS if event.is_final else LIVE_TTL_SECONDS
+        )
+        pipe.publish(channel_name(message_id), payload)
+        await pipe.execute()
+
+
+async def history(redis: Redis, message_id: uuid.UUID, after: int = 0) -> list[ReplyEvent]:
+    """Events with seq > after, in order. Empty when the stream does not exist (any more)."""
+    entries = await redis.xrange(stream_key(message_id), min=f"{after + 1}-0", max="+")
+    return [ReplyEvent.decode(fields[b"e"]) for _, fields in entries]
+
+
+class Relay:
+    """One Redis pub/sub connection per process, fanned out to subscriber queues."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._pubsub: PubSub | None = None
+        self._queues: dict[str, set[asyncio.Queue[ReplyEvent]]] = {}
+        self._confirmed: dict[str, asyncio.Event] = {}
+        self._lock = asyncio.Lock()
+        self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def channel_count(self) -> int:
+        return len(self._queues)
+
+    @asynccontextmanager
+    async def listen(self, channel: str) -> AsyncIterator[asyncio.Queue[ReplyEvent]]:
+        """A queue of the channel's events, live from the moment this is entered."""
+        queue: asyncio.Queue[ReplyEvent] = asyncio.Queue(maxsize=SUBSCRIBER_QUEUE_SIZE)
+        async with self._lock:
+            listeners = self._queues.setdefault(channel, set())
+            listeners.add(queue)
+            if len(listeners) == 1:
+                self._confirmed[channel] = asyncio.Event()
+                await self._subscribe(channel)
+            confirmed = self._confirmed[channel]
+        try:
+            # Only after Redis confirmed the subscription is nothing published missed.
+            await asyncio.wait_for(confirmed.wait(), timeout=10)
+            yield queue
+        finally:
+            async with self._lock:
+                listeners.discard(queue)
+                if not listeners and self._queues.get(channel) is listeners:
+                    del self._queues[channel]
+                    self._confirmed.pop(channel, None)
+                    if self._pubsub is not None:
+                        try:
+                            await self._pubsub.unsubscribe(channel)
+                        except RedisError:  # the connection is gone; so is the subscription
+                            log.warning("could not unsubscribe from %s", channel)
+
+    async def _subscribe(self, channel: str) -> None:
+        if self._pubsub is None:
+            self._pubsub = self._redis.pubsub()
+        await self._pubsub.subscribe(channel)
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.create_task(self._read(), name="reply-relay")
+
+    async def _read(self) -> None:
+        assert self._pubsub is not None
+        while True:
+            try:
+                message = await self._pubsub.get_message(timeout=1.0)
+            except (RedisError, OSError) as exc:  # reconnects (and resubscribes) on the next read
+                log.warning("relay lost its Redis connection: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            if message is None:
+                continue
+            channel = message["channel"]
+            channel = channel.decode() if isinstance(channel, bytes) else channel
+            if message["type"] == "subscribe":
+                if confirmed := self._confirmed.get(channel):
+                    confirmed.set()
+            elif message["type"] == "message":
+                self._dispatch(channel, message["data"])
+
+    def _dispatch(self, channel: str, data: bytes) -> None:
+        try:
+            event = ReplyEvent.decode(data)
+        except (ValueError, KeyError):
+            log.warning("ignored a malformed event on %s", channel)
+            return
+        for queue in self._queues.get(channel, ()):
+            try:
+                queue.put_nowait(event)
+            except asyncio.QueueFull:
+                pass  # a slow subscriber: it fills the gap from the stream
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except asyncio.CancelledError:
+                pass
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
+
+
+async def follow(
+    redis: Redis,
+    relay: Relay,
+    message_id: uuid.UUID,
+    after: int,
+    stored_final: Callable[[int], Awaitable[ReplyEvent | None]],
+) -> AsyncIterator[ReplyEvent]:
+    """Every event of a reply with seq > after, in order, each once, ending with the final one.
+
+    `stored_final(last_seq)` answers from the database when the stream is gone:
+    the final event of a finished reply, or None while it is still being made.
+    """
+    last = after
+    async with relay.listen(channel_name(message_id)) as queue:
+        must_read_stream = True
+        while True:
+            if must_read_stream:
+                must_read_stream = False
+                caught_up = await history(redis, message_id, last)
+                for event in caught_up:
+                    if event.seq == last + 1:
+                        last = event.seq
+                        yield event
+                        if event.is_final:
+                            return
+                if not caught_up and not await redis.exists(stream_key(message_id)):
+                    final = await stored_final(last)
+                    if final is not None:
+                        yield final
+                        return
+            try:
+                event = await asyncio.wait_for(queue.get(), RESYNC_AFTER_SECONDS)
+            except TimeoutError:
+                must_read_stream = True  # quiet for a while: make sure nothing was missed
+                continue
+            if event.seq <= last:
+                continue  # already sent from the stream
+            if event.seq > last + 1:
+                must_read_stream = True  # a gap (a full queue, a reconnect): the stream has it
+                continue
+            last = event.seq
+            yield event
+            if event.is_final:
+                return

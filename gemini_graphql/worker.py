@@ -1,0 +1,81 @@
+"""The arq worker: runs `generate_reply` jobs queued by sendMessage."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from arq import Retry
+from arq.worker import Worker, func
+
+from gemini_graphql.ai.gemini import GeminiModel
+from gemini_graphql.ai.model import ChatModel
+from gemini_graphql.chat.messages import GENERATE_REPLY
+from gemini_graphql.chat.replies import ReplyGenerator, RetryLater
+from gemini_graphql.clock import Clock, utc_now
+from gemini_graphql.config import Settings
+from gemini_graphql.resources import Resources
+
+log = logging.getLogger(__name__)
+
+# A killed worker's job becomes runnable again after job timeout + 10 s (arq's in-progress key).
+JOB_TIMEOUT_SECONDS = 45
+POLL_DELAY_SECONDS = 0.01  # a queued reply starts within ~10 ms (arq's default is 0.5 s)
+MAX_TRIES = 4  # model failures worth retrying, and reruns after a killed worker
+CONCURRENT_JOBS = 50  # replies mostly wait on the network
+
+
+async def generate_reply(ctx: dict[str, Any], reply_id: str) -> str | None:
+    generator: ReplyGenerator = ctx["generator"]
+    settings: Settings = ctx["settings"]
+    job_try: int = ctx["job_try"]
+    if job_try > MAX_TRIES:  # its workers kept dying: stop, keeping what was sent
+        await generator.fail(uuid.UUID(reply_id), "The assistant could not finish this reply.")
+        return "failed"
+    try:
+        outcome = await generator.generate(uuid.UUID(reply_id), final_try=job_try >= MAX_TRIES)
+    except RetryLater as exc:
+        delay = settings.gemini_retry_base_seconds * 2 ** (job_try - 1)
+        log.info("reply %s: %s; retrying in %.2fs (try %d)", reply_id, exc, delay, job_try)
+        raise Retry(defer=delay) from exc
+    return outcome.status.value if outcome else None
+
+
+def build_worker(
+    settings: Settings,
+    *,
+    model: ChatModel | None = None,
+    clock: Clock = utc_now,
+    handle_signals: bool = True,
+) -> Worker:
+    """An arq Worker whose connections open in its own startup, on its own event loop."""
+    resources_holder: dict[str, Resources] = {}
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        resources = resources_holder["resources"]
+        chat_model = model if model is not None else GeminiModel(settings)
+        ctx["settings"] = settings
+        ctx["resources"] = resources
+        ctx["model"] = chat_model
+        ctx["generator"] = ReplyGenerator(resources, chat_model)
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        chat_model = ctx.get("model")
+        if chat_model is not None and hasattr(chat_model, "aclose"):
+            await chat_model.aclose()
+        await resources_holder["resources"].close()
+
+    resources = Resources.open(settings, role="worker", clock=clock)
+    resources_holder["resources"] = resources
+    return Worker(
+        functions=[func(generate_reply, name=GENERATE_REPLY, max_tries=MAX_TRIES + 1)],
+        redis_pool=resources.redis,
+        on_startup=startup,
+        on_shutdown=shutdown,
+        poll_delay=POLL_DELAY_SECONDS,
+        job_timeout=JOB_TIMEOUT_SECONDS,
+        max_jobs=CONCURRENT_JOBS,
+        keep_result=60,
+        handle_signals=handle_signals,
+    )
