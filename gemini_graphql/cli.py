@@ -1,4 +1,4 @@
-"""The `gemini-graphql` command: serve, migrate, export-schema."""
+"""The `gemini-graphql` command: serve, worker, migrate, export-schema."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=None, help="default: $PORT or 8000")
     serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
 
+    commands.add_parser("worker", help="run an arq worker that generates replies")
     commands.add_parser("migrate", help="apply database migrations (alembic upgrade head)")
 
     export = commands.add_parser("export-schema", help="write the GraphQL SDL")
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "serve":
         return _serve(settings, args.host, args.port, args.workers)
+    if args.command == "worker":
+        return _worker(settings)
     if args.command == "migrate":
         migrate(settings.database_url)
         return 0
@@ -65,6 +68,13 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int)
         access_log=False,  # our middleware logs each request with its id
         ws_per_message_deflate=False,
     )
+    return 0
+
+
+def _worker(settings: Settings) -> int:
+    from gemini_graphql.worker import build_worker
+
+    build_worker(settings).run()  # arq handles SIGINT/SIGTERM: the job in flight finishes
     return 0
 
 

@@ -1,0 +1,188 @@
+"""Fixtures and helpers for the chat tests: a fake Gemini, an arq worker, a live server,
+and a graphql-transport-ws client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+from arq.worker import Worker
+
+from gemini_graphql.app import create_app
+from gemini_graphql.config import Settings
+from gemini_graphql.worker import build_worker
+from tests.auth_flows import LoggedIn, login
+from tests.conftest import FakeClock, GraphQLClient, RecordingSms
+from tests.fakes.gemini import API_KEY, FakeGemini
+from tests.live import serve
+
+CREATE_ROOM = """
+mutation($input: CreateChatroomInput!) {
+  createChatroom(input: $input) { chatroom { id title description createdAt updatedAt } errors { code field message } }
+}"""
+SEND = """
+mutation($input: SendMessageInput!) {
+  sendMessage(input: $input) {
+    message { id chatroomId role content status createdAt }
+    reply { id chatroomId role content status error }
+    usage { used limit remaining resetsAt }
+    errors { code field message }
+  }
+}"""
+STREAM = """
+subscription($id: ID!, $after: Int) {
+  messageStream(messageId: $id, after: $after) {
+    messageId seq delta status message { id content status error role }
+  }
+}"""
+ROOM_MESSAGES = """
+query($id: ID!, $first: Int, $after: String, $last: Int, $before: String) {
+  chatroom(id: $id) {
+    id title
+    messages(first: $first, after: $after, last: $last, before: $before) {
+      edges { cursor node { id role content status error } }
+      pageInfo { hasNextPage hasPreviousPage startCursor endCursor }
+    }
+  }
+}"""
+
+
+@pytest.fixture
+async def fake_gemini() -> AsyncIterator[tuple[FakeGemini, str]]:
+    fake = FakeGemini()
+    async with serve(fake.app) as url:
+        yield fake, url
+
+
+@pytest.fixture
+def chat_settings(base_settings: Settings, fake_gemini: tuple[FakeGemini, str]) -> Settings:
+    return replace(
+        base_settings,
+        gemini_api_key=API_KEY,
+        gemini_base_url=fake_gemini[1],
+        gemini_timeout_seconds=1.0,
+        gemini_retry_base_seconds=0.05,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: Settings, clock: FakeClock | None = None) -> AsyncIterator[Worker]:
+    worker = build_worker(settings, handle_signals=False, **({"clock": clock} if clock else {}))
+    task = asyncio.create_task(worker.async_run())
+    try:
+        yield worker
+    finally:
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.fixture
+async def worker(chat_settings: Settings, clock: FakeClock) -> AsyncIterator[Worker]:
+    async with running_worker(chat_settings, clock) as running:
+        yield running
+
+
+@dataclass
+class Live:
+    http: GraphQLClient
+    ws_url: str
+
+
+@pytest.fixture
+async def live(chat_settings: Settings, sms: RecordingSms, clock: FakeClock) -> AsyncIterator[Live]:
+    async with serve(create_app(chat_settings, clock=clock, sms=sms)) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            yield Live(http=GraphQLClient(http), ws_url=url.replace("http://", "ws://") + "/graphql")
+
+
+@dataclass
+class StreamResult:
+    events: list[dict[str, Any]]
+    errors: list[dict[str, Any]] | None
+    completed: bool
+
+    @property
+    def text(self) -> str:
+        return "".join(event["delta"] for event in self.events)
+
+
+class WsClient:
+    """A graphql-transport-ws connection, authenticated in connection_init."""
+
+    def __init__(self, socket: websockets.ClientConnection) -> None:
+        self.socket = socket
+        self._ids = 0
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(cls, url: str, token: str) -> AsyncIterator[WsClient]:
+        async with websockets.connect(url, subprotocols=["graphql-transport-ws"]) as socket:
+            await socket.send(json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {token}"}}))
+            ack = json.loads(await asyncio.wait_for(socket.recv(), 5))
+            assert ack["type"] == "connection_ack", ack
+            yield cls(socket)
+
+    async def start(self, message_id: str, after: int | None = None) -> str:
+        self._ids += 1
+        op_id = str(self._ids)
+        variables: dict[str, Any] = {"id": message_id}
+        if after is not None:
+            variables["after"] = after
+        await self.socket.send(
+            json.dumps({"id": op_id, "type": "subscribe", "payload": {"query": STREAM, "variables": variables}})
+        )
+        return op_id
+
+    async def collect(self, op_id: str, *, limit: int | None = None, timeout: float = 15) -> StreamResult:
+        """Messages of one operation until it completes (or `limit` events arrived)."""
+        events: list[dict[str, Any]] = []
+        async with asyncio.timeout(timeout):
+            while True:
+                message = json.loads(await self.socket.recv())
+                if message.get("id") != op_id:
+                    continue
+                if message["type"] == "next":
+                    payload = message["payload"]
+                    if payload.get("errors"):
+                        return StreamResult(events, payload["errors"], False)
+                    events.append(payload["data"]["messageStream"])
+                    if limit is not None and len(events) >= limit:
+                        return StreamResult(events, None, False)
+                elif message["type"] == "error":
+                    return StreamResult(events, message["payload"], False)
+                elif message["type"] == "complete":
+                    return StreamResult(events, None, True)
+
+    async def stop(self, op_id: str) -> None:
+        await self.socket.send(json.dumps({"id": op_id, "type": "complete"}))
+
+
+async def stream(url: str, token: str, message_id: str, after: int | None = None) -> StreamResult:
+    async with WsClient.connect(url, token) as client:
+        return await client.collect(await client.start(message_id, after))
+
+
+async def create_room(gql: GraphQLClient, token: str, title: str = "Room") -> str:
+    body = await gql(CREATE_ROOM, {"input": {"title": title}}, token=token)
+    payload = body["data"]["createChatroom"]
+    assert payload["errors"] == [], payload
+    return payload["chatroom"]["id"]
+
+
+async def send(gql: GraphQLClient, token: str, room_id: str, content: str = "Hello there") -> dict[str, Any]:
+    body = await gql(SEND, {"input": {"chatroomId": room_id, "content": content}}, token=token)
+    return body["data"]["sendMessage"]
+
+
+async def user_with_room(gql: GraphQLClient, sms: RecordingSms) -> tuple[LoggedIn, str]:
+    user = await login(gql, sms)
+    return user, await create_room(gql, user.token)
