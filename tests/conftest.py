@@ -53,12 +53,14 @@ class RecordingSms:
 
 
 class FakeClock:
-    """A clock that tests move by hand; starts at the real now."""
+    """A clock that tests move by hand; starts at the real now and ticks 1 µs per reading,
+    so events keep their order as they would in real time."""
 
     def __init__(self) -> None:
         self.now = datetime.now(UTC)
 
     def __call__(self) -> datetime:
+        self.now += timedelta(microseconds=1)
         return self.now
 
     def advance(self, **delta: float) -> None:

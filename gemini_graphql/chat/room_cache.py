@@ -9,12 +9,16 @@ so the cache can never serve an outdated order.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from datetime import datetime
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from gemini_graphql.models import Chatroom
+
+log = logging.getLogger(__name__)
 
 TTL_SECONDS = 600
 VERSION_TTL_SECONDS = 86_400  # far longer than a cached page lives
@@ -50,11 +54,15 @@ class RoomListCache:
         await self._redis.set(prefix + version, payload, ex=TTL_SECONDS)
 
     async def invalidate(self, user_id: uuid.UUID) -> None:
+        """Called after a commit; a Redis outage must not turn a done change into an error."""
         version_key, _ = self._keys(user_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.incr(version_key)
-            pipe.expire(version_key, VERSION_TTL_SECONDS)
-            await pipe.execute()
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.incr(version_key)
+                pipe.expire(version_key, VERSION_TTL_SECONDS)
+                await pipe.execute()
+        except RedisError:
+            log.warning("could not invalidate the room list of %s", user_id, exc_info=True)
 
 
 def _row(room: Chatroom) -> dict[str, str | None]:
