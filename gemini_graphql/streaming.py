@@ -79,6 +79,11 @@ async def history(redis: Redis, message_id: uuid.UUID, after: int = 0) -> list[R
     return [ReplyEvent.decode(fields[b"e"]) for _, fields in entries]
 
 
+async def last_event(redis: Redis, message_id: uuid.UUID) -> ReplyEvent | None:
+    entries = await redis.xrevrange(stream_key(message_id), count=1)
+    return ReplyEvent.decode(entries[0][1][b"e"]) if entries else None
+
+
 class Relay:
     """One Redis pub/sub connection per process, fanned out to subscriber queues."""
 
@@ -195,10 +200,12 @@ async def follow(
                         yield event
                         if event.is_final:
                             return
-                if not caught_up and not await redis.exists(stream_key(message_id)):
-                    final = await stored_final(last)
-                    if final is not None:
-                        yield final
+                if not caught_up:
+                    newest = await last_event(redis, message_id)
+                    if newest is not None and newest.is_final:
+                        return  # `after` is already at (or past) the end
+                    if newest is None and (final := await stored_final(last)) is not None:
+                        yield final  # the stream expired: the database has the reply
                         return
             try:
                 event = await asyncio.wait_for(queue.get(), RESYNC_AFTER_SECONDS)

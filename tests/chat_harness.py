@@ -95,13 +95,15 @@ async def worker(chat_settings: Settings, clock: FakeClock) -> AsyncIterator[Wor
 class Live:
     http: GraphQLClient
     ws_url: str
+    app: Any
 
 
 @pytest.fixture
 async def live(chat_settings: Settings, sms: RecordingSms, clock: FakeClock) -> AsyncIterator[Live]:
-    async with serve(create_app(chat_settings, clock=clock, sms=sms)) as url:
+    app = create_app(chat_settings, clock=clock, sms=sms)
+    async with serve(app) as url:
         async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-            yield Live(http=GraphQLClient(http), ws_url=url.replace("http://", "ws://") + "/graphql")
+            yield Live(http=GraphQLClient(http), ws_url=url.replace("http://", "ws://") + "/graphql", app=app)
 
 
 @dataclass
@@ -161,6 +163,23 @@ class WsClient:
                     return StreamResult(events, message["payload"], False)
                 elif message["type"] == "complete":
                     return StreamResult(events, None, True)
+
+    async def collect_all(self, op_ids: list[str], timeout: float = 30) -> dict[str, StreamResult]:
+        """Several operations of this connection, until each completes."""
+        results = {op_id: StreamResult([], None, False) for op_id in op_ids}
+        pending = set(op_ids)
+        async with asyncio.timeout(timeout):
+            while pending:
+                message = json.loads(await self.socket.recv())
+                result = results.get(message.get("id", ""))
+                if result is None:
+                    continue
+                if message["type"] == "next":
+                    result.events.append(message["payload"]["data"]["messageStream"])
+                elif message["type"] in ("complete", "error"):
+                    result.completed = message["type"] == "complete"
+                    pending.discard(message["id"])
+        return results
 
     async def stop(self, op_id: str) -> None:
         await self.socket.send(json.dumps({"id": op_id, "type": "complete"}))
