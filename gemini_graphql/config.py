@@ -53,6 +53,7 @@ class Settings:
     )
     gemini_timeout_seconds: float = 30.0
     gemini_retry_base_seconds: float = 1.0
+    worker_job_timeout_seconds: int = 45
     stripe_secret_key: str | None = None
     stripe_publishable_key: str | None = None
     stripe_webhook_secret: str | None = None
@@ -107,6 +108,7 @@ class Settings:
             gemini_retry_base_seconds=reader.get(
                 "GEMINI_RETRY_BASE_SECONDS", _positive_float, 1.0
             ),
+            worker_job_timeout_seconds=reader.get("WORKER_JOB_TIMEOUT_SECONDS", _positive_int, 45),
             stripe_secret_key=reader.optional("STRIPE_SECRET_KEY"),
             stripe_publishable_key=reader.optional("STRIPE_PUBLISHABLE_KEY"),
             stripe_webhook_secret=reader.optional("STRIPE_WEBHOOK_SECRET"),

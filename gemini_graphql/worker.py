@@ -19,8 +19,8 @@ from gemini_graphql.resources import Resources
 
 log = logging.getLogger(__name__)
 
-# A killed worker's job becomes runnable again after job timeout + 10 s (arq's in-progress key).
-JOB_TIMEOUT_SECONDS = 45
+# A killed worker's job becomes runnable again after the job timeout + 10 s (arq's in-progress
+# key): with the default WORKER_JOB_TIMEOUT_SECONDS of 45, within a minute.
 POLL_DELAY_SECONDS = 0.01  # a queued reply starts within ~10 ms (arq's default is 0.5 s)
 MAX_TRIES = 4  # model failures worth retrying, and reruns after a killed worker
 CONCURRENT_JOBS = 50  # replies mostly wait on the network
@@ -58,7 +58,9 @@ def build_worker(
         ctx["settings"] = settings
         ctx["resources"] = resources
         ctx["model"] = chat_model
-        ctx["generator"] = ReplyGenerator(resources, chat_model)
+        # Finish (or fail) well before arq cancels the job, which would leave it STREAMING.
+        deadline = max(1.0, settings.worker_job_timeout_seconds - 5.0)
+        ctx["generator"] = ReplyGenerator(resources, chat_model, deadline_seconds=deadline)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         chat_model = ctx.get("model")
@@ -74,7 +76,7 @@ def build_worker(
         on_startup=startup,
         on_shutdown=shutdown,
         poll_delay=POLL_DELAY_SECONDS,
-        job_timeout=JOB_TIMEOUT_SECONDS,
+        job_timeout=settings.worker_job_timeout_seconds,
         max_jobs=CONCURRENT_JOBS,
         keep_result=60,
         handle_signals=handle_signals,

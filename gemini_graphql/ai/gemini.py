@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
@@ -30,13 +29,12 @@ class GeminiModel:
     def __init__(self, settings: Settings) -> None:
         assert settings.gemini_api_key, "GeminiModel needs GEMINI_API_KEY"
         self._model = settings.gemini_model
-        self._timeout = settings.gemini_timeout_seconds
         self._client = genai.Client(
             api_key=settings.gemini_api_key,
             http_options=types.HttpOptions(
                 base_url=settings.gemini_base_url,
                 api_version=settings.gemini_api_version,  # pinned: the wire format we test against
-                timeout=int(settings.gemini_timeout_seconds * 1000),
+                timeout=int(settings.gemini_timeout_seconds * 1000),  # per connect/read
                 # Retries are the worker's job (arq Retry with backoff), not the SDK's.
                 retry_options=types.HttpRetryOptions(attempts=1),
             ),
@@ -48,14 +46,13 @@ class GeminiModel:
         ]
         config = types.GenerateContentConfig(system_instruction=system_instruction)
         try:
-            async with asyncio.timeout(self._timeout * 4):  # the whole reply, not one read
-                response = await self._client.aio.models.generate_content_stream(
-                    model=self._model, contents=contents, config=config
-                )
-                async for piece in response:
-                    text = piece.text or ""
-                    if text:
-                        yield Chunk(text=text, response_id=piece.response_id)
+            response = await self._client.aio.models.generate_content_stream(
+                model=self._model, contents=contents, config=config
+            )
+            async for piece in response:
+                text = piece.text or ""
+                if text:
+                    yield Chunk(text=text, response_id=piece.response_id)
         except errors.APIError as exc:
             raise _api_error(exc) from exc
         except TimeoutError as exc:

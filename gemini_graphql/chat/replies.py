@@ -9,6 +9,7 @@ equals the concatenated deltas.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 CONTEXT_MESSAGES = 10  # earlier messages sent along with the new one
 SAVE_EVERY_SECONDS = 1.0  # how often the growing text is written to the row
 _IN_PROGRESS = (MessageStatus.PENDING.value, MessageStatus.STREAMING.value)
+_TOO_SLOW = "The assistant took too long to answer. Please try again."
 
 
 class RetryLater(Exception):
@@ -45,7 +47,9 @@ class Outcome:
 
 
 class ReplyGenerator:
-    def __init__(self, resources: Resources, model: ChatModel) -> None:
+    def __init__(self, resources: Resources, model: ChatModel, *, deadline_seconds: float) -> None:
+        """`deadline_seconds` bounds a whole reply; keep it under the job's own timeout."""
+        self._deadline = deadline_seconds
         self._sessions = resources.sessions
         self._redis = resources.redis
         self._clock = resources.clock
@@ -81,25 +85,34 @@ class ReplyGenerator:
         response_id: str | None = None
         saved_at = time.monotonic()
         try:
-            async for chunk in self._model.stream(turns, self._system_instruction):
-                seq += 1
-                text += chunk.text
-                response_id = chunk.response_id or response_id
-                await publish(
-                    self._redis, reply_id, ReplyEvent(seq, chunk.text, MessageStatus.STREAMING)
-                )
-                if time.monotonic() - saved_at >= SAVE_EVERY_SECONDS:
-                    await self._save_progress(reply_id, text)
-                    saved_at = time.monotonic()
+            async with asyncio.timeout(self._deadline):
+                async for chunk in self._model.stream(turns, self._system_instruction):
+                    seq += 1
+                    text += chunk.text
+                    response_id = chunk.response_id or response_id
+                    await publish(
+                        self._redis, reply_id, ReplyEvent(seq, chunk.text, MessageStatus.STREAMING)
+                    )
+                    if time.monotonic() - saved_at >= SAVE_EVERY_SECONDS:
+                        await self._save_progress(reply_id, text)
+                        saved_at = time.monotonic()
+        except TimeoutError:
+            exc = ModelError("the reply took too long", retryable=True, user_message=_TOO_SLOW)
+            return await self._model_failed(reply, text, seq, exc, final_try)
         except ModelError as exc:
-            await self._save_progress(reply_id, text)
-            if exc.retryable and not final_try:
-                raise RetryLater(exc) from exc
-            log.warning("reply %s failed: %s", reply_id, exc)
-            await self._fail(reply, text, seq, exc.user_message)
-            return Outcome(MessageStatus.FAILED, text)
+            return await self._model_failed(reply, text, seq, exc, final_try)
         await self._complete(reply_id, text, seq, response_id)
         return Outcome(MessageStatus.COMPLETE, text)
+
+    async def _model_failed(
+        self, reply: Message, text: str, seq: int, exc: ModelError, final_try: bool
+    ) -> Outcome:
+        await self._save_progress(reply.id, text)
+        if exc.retryable and not final_try:
+            raise RetryLater(exc) from exc
+        log.warning("reply %s failed: %s", reply.id, exc)
+        await self._fail(reply, text, seq, exc.user_message)
+        return Outcome(MessageStatus.FAILED, text)
 
     async def fail(self, reply_id: uuid.UUID, user_message: str) -> None:
         """Give up on a reply (e.g. after too many tries), keeping what was sent."""
