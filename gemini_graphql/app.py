@@ -18,6 +18,7 @@ from gemini_graphql.resources import Resources
 from gemini_graphql.services import Services
 from gemini_graphql.web.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from gemini_graphql.web.routes import health, root
+from gemini_graphql.web.stripe_webhook import stripe_webhook
 
 
 def create_app(
@@ -44,6 +45,7 @@ def create_app(
             Route("/health", health, methods=["GET"], name="health"),
             Route("/graphql", view, methods=["GET", "POST"], name="graphql"),
             WebSocketRoute("/graphql", view, name="graphql_ws"),
+            Route("/webhook/stripe", stripe_webhook, methods=["POST"], name="stripe_webhook"),
         ],
         middleware=[
             Middleware(RequestIdMiddleware),

@@ -59,6 +59,9 @@ class Settings:
     stripe_webhook_secret: str | None = None
     stripe_price_id: str | None = None
     stripe_api_base: str | None = None
+    stripe_success_url: str = "http://localhost:3000/billing/success?session_id={CHECKOUT_SESSION_ID}"
+    stripe_cancel_url: str = "http://localhost:3000/billing/cancel"
+    stripe_timeout_seconds: float = 5.0
     debug: bool = False
     host: str = "127.0.0.1"
     port: int = 8000
@@ -80,6 +83,10 @@ class Settings:
     @property
     def is_dev(self) -> bool:
         return self.app_env == AppEnv.DEV
+
+    @property
+    def payments_enabled(self) -> bool:
+        return bool(self.stripe_secret_key and self.stripe_price_id)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -114,6 +121,9 @@ class Settings:
             stripe_webhook_secret=reader.optional("STRIPE_WEBHOOK_SECRET"),
             stripe_price_id=reader.optional("STRIPE_PRICE_ID"),
             stripe_api_base=reader.optional("STRIPE_API_BASE"),
+            stripe_success_url=reader.get("STRIPE_SUCCESS_URL", str, defaults.stripe_success_url),
+            stripe_cancel_url=reader.get("STRIPE_CANCEL_URL", str, defaults.stripe_cancel_url),
+            stripe_timeout_seconds=reader.get("STRIPE_TIMEOUT_SECONDS", _positive_float, 5.0),
             debug=reader.get("DEBUG", _bool, False),
             host=reader.get("HOST", str, defaults.host),
             port=reader.get("PORT", _port, defaults.port),

@@ -157,6 +157,8 @@ class Subscription(SQLModel, table=True):
     stripe_subscription_id: str = Field(max_length=255, unique=True)
     stripe_customer_id: str | None = Field(default=None, max_length=255)
     status: str = Field(max_length=32)
+    # `created` of the Stripe event this state came from: an older event never overwrites it.
+    state_as_of: int = Field(default=0, sa_type=sa.BigInteger, sa_column_kwargs={"server_default": "0"})
     current_period_start: datetime | None = Field(default=None, sa_type=TIMESTAMP)
     current_period_end: datetime | None = Field(default=None, sa_type=TIMESTAMP)
     cancel_at_period_end: bool = Field(

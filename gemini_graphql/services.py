@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gemini_graphql.auth.service import AuthService
+from gemini_graphql.billing.checkout import Billing
+from gemini_graphql.billing.webhooks import StripeWebhooks
 from gemini_graphql.chat.messages import Messages
 from gemini_graphql.chat.rooms import Rooms
 from gemini_graphql.resources import Resources
@@ -17,6 +19,8 @@ class Services:
     auth: AuthService
     rooms: Rooms
     messages: Messages
+    billing: Billing
+    webhooks: StripeWebhooks
     relay: Relay  # this process's one pub/sub connection for live replies
 
     @classmethod
@@ -26,6 +30,8 @@ class Services:
             auth=AuthService(resources),
             rooms=Rooms(resources),
             messages=Messages(resources),
+            billing=Billing(resources),
+            webhooks=StripeWebhooks(resources),
             relay=Relay(resources.redis),
         )
 

@@ -115,7 +115,10 @@ async def test_one_pubsub_connection_for_many_subscribers(
 ) -> None:
     user, room_id = await user_with_room(live.http, sms)
     await pg.execute("UPDATE users SET subscription_tier = 'pro' WHERE id = $1", uuid.UUID(user.user_id))
-    replies = [(await send(live.http, user.token, room_id, f"m{i}"))["reply"]["id"] for i in range(200)]
+    replies = []
+    for batch in range(10):
+        sent = await asyncio.gather(*(send(live.http, user.token, room_id, f"m{batch}-{i}") for i in range(20)))
+        replies += [payload["reply"]["id"] for payload in sent]
     name = f"gemini-graphql:api:{os.getpid()}"
 
     async def connections() -> tuple[int, int]:

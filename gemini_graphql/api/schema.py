@@ -20,7 +20,9 @@ from strawberry.types import ExecutionContext
 
 from gemini_graphql.api.errors import apply_error_policy
 from gemini_graphql.api.mutations.auth import AuthMutations
+from gemini_graphql.api.mutations.billing import BillingMutations
 from gemini_graphql.api.mutations.chat import ChatMutations
+from gemini_graphql.api.queries.billing import BillingQueries
 from gemini_graphql.api.queries.chat import ChatQueries
 from gemini_graphql.api.queries.user import UserQueries
 from gemini_graphql.api.subscriptions.chat import ChatSubscriptions
@@ -33,12 +35,12 @@ CACHE_SIZE = 512
 
 
 @strawberry.type
-class Query(UserQueries, ChatQueries):
+class Query(UserQueries, ChatQueries, BillingQueries):
     pass
 
 
 @strawberry.type
-class Mutation(AuthMutations, ChatMutations):
+class Mutation(AuthMutations, ChatMutations, BillingMutations):
     pass
 
 

@@ -10,6 +10,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 from arq.connections import ArqRedis
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from gemini_graphql.chat.pages import Page, decode_id_cursor, encode_cursor, page_size
@@ -17,7 +18,7 @@ from gemini_graphql.chat.quota import Usage, consume_one, give_back_one, utc_day
 from gemini_graphql.chat.room_cache import RoomListCache
 from gemini_graphql.errors import DomainError, ErrorCode, InvalidArgument, invalid_input
 from gemini_graphql.ids import new_id, parse_id
-from gemini_graphql.models import Chatroom, Message, MessageRole, MessageStatus
+from gemini_graphql.models import Chatroom, Message, MessageRole, MessageStatus, Subscription
 from gemini_graphql.resources import Resources
 from gemini_graphql.streaming import Relay, ReplyEvent, follow
 
@@ -75,11 +76,7 @@ class Messages:
                 raise _room_not_found()
             usage = await consume_one(session, user_id, self._settings, now)
             if usage is None:
-                raise DomainError(
-                    ErrorCode.DAILY_LIMIT_REACHED,
-                    "You have used today's messages on your plan. Upgrade to Pro "
-                    "(the subscribePro mutation) for more, or come back after midnight UTC.",
-                )
+                raise await _limit_reached(session, user_id)
             message = Message(
                 id=new_id(), chatroom_id=room.id, role=MessageRole.USER.value, content=content,
                 status=MessageStatus.COMPLETE.value, created_at=now, updated_at=now,
@@ -192,6 +189,25 @@ class Messages:
                 items = items[:size]
                 pages.append(Page(items=items, has_next=more, has_previous=cursor_id is not None))
         return pages
+
+
+async def _limit_reached(session: AsyncSession, user_id: uuid.UUID) -> DomainError:
+    payment_failed = await session.scalar(
+        select(sa.func.count())
+        .select_from(Subscription)
+        .where(Subscription.user_id == user_id, col(Subscription.status).in_(("past_due", "unpaid")))
+    )
+    if payment_failed:
+        message = (
+            "You have used today's Basic messages. Your Pro plan is paused because the last "
+            "payment failed: update your payment method to get Pro back."
+        )
+    else:
+        message = (
+            "You have used today's messages on your plan. Upgrade to Pro (the subscribePro "
+            "mutation) for more, or come back after midnight UTC."
+        )
+    return DomainError(ErrorCode.DAILY_LIMIT_REACHED, message)
 
 
 def _room_not_found() -> DomainError:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 12:16:58.902529
+Create Date: 2026-11-25 12:58:36.026308
 """
 
 from collections.abc import Sequence
@@ -75,6 +75,7 @@ def upgrade() -> None:
     sa.Column('stripe_subscription_id', sa.String(length=255), nullable=False),
     sa.Column('stripe_customer_id', sa.String(length=255), nullable=True),
     sa.Column('status', sa.String(length=32), nullable=False),
+    sa.Column('state_as_of', sa.BigInteger(), server_default='0', nullable=False),
     sa.Column('current_period_start', sa.DateTime(timezone=True), nullable=True),
     sa.Column('current_period_end', sa.DateTime(timezone=True), nullable=True),
     sa.Column('cancel_at_period_end', sa.Boolean(), server_default=sa.text('false'), nullable=False),

@@ -1,0 +1,1 @@
+"""The Pro plan: Stripe Checkout, signed webhooks, and the tier they decide."""

@@ -1,0 +1,26 @@
+"""POST /webhook/stripe: verify, record, apply. Fast: a few database writes."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from gemini_graphql.billing.webhooks import BadWebhook, StripeWebhooks
+
+log = logging.getLogger(__name__)
+
+
+async def stripe_webhook(request: Request) -> JSONResponse:
+    webhooks: StripeWebhooks = request.app.state.services.webhooks
+    if not webhooks.configured:
+        return JSONResponse({"error": "Stripe webhooks are not configured."}, status_code=503)
+    payload = await request.body()  # the raw bytes: the signature covers exactly these
+    try:
+        event = webhooks.verify(payload, request.headers.get("stripe-signature"))
+        outcome = await webhooks.handle(event)
+    except BadWebhook as exc:
+        log.warning("refused a Stripe webhook: %s", exc)
+        return JSONResponse({"error": "Invalid webhook."}, status_code=400)
+    return JSONResponse({"received": True, "outcome": outcome.value})
