@@ -24,7 +24,7 @@ import websockets
 from google import genai
 from google.genai import types
 
-from gemini_graphql.cli import migrate
+from gemini_graphql.migrate import migrate
 from gemini_graphql.config import AppEnv, Settings
 from tests.fakes.gemini import API_KEY, FakeGemini, Script
 from tests.live import serve

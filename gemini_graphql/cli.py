@@ -1,4 +1,4 @@
-"""The `gemini-graphql` command: serve, worker, migrate, export-schema."""
+"""The `gemini-graphql` command: serve, worker, dev, migrate, export-schema."""
 
 from __future__ import annotations
 
@@ -8,17 +8,7 @@ import sys
 from pathlib import Path
 
 from gemini_graphql.config import ConfigError, Settings
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-def migrations_dir() -> Path:
-    """`migrations/` beside the package (a checkout) or in the working directory (the image)."""
-    for candidate in (PACKAGE_DIR.parent / "migrations", Path.cwd() / "migrations"):
-        if (candidate / "env.py").is_file():
-            return candidate
-    raise FileNotFoundError("migrations/ not found beside the package or in the working directory")
-
+from gemini_graphql.migrate import migrate
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gemini-graphql", description=__doc__)
@@ -28,6 +18,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default=None, help="default: $HOST or 127.0.0.1")
     serve.add_argument("--port", type=int, default=None, help="default: $PORT or 8000")
     serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+
+    dev = commands.add_parser(
+        "dev", help="everything in one process: embedded stores, worker, offline model"
+    )
+    dev.add_argument("--host", default=None, help="default: $HOST or 127.0.0.1")
+    dev.add_argument("--port", type=int, default=None, help="default: $PORT or 8000")
 
     commands.add_parser("worker", help="run an arq worker that generates replies")
     commands.add_parser("migrate", help="apply database migrations (alembic upgrade head)")
@@ -50,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         migrate(settings.database_url)
         return 0
+    if args.command == "dev":
+        from gemini_graphql.dev import run_dev
+
+        return run_dev(settings, args.host, args.port)
     if args.command == "export-schema":
         return _export_schema(args.output)
     return 2  # pragma: no cover - argparse enforces the choices
@@ -76,21 +76,6 @@ def _worker(settings: Settings) -> int:
 
     build_worker(settings).run()  # arq handles SIGINT/SIGTERM: the job in flight finishes
     return 0
-
-
-def migrate(database_url: str, revision: str = "head") -> None:
-    from alembic import command
-
-    command.upgrade(alembic_config(database_url), revision)
-
-
-def alembic_config(database_url: str):  # type: ignore[no-untyped-def]
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(migrations_dir()))
-    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
-    return config
 
 
 def _export_schema(output: str) -> int:

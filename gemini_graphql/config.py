@@ -246,6 +246,8 @@ def _database_url(raw: str) -> str:
     for prefix in ("postgresql://", "postgres://"):
         if raw.startswith(prefix):
             return "postgresql+asyncpg://" + raw[len(prefix) :]
-    if raw.startswith("postgresql+asyncpg://"):
+    if raw.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
         return raw
-    raise ValueError("expected a postgresql:// URL")
+    if raw.startswith("sqlite://"):
+        return "sqlite+aiosqlite://" + raw[len("sqlite://") :]
+    raise ValueError("expected a postgresql:// (or, for dev, sqlite://) URL")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,6 +14,8 @@ SessionFactory = async_sessionmaker[AsyncSession]
 
 
 def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
+    if database_url.startswith("sqlite"):
+        return _sqlite_engine(database_url)
     return create_async_engine(
         database_url,
         pool_size=pool_size,
@@ -20,6 +23,31 @@ def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
         pool_pre_ping=True,
         connect_args={"server_settings": {"application_name": "gemini-graphql"}},
     )
+
+
+def _sqlite_engine(database_url: str) -> AsyncEngine:
+    """The embedded dev store, made to keep the same guarantees as PostgreSQL.
+
+    Every transaction starts with BEGIN IMMEDIATE, taking SQLite's write lock at once:
+    transactions run one after another, so the quota's conditional UPDATE and the other
+    read-then-write steps hold under concurrency exactly as they do on PostgreSQL.
+    """
+    engine = create_async_engine(database_url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def configure(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
 
 
 def create_session_factory(engine: AsyncEngine) -> SessionFactory:

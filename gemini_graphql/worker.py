@@ -11,6 +11,7 @@ from arq.worker import Worker, func
 
 from gemini_graphql.ai.gemini import GeminiModel
 from gemini_graphql.ai.model import ChatModel
+from gemini_graphql.ai.offline import OfflineModel
 from gemini_graphql.chat.messages import GENERATE_REPLY
 from gemini_graphql.chat.replies import ReplyGenerator, RetryLater
 from gemini_graphql.clock import Clock, utc_now
@@ -42,6 +43,11 @@ async def generate_reply(ctx: dict[str, Any], reply_id: str) -> str | None:
     return outcome.status.value if outcome else None
 
 
+def default_model(settings: Settings) -> ChatModel:
+    """Gemini with a key; otherwise the offline model (production refuses to start without one)."""
+    return GeminiModel(settings) if settings.gemini_api_key else OfflineModel()
+
+
 def build_worker(
     settings: Settings,
     *,
@@ -54,7 +60,7 @@ def build_worker(
 
     async def startup(ctx: dict[str, Any]) -> None:
         resources = resources_holder["resources"]
-        chat_model = model if model is not None else GeminiModel(settings)
+        chat_model = model if model is not None else default_model(settings)
         ctx["settings"] = settings
         ctx["resources"] = resources
         ctx["model"] = chat_model

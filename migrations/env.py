@@ -6,10 +6,10 @@ import asyncio
 
 from alembic import context
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel import SQLModel
 
 import gemini_graphql.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from gemini_graphql.db import create_engine
 
 target_metadata = SQLModel.metadata
 
@@ -20,6 +20,7 @@ def _configure(connection: Connection) -> None:
         target_metadata=target_metadata,
         compare_type=True,
         compare_server_default=True,
+        render_as_batch=connection.dialect.name == "sqlite",  # SQLite cannot ALTER much
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -28,7 +29,7 @@ def _configure(connection: Connection) -> None:
 async def _run_online() -> None:
     url = context.config.get_main_option("sqlalchemy.url")
     assert url, "sqlalchemy.url is set by gemini_graphql.cli.alembic_config"
-    engine = create_async_engine(url)
+    engine = create_engine(url)  # the app's engine: SQLite gets its pragmas and locking
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_configure)

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from starlette.applications import Starlette
 
 from gemini_graphql.app import create_app
-from gemini_graphql.cli import migrate
+from gemini_graphql.migrate import migrate
 from gemini_graphql.config import AppEnv, Settings
 
 ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -29,10 +29,11 @@ async def root(request: Request) -> JSONResponse:
 
 
 async def health(request: Request) -> JSONResponse:
-    """200 when PostgreSQL and Redis answer within a couple of seconds; 503 naming what failed."""
+    """200 when the database and Redis answer within a couple of seconds; 503 naming what failed."""
     resources: Resources = request.app.state.resources
-    postgres, redis = await asyncio.gather(_check_postgres(resources), _check_redis(resources))
-    checks = {"postgres": postgres, "redis": redis}
+    database, redis = await asyncio.gather(_check_database(resources), _check_redis(resources))
+    database_name = "sqlite" if resources.engine.dialect.name == "sqlite" else "postgres"
+    checks = {database_name: database, "redis": redis}
     healthy = all(state == "ok" for state in checks.values())
     return JSONResponse(
         {"status": "ok" if healthy else "unavailable", "checks": checks},
@@ -40,7 +41,7 @@ async def health(request: Request) -> JSONResponse:
     )
 
 
-async def _check_postgres(resources: Resources) -> str:
+async def _check_database(resources: Resources) -> str:
     async def ping() -> None:
         async with resources.engine.connect() as connection:
             await connection.execute(sa.text("SELECT 1"))
