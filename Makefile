@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: test services install schema lint clean
+.PHONY: dev test services install schema bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,11 +16,17 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
+dev: install
+	$(BIN)/gemini-graphql dev
+
 services:
 	@.ci/services
 
 test: install services
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: install services
+	$(BIN)/python -m bench.first_delta
 
 schema: install
 	$(BIN)/gemini-graphql export-schema --output schema.graphql

@@ -118,8 +118,8 @@ async def main(messages: int) -> None:
                 first, final = await measure(http, url, token, room_id, messages)
             baseline = await sdk_first_chunk(gemini_url, messages)
         finally:
-            api.stop()
-            worker.stop()
+            await api.stop()
+            await worker.stop()
             await redis.aclose()
     ms = 1000
     print(f"messages: {messages}")

@@ -16,6 +16,7 @@ from gemini_graphql.clock import Clock, utc_now
 from gemini_graphql.config import Settings
 from gemini_graphql.resources import Resources
 from gemini_graphql.services import Services
+from gemini_graphql.web.cors import cors_middleware
 from gemini_graphql.web.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from gemini_graphql.web.routes import health, root
 from gemini_graphql.web.stripe_webhook import stripe_webhook
@@ -49,6 +50,7 @@ def create_app(
         ],
         middleware=[
             Middleware(RequestIdMiddleware),
+            cors_middleware(settings),
             Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes),
         ],
         lifespan=lifespan,

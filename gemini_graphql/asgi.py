@@ -2,5 +2,8 @@
 
 from gemini_graphql.app import create_app
 from gemini_graphql.config import Settings
+from gemini_graphql.logs import configure_logging
 
-app = create_app(Settings.from_env())
+settings = Settings.from_env()
+configure_logging(settings)  # also in uvicorn's worker processes (--workers N)
+app = create_app(settings)

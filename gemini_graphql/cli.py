@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 from gemini_graphql.config import ConfigError, Settings
+from gemini_graphql.logs import configure_logging
 from gemini_graphql.migrate import migrate
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gemini-graphql", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -30,14 +30,17 @@ def main(argv: list[str] | None = None) -> int:
 
     export = commands.add_parser("export-schema", help="write the GraphQL SDL")
     export.add_argument("--output", default="schema.graphql", help="'-' for stdout")
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         print(f"gemini-graphql: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.DEBUG if settings.debug else logging.INFO)
+    configure_logging(settings)
 
     if args.command == "serve":
         return _serve(settings, args.host, args.port, args.workers)
@@ -65,7 +68,9 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int)
         workers=workers,
         proxy_headers=True,
         log_level="debug" if settings.debug else "info",
+        log_config=None,  # keep the logging configured above (JSON in production)
         access_log=False,  # our middleware logs each request with its id
+        timeout_graceful_shutdown=30,
         ws_per_message_deflate=False,
     )
     return 0

@@ -68,6 +68,7 @@ class Settings:
     basic_daily_limit: int = 5
     pro_daily_limit: int = 1000
     cors_origins: tuple[str, ...] = ()
+    cors_allow_credentials: bool = False
     sms_backend: str = "console"
     sms_webhook_url: str | None = None
     sms_webhook_token: str | None = None
@@ -130,6 +131,7 @@ class Settings:
             basic_daily_limit=reader.get("BASIC_DAILY_LIMIT", _positive_int, 5),
             pro_daily_limit=reader.get("PRO_DAILY_LIMIT", _positive_int, 1000),
             cors_origins=reader.get("CORS_ORIGINS", _csv, ()),
+            cors_allow_credentials=reader.get("CORS_ALLOW_CREDENTIALS", _bool, False),
             sms_backend=reader.get("SMS_BACKEND", _sms_backend, "console"),
             sms_webhook_url=reader.optional("SMS_WEBHOOK_URL"),
             sms_webhook_token=reader.optional("SMS_WEBHOOK_TOKEN"),
@@ -159,6 +161,19 @@ class Settings:
                 found.append(
                     "SMS_BACKEND: 'console' prints login codes to the log; "
                     "use 'webhook' in production"
+                )
+            if not self.gemini_api_key:
+                found.append("GEMINI_API_KEY: required in production (replies need Gemini)")
+            if self.stripe_secret_key and not self.stripe_webhook_secret:
+                found.append(
+                    "STRIPE_WEBHOOK_SECRET: required with STRIPE_SECRET_KEY, or payments "
+                    "never turn users Pro"
+                )
+            if self.stripe_secret_key and not self.stripe_price_id:
+                found.append("STRIPE_PRICE_ID: required with STRIPE_SECRET_KEY")
+            if "*" in self.cors_origins and self.cors_allow_credentials:
+                found.append(
+                    "CORS_ORIGINS: '*' with CORS_ALLOW_CREDENTIALS lets any site act for users"
                 )
         if self.sms_backend == "webhook" and not self.sms_webhook_url:
             found.append("SMS_WEBHOOK_URL: required when SMS_BACKEND=webhook")

@@ -71,6 +71,7 @@ async def _serve_with_worker(settings: Settings, host: str, port: int) -> None:
             host=host,
             port=port,
             access_log=False,
+            log_config=None,
             ws_per_message_deflate=False,
             timeout_graceful_shutdown=10,
         )

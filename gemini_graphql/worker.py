@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -31,16 +32,28 @@ async def generate_reply(ctx: dict[str, Any], reply_id: str) -> str | None:
     generator: ReplyGenerator = ctx["generator"]
     settings: Settings = ctx["settings"]
     job_try: int = ctx["job_try"]
+    started = time.perf_counter()
+    context = {"job_id": ctx.get("job_id")}
     if job_try > MAX_TRIES:  # its workers kept dying: stop, keeping what was sent
         await generator.fail(uuid.UUID(reply_id), "The assistant could not finish this reply.")
+        log.warning("reply gave up after %d tries", job_try - 1, extra={**context, "outcome": "failed"})
         return "failed"
     try:
         outcome = await generator.generate(uuid.UUID(reply_id), final_try=job_try >= MAX_TRIES)
     except RetryLater as exc:
         delay = settings.gemini_retry_base_seconds * 2 ** (job_try - 1)
-        log.info("reply %s: %s; retrying in %.2fs (try %d)", reply_id, exc, delay, job_try)
+        log.info(
+            "reply retried in %.2fs (try %d): %s", delay, job_try, exc,
+            extra={**context, "outcome": "retry"},
+        )
         raise Retry(defer=delay) from exc
-    return outcome.status.value if outcome else None
+    result = outcome.status.value if outcome else "nothing to do"
+    duration_ms = round((time.perf_counter() - started) * 1000, 1)
+    log.info(
+        "reply %s in %.1fms", result, duration_ms,
+        extra={**context, "outcome": result, "duration_ms": duration_ms},
+    )
+    return result
 
 
 def default_model(settings: Settings) -> ChatModel:
@@ -86,4 +99,7 @@ def build_worker(
         max_jobs=CONCURRENT_JOBS,
         keep_result=60,
         handle_signals=handle_signals,
+        # On SIGTERM the reply in flight may finish; past this, arq cancels and requeues it
+        # (and the rerun continues it from what was already streamed).
+        job_completion_wait=settings.worker_job_timeout_seconds,
     )

@@ -51,24 +51,28 @@ class Process:
 
     def kill(self) -> None:
         self.popen.send_signal(signal.SIGKILL)
-        self.popen.wait(timeout=10)
+        self.popen.wait(timeout=10)  # immediate: SIGKILL cannot be caught
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
+        """SIGTERM, and wait without blocking the loop (the fakes the process uses live there)."""
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
             try:
-                self.popen.wait(timeout=15)
-            except subprocess.TimeoutExpired:
+                async with asyncio.timeout(20):
+                    while self.popen.poll() is None:
+                        await asyncio.sleep(0.05)
+            except TimeoutError:
                 self.kill()
 
 
 def _spawn(args: list[str], settings: Settings) -> Process:
+    log = open(os.environ.get("TEST_PROCESS_LOG", os.devnull), "ab")  # noqa: SIM115
     return Process(
         subprocess.Popen(
             [sys.executable, "-m", "gemini_graphql", *args],
             env=settings_env(settings),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
         )
     )
 

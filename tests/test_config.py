@@ -54,27 +54,47 @@ def test_every_bad_variable_is_named() -> None:
 
 @pytest.mark.parametrize("secret", ["", "short-secret", DEV_SECRET_KEY, "changeme"])
 def test_production_refuses_weak_secrets(secret: str) -> None:
-    env = {"APP_ENV": "production", "SMS_BACKEND": "webhook", "SMS_WEBHOOK_URL": "https://sms.internal/"}
+    env = {
+        "APP_ENV": "production",
+        "SMS_BACKEND": "webhook",
+        "SMS_WEBHOOK_URL": "https://sms.internal/",
+        "GEMINI_API_KEY": "key",
+    }
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({**env, "SECRET_KEY": secret})
     assert any(problem.startswith("SECRET_KEY") for problem in caught.value.problems)
     assert Settings.from_env({**env, "SECRET_KEY": STRONG}).is_production
 
 
-def test_production_refuses_the_console_sms_sender() -> None:
+def test_production_refuses_every_detectable_misconfiguration() -> None:
     with pytest.raises(ConfigError) as caught:
-        Settings.from_env({"APP_ENV": "production", "SECRET_KEY": STRONG})
-    assert any(problem.startswith("SMS_BACKEND") for problem in caught.value.problems)
+        Settings.from_env(
+            {
+                "APP_ENV": "production",
+                "SECRET_KEY": DEV_SECRET_KEY,
+                "STRIPE_SECRET_KEY": "sk_live_x",
+                "CORS_ORIGINS": "*",
+                "CORS_ALLOW_CREDENTIALS": "true",
+            }
+        )
+    named = [problem.split(":")[0] for problem in caught.value.problems]
+    assert named == [
+        "SECRET_KEY", "SMS_BACKEND", "GEMINI_API_KEY", "STRIPE_WEBHOOK_SECRET", "STRIPE_PRICE_ID", "CORS_ORIGINS"
+    ]
+    assert "sk_live_x" not in str(caught.value)  # names the variable, never echoes a secret
 
 
-def test_the_command_line_reports_bad_configuration() -> None:
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_production_processes_refuse_to_start_with_one_line_per_problem(command: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "gemini_graphql", "export-schema", "--output", "-"],
-        env={"APP_ENV": "production", "SECRET_KEY": "short", "PATH": ""},
+        [sys.executable, "-m", "gemini_graphql", command],
+        env={"APP_ENV": "production", "SECRET_KEY": "short-secret-value", "PATH": ""},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 2
-    assert "SECRET_KEY" in result.stderr and "Traceback" not in result.stderr
-    assert "short" not in result.stderr  # the secret itself is never echoed
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == "gemini-graphql: invalid configuration:"
+    assert [line.strip().split(":")[0] for line in lines[1:]] == ["SECRET_KEY", "SMS_BACKEND", "GEMINI_API_KEY"]
+    assert "Traceback" not in result.stderr and "short-secret-value" not in result.stderr

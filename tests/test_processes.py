@@ -52,7 +52,7 @@ async def test_two_apis_and_two_workers(chat_settings, fake_gemini, redis_client
         assert await pg.fetchval("SELECT count(*) FROM messages WHERE role = 'assistant' AND status = 'complete'") == 6
     finally:
         for process in processes:
-            process.stop()
+            await process.stop()
 
 
 async def test_worker_killed_mid_reply(chat_settings, fake_gemini, redis_client, pg, make_client, sms) -> None:
@@ -92,4 +92,4 @@ async def test_worker_killed_mid_reply(chat_settings, fake_gemini, redis_client,
     finally:
         for process in processes:
             with contextlib.suppress(Exception):
-                process.stop()
+                await process.stop()

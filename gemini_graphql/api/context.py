@@ -64,6 +64,7 @@ class Context:
         """
         if self._user is None or self.is_websocket:
             self._user = await self.services.auth.authenticate(self.token())
+            self.connection.scope.setdefault("state", {})["user_id"] = str(self._user.id)
         return self._user
 
 

@@ -22,6 +22,7 @@ from gemini_graphql.api.context import Context
 from gemini_graphql.config import Settings
 from gemini_graphql.errors import Unauthenticated
 from gemini_graphql.services import Services
+from gemini_graphql.web.cors import origin_allowed
 
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 JSON = "application/json"
@@ -36,8 +37,8 @@ class GraphQLView(GraphQL[Context, None]):
             allow_queries_via_get=True,
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
             connection_init_wait_timeout=CONNECTION_INIT_TIMEOUT,
-            allowed_origins=settings.cors_origins,
         )
+        self.settings = settings
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
@@ -46,6 +47,10 @@ class GraphQLView(GraphQL[Context, None]):
                 await refusal(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
+
+    def is_websocket_origin_allowed(self, request: WebSocket, origin: str) -> bool:
+        """The CORS rule, for handshakes from pages on other origins (403 otherwise)."""
+        return origin_allowed(origin, self.settings)
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         request_id = getattr(request.state, "request_id", None) or uuid.uuid4().hex

@@ -41,13 +41,19 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            duration_ms = round((time.perf_counter() - started) * 1000, 1)
             access_log.info(
                 "%s %s %s %.1fms",
                 scope.get("method", "WS"),
                 scope["path"],
                 status or "-",
-                (time.perf_counter() - started) * 1000,
-                extra={"request_id": request_id},
+                duration_ms,
+                extra={
+                    "request_id": request_id,
+                    "user_id": scope["state"].get("user_id"),
+                    "status": status or None,
+                    "duration_ms": duration_ms,
+                },
             )
 
 
