@@ -110,7 +110,7 @@ class OtpBook:
         if not hmac.compare_digest(code_hash, self._hash(mobile_number, purpose, code)):
             if attempts >= MAX_ATTEMPTS:
                 raise _attempts_exceeded()
-            raise _invalid_code()
+            raise invalid_code()
         used = await session.execute(
             sa.update(Otp)
             .where(col(Otp.id) == otp_id, col(Otp.used_at).is_(None))
@@ -118,7 +118,7 @@ class OtpBook:
             .returning(Otp.id)
         )
         if used.first() is None:  # a parallel request used it first
-            raise _invalid_code()
+            raise invalid_code()
 
     async def _why_refused(
         self, session: AsyncSession, newest: sa.ScalarSelect[uuid.UUID], now: datetime
@@ -126,7 +126,7 @@ class OtpBook:
         otp = (await session.execute(select(Otp).where(col(Otp.id) == newest))).scalar_one_or_none()
         if otp and otp.used_at is None and otp.expires_at > now and otp.attempts >= MAX_ATTEMPTS:
             return _attempts_exceeded()
-        return _invalid_code()
+        return invalid_code()
 
 
 async def _lock_number(session: AsyncSession, mobile_number: str) -> None:
@@ -138,7 +138,7 @@ async def _lock_number(session: AsyncSession, mobile_number: str) -> None:
         )
 
 
-def _invalid_code() -> DomainError:
+def invalid_code() -> DomainError:
     return DomainError(
         ErrorCode.OTP_INVALID, "The code is wrong, expired or already used.", "code"
     )

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gemini_graphql.auth.otp import IssuedOtp, OtpBook
+from gemini_graphql.auth.otp import IssuedOtp, OtpBook, invalid_code
 from gemini_graphql.auth.passwords import hash_password, validate_new_password, verify_password
 from gemini_graphql.auth.phone import normalize_mobile_number
 from gemini_graphql.auth.throttle import RateLimiter
@@ -120,12 +120,7 @@ class AuthService:
         """Log in with a LOGIN code. Accounts are created by `signup`, never here."""
         number = normalize_mobile_number(mobile_number)
         async with self._sessions() as session:
-            await self._otps.consume(session, number, OtpPurpose.LOGIN, code)
-            user = await _user_by_number(session, number)
-            if user is None or not user.is_active:
-                raise DomainError(
-                    ErrorCode.OTP_INVALID, "The code is wrong, expired or already used.", "code"
-                )
+            user = await self._consume_code(session, number, OtpPurpose.LOGIN, code)
             if user.mobile_verified_at is None:
                 user.mobile_verified_at = self._clock()
             await session.commit()
@@ -153,12 +148,7 @@ class AuthService:
         number = normalize_mobile_number(mobile_number)
         validate_new_password(new_password, "newPassword")
         async with self._sessions() as session:
-            await self._otps.consume(session, number, OtpPurpose.PASSWORD_RESET, code)
-            user = await _user_by_number(session, number)
-            if user is None or not user.is_active:
-                raise DomainError(
-                    ErrorCode.OTP_INVALID, "The code is wrong, expired or already used.", "code"
-                )
+            user = await self._consume_code(session, number, OtpPurpose.PASSWORD_RESET, code)
             password_hash = await hash_password(new_password)
             user = await self._set_password(session, user.id, password_hash, verified=True)
             await session.commit()
@@ -183,6 +173,16 @@ class AuthService:
             updated = await self._set_password(session, user.id, password_hash, verified=False)
             await session.commit()
         return Login(user=updated, access=self.tokens.issue(updated.id, updated.token_version))
+
+    async def _consume_code(
+        self, session: AsyncSession, number: str, purpose: OtpPurpose, code: str
+    ) -> User:
+        """Use the code; the active account of the number, or OTP_INVALID like a wrong code."""
+        await self._otps.consume(session, number, purpose, code)
+        user = await _user_by_number(session, number)
+        if user is None or not user.is_active:
+            raise invalid_code()
+        return user
 
     async def _set_password(
         self, session: AsyncSession, user_id: uuid.UUID, password_hash: str, *, verified: bool
