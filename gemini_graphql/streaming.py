@@ -112,7 +112,9 @@ class Relay:
             confirmed = self._confirmed[channel]
         try:
             # Only after Redis confirmed the subscription is nothing published missed.
-            await asyncio.wait_for(confirmed.wait(), timeout=10)
+            # (asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.)
+            async with asyncio.timeout(10):
+                await confirmed.wait()
             yield queue
         finally:
             async with self._lock:
@@ -208,7 +210,8 @@ async def follow(
                         yield final  # the stream expired: the database has the reply
                         return
             try:
-                event = await asyncio.wait_for(queue.get(), RESYNC_AFTER_SECONDS)
+                async with asyncio.timeout(RESYNC_AFTER_SECONDS):
+                    event = await queue.get()
             except TimeoutError:
                 must_read_stream = True  # quiet for a while: make sure nothing was missed
                 continue

@@ -58,7 +58,8 @@ async def _check_redis(resources: Resources) -> str:
 
 async def _probe(check: Awaitable[None]) -> str:
     try:
-        await asyncio.wait_for(check, HEALTH_TIMEOUT_SECONDS)
+        async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
+            await check
     except Exception:  # any failure means unavailable; the reason is not for the public
         return "unavailable"
     return "ok"
