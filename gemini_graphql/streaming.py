@@ -94,6 +94,7 @@ class Relay:
         self._confirmed: dict[str, asyncio.Event] = {}
         self._lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[None]] = set()  # unsubscribes under way
 
     @property
     def channel_count(self) -> int:
@@ -103,30 +104,37 @@ class Relay:
     async def listen(self, channel: str) -> AsyncIterator[asyncio.Queue[ReplyEvent]]:
         """A queue of the channel's events, live from the moment this is entered."""
         queue: asyncio.Queue[ReplyEvent] = asyncio.Queue(maxsize=SUBSCRIBER_QUEUE_SIZE)
-        async with self._lock:
-            listeners = self._queues.setdefault(channel, set())
-            listeners.add(queue)
-            if len(listeners) == 1:
-                self._confirmed[channel] = asyncio.Event()
-                await self._subscribe(channel)
-            confirmed = self._confirmed[channel]
+        listeners = self._queues.setdefault(channel, set())
+        listeners.add(queue)
         try:
+            async with self._lock:
+                if channel not in self._confirmed:  # the first listener subscribes
+                    self._confirmed[channel] = asyncio.Event()
+                    await self._subscribe(channel)
+                confirmed = self._confirmed[channel]
             # Only after Redis confirmed the subscription is nothing published missed.
             # (asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.)
             async with asyncio.timeout(10):
                 await confirmed.wait()
             yield queue
         finally:
-            async with self._lock:
-                listeners.discard(queue)
-                if not listeners and self._queues.get(channel) is listeners:
-                    del self._queues[channel]
-                    self._confirmed.pop(channel, None)
-                    if self._pubsub is not None:
-                        try:
-                            await self._pubsub.unsubscribe(channel)
-                        except RedisError:  # the connection is gone; so is the subscription
-                            log.warning("could not unsubscribe from %s", channel)
+            # No await before the bookkeeping: a twice-cancelled task still lets go.
+            listeners.discard(queue)
+            if not listeners and self._queues.get(channel) is listeners:
+                del self._queues[channel]
+                self._confirmed.pop(channel, None)
+                task = asyncio.create_task(self._unsubscribe(channel))
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
+
+    async def _unsubscribe(self, channel: str) -> None:
+        async with self._lock:
+            if channel in self._queues or self._pubsub is None:
+                return  # someone listens again
+            try:
+                await self._pubsub.unsubscribe(channel)
+            except RedisError:  # the connection is gone; so is the subscription
+                log.warning("could not unsubscribe from %s", channel)
 
     async def _subscribe(self, channel: str) -> None:
         if self._pubsub is None:
