@@ -20,7 +20,9 @@ def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
         database_url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        # No pre-ping: it costs a round trip per checkout on every request. A connection
+        # that died is dropped on its first error; recycling bounds how old one can get.
+        pool_recycle=1800,
         connect_args={"server_settings": {"application_name": "gemini-graphql"}},
     )
 
@@ -53,6 +55,16 @@ def _sqlite_engine(database_url: str) -> AsyncEngine:
 def create_session_factory(engine: AsyncEngine) -> SessionFactory:
     # expire_on_commit=False: objects stay readable after commit, which resolvers rely on.
     return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+
+
+def create_read_session_factory(engine: AsyncEngine) -> SessionFactory:
+    """Sessions for single reads on the hot path: autocommit, so no BEGIN/ROLLBACK round trips.
+
+    SQLite keeps its BEGIN IMMEDIATE sessions (its locking is what makes reads consistent there).
+    """
+    if engine.dialect.name == "sqlite":
+        return create_session_factory(engine)
+    return create_session_factory(engine.execution_options(isolation_level="AUTOCOMMIT"))
 
 
 def insert_for(session: AsyncSession) -> Callable[..., Any]:

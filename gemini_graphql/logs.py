@@ -58,6 +58,9 @@ def configure_logging(settings: Settings) -> None:
     for noisy in ("httpx", "httpcore", "google_genai", "stripe", "aiosqlite", "fakeredis"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # uvicorn's own loggers go through ours (one format); its access log is replaced by ours.
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    uvicorn_access = logging.getLogger("uvicorn.access")
+    uvicorn_access.handlers[:] = []
+    uvicorn_access.propagate = False

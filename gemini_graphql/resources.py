@@ -12,7 +12,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gemini_graphql.auth.sms import SmsSender, build_sms_sender
 from gemini_graphql.clock import Clock, utc_now
 from gemini_graphql.config import Settings
-from gemini_graphql.db import SessionFactory, create_engine, create_session_factory
+from gemini_graphql.db import (
+    SessionFactory,
+    create_engine,
+    create_read_session_factory,
+    create_session_factory,
+)
 
 
 @dataclass(slots=True)
@@ -20,6 +25,7 @@ class Resources:
     settings: Settings
     engine: AsyncEngine
     sessions: SessionFactory
+    reads: SessionFactory  # autocommit sessions for one-statement reads
     # One bounded pool per process: the connection count never grows with the load.
     # ArqRedis is a redis.asyncio.Redis that can also enqueue jobs.
     redis: ArqRedis
@@ -46,6 +52,7 @@ class Resources:
             settings=settings,
             engine=engine,
             sessions=create_session_factory(engine),
+            reads=create_read_session_factory(engine),
             redis=ArqRedis(pool),
             sms=sms or build_sms_sender(settings),
             clock=clock,

@@ -8,6 +8,7 @@ from typing import Any
 import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import (
+    AddValidationRules,
     MaxAliasesLimiter,
     MaxTokensLimiter,
     ParserCache,
@@ -32,6 +33,20 @@ MAX_DEPTH = 10
 MAX_ALIASES = 15
 MAX_TOKENS = 2_000
 CACHE_SIZE = 512
+
+# The limiters' rule classes, made once: a fresh QueryDepthLimiter per request would bring
+# new rule classes, and so a new ValidationCache key, every time (the cache never hit).
+_LIMIT_RULES = (
+    *QueryDepthLimiter(max_depth=MAX_DEPTH).validation_rules,
+    *MaxAliasesLimiter(max_alias_count=MAX_ALIASES).validation_rules,
+)
+
+
+class DocumentLimits(AddValidationRules):
+    """Depth and alias limits with stable rules, so validation results stay cacheable."""
+
+    def __init__(self) -> None:
+        super().__init__(list(_LIMIT_RULES))
 
 
 @strawberry.type
@@ -62,8 +77,7 @@ def build_schema(*, production: bool) -> strawberry.Schema:
     # Factories: Strawberry builds fresh extension instances per operation (the caches are shared).
     extensions: list[Callable[[], SchemaExtension] | type[SchemaExtension]] = [
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
-        lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
-        lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+        DocumentLimits,
         lambda: ParserCache(maxsize=CACHE_SIZE),
         lambda: ValidationCache(maxsize=CACHE_SIZE),
     ]

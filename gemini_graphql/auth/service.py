@@ -46,6 +46,7 @@ class AuthService:
     def __init__(self, resources: Resources) -> None:
         self._settings = resources.settings
         self._sessions = resources.sessions
+        self._reads = resources.reads
         self._sms = resources.sms
         self._clock = resources.clock
         self._otps = OtpBook(resources.settings.secret_key, resources.clock)
@@ -209,7 +210,7 @@ class AuthService:
         if not token:
             raise Unauthenticated()
         claims = self.tokens.decode(token)
-        async with self._sessions() as session:
+        async with self._reads() as session:
             user = await session.get(User, claims.user_id)
         if user is None or not user.is_active or user.token_version != claims.version:
             raise Unauthenticated("The access token is no longer valid; log in again.")

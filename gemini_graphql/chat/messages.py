@@ -59,6 +59,7 @@ class Messages:
     def __init__(self, resources: Resources) -> None:
         self._settings = resources.settings
         self._sessions = resources.sessions
+        self._reads = resources.reads
         self._clock = resources.clock
         self._queue: ArqRedis = resources.redis
         self._rooms_cache = RoomListCache(resources.redis)
@@ -123,7 +124,7 @@ class Messages:
         message_id = parse_id(raw_id)
         if message_id is None:
             return None
-        async with self._sessions() as session:
+        async with self._reads() as session:
             row = (
                 await session.execute(
                     select(Message)
@@ -134,7 +135,7 @@ class Messages:
         return row
 
     async def get(self, message_id: uuid.UUID) -> Message | None:
-        async with self._sessions() as session:
+        async with self._reads() as session:
             return await session.get(Message, message_id)
 
     def follow(self, relay: Relay, reply_id: uuid.UUID, after: int) -> AsyncIterator[ReplyEvent]:
@@ -172,7 +173,7 @@ class Messages:
         subquery = ranked.subquery()
         alias = sa.orm.aliased(Message, subquery)
         query = select(alias).where(subquery.c.rank <= size + 1).order_by(subquery.c.chatroom_id, subquery.c.id)
-        async with self._sessions() as session:
+        async with self._reads() as session:
             rows = list((await session.execute(query)).scalars())
 
         by_room: dict[uuid.UUID, list[Message]] = {room_id: [] for room_id in room_ids}

@@ -31,6 +31,7 @@ def room_cursor(room: Chatroom) -> str:
 class Rooms:
     def __init__(self, resources: Resources) -> None:
         self._sessions = resources.sessions
+        self._reads = resources.reads
         self._clock = resources.clock
         self.cache = RoomListCache(resources.redis)
 
@@ -59,7 +60,7 @@ class Rooms:
         room_id = parse_id(raw_id)
         if room_id is None:
             return None
-        async with self._sessions() as session:
+        async with self._reads() as session:
             room = await session.get(Chatroom, room_id)
         return room if room is not None and room.user_id == user_id else None
 
@@ -81,5 +82,5 @@ class Rooms:
         if after is not None:
             query = query.where(sa.tuple_(Chatroom.updated_at, Chatroom.id) < sa.tuple_(*after))
         query = query.order_by(col(Chatroom.updated_at).desc(), col(Chatroom.id).desc()).limit(limit)
-        async with self._sessions() as session:
+        async with self._reads() as session:
             return list((await session.execute(query)).scalars())

@@ -1,0 +1,145 @@
+"""What every benchmark runs against: real `serve` and `worker` processes on a scratch
+PostgreSQL database and Redis database, with the fake Gemini answering at once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+
+import asyncpg
+import httpx
+import redis.asyncio as aioredis
+
+from gemini_graphql.config import AppEnv, Settings
+from gemini_graphql.migrate import migrate
+from tests.fakes.gemini import API_KEY, FakeGemini, Script
+from tests.live import serve
+from tests.processes import Process, free_port, start_api, start_worker
+
+ADMIN_DSN = os.environ.get("BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+DB_NAME = "gemini_bench"
+NUMBER = "+15550009999"
+
+
+@dataclass
+class Stack:
+    url: str
+    ws_url: str
+    api: Process
+    token: str
+    user_id: str
+    room_id: str
+    settings: Settings
+    fake: FakeGemini
+    gemini_url: str
+    redis: aioredis.Redis
+    dsn: str
+
+    async def gql(self, http: httpx.AsyncClient, query: str, variables: dict | None = None) -> dict:
+        response = await http.post(
+            "/graphql",
+            json={"query": query, "variables": variables or {}},
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
+        return response.json()["data"]
+
+
+async def fresh_database() -> str:
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{DB_NAME}"')
+    finally:
+        await admin.close()
+    url = ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + "/" + DB_NAME
+    await asyncio.to_thread(migrate, url)
+    return url
+
+
+@asynccontextmanager
+async def running_stack(*, worker: bool = True) -> AsyncIterator[Stack]:
+    fake = FakeGemini(default=Script(chunks=["Hello ", "there, ", "friend."]))
+    database_url = await fresh_database()
+    redis = aioredis.Redis.from_url(REDIS_URL)
+    await redis.flushdb()
+    async with serve(fake.app) as gemini_url:
+        settings = replace(
+            Settings(),
+            app_env=AppEnv.DEV,
+            database_url=database_url,
+            redis_url=REDIS_URL,
+            gemini_api_key=API_KEY,
+            gemini_base_url=gemini_url,
+            auth_rate_per_ip=1_000_000,
+            auth_rate_per_number=1_000_000,
+            pro_daily_limit=1_000_000_000,
+        )
+        started = [start_api(settings)] + ([start_worker(settings, redis)] if worker else [])
+        (api, url), *workers = await asyncio.gather(*started)
+        try:
+            async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+                token, user_id = await _log_in(http)
+            dsn = ADMIN_DSN.rsplit("/", 1)[0] + "/" + DB_NAME
+            conn = await asyncpg.connect(dsn)
+            await conn.execute("UPDATE users SET subscription_tier = 'pro'")
+            await conn.close()
+            stack = Stack(url, url.replace("http://", "ws://") + "/graphql", api, token, user_id, "",
+                          settings, fake, gemini_url, redis, dsn)
+            async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+                room = await stack.gql(http, 'mutation { createChatroom(input: {title: "bench"}) { chatroom { id } } }')
+            stack.room_id = room["createChatroom"]["chatroom"]["id"]
+            yield stack
+        finally:
+            for process in [api, *workers]:
+                await process.stop()
+            await redis.aclose()
+
+
+async def _log_in(http: httpx.AsyncClient) -> tuple[str, str]:
+    async def call(query: str, variables: dict) -> dict:
+        return (await http.post("/graphql", json={"query": query, "variables": variables})).json()["data"]
+
+    await call("mutation($n: String!) { signup(input: {mobileNumber: $n}) { errors { code } } }", {"n": NUMBER})
+    sent = await call("mutation($n: String!) { sendOtp(input: {mobileNumber: $n}) { devCode } }", {"n": NUMBER})
+    verified = await call(
+        "mutation($n: String!, $c: String!) { verifyOtp(input: {mobileNumber: $n, code: $c}) { accessToken user { id } } }",
+        {"n": NUMBER, "c": sent["sendOtp"]["devCode"]},
+    )
+    return verified["verifyOtp"]["accessToken"], verified["verifyOtp"]["user"]["id"]
+
+
+async def start_raw(body_bytes: int) -> tuple[subprocess.Popen[bytes], str]:
+    """The baseline app under the same uvicorn flags as `serve`."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "bench.raw_app:app", "--port", str(port), "--no-access-log",
+         "--log-level", "warning", "--ws-per-message-deflate", "false"],
+        env={**os.environ, "RAW_BODY_BYTES": str(body_bytes)},
+    )
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient() as client, asyncio.timeout(30):
+        while True:
+            try:
+                await client.get(url + "/raw")
+                return process, url
+            except httpx.TransportError:
+                await asyncio.sleep(0.1)
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")

@@ -1,0 +1,69 @@
+"""Runs wrk (a compiled HTTP load generator, in its own process) and reads its report."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Load:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def ensure_wrk() -> str:
+    path = shutil.which("wrk")
+    if path is None:  # Debian's package; installed on first use
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=False, capture_output=True)
+        if shutil.which("wrk") is None:
+            subprocess.run(["apt-get", "update", "-q"], check=False, capture_output=True)
+            subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, capture_output=True)
+        path = shutil.which("wrk")
+    assert path, "wrk is needed for the HTTP benchmarks"
+    return path
+
+
+async def run_wrk(
+    url: str, *, connections: int, seconds: int, body: dict | None = None, token: str | None = None
+) -> Load:
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    script = "wrk.method = {method}\nwrk.body = {body}\nwrk.headers = {{{headers}}}\n".format(
+        method=json.dumps("POST" if body is not None else "GET"),
+        body=json.dumps(json.dumps(body) if body is not None else ""),
+        headers=", ".join(f"[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()),
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as file:
+        file.write(script)
+    process = await asyncio.create_subprocess_exec(
+        ensure_wrk(), "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", file.name, url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    output = (await process.communicate())[0].decode()
+    return _parse(output)
+
+
+def _parse(output: str) -> Load:
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return Load(
+        rps=rps,
+        p50_ms=_latency(output, "50%"),
+        p99_ms=_latency(output, "99%"),
+        errors=errors + (int(non_2xx.group(1)) if non_2xx else 0),
+    )
+
+
+def _latency(output: str, label: str) -> float:
+    value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", output).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
