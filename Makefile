@@ -26,7 +26,7 @@ test: install services
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: install services
-	$(BIN)/python -m bench.first_delta
+	$(BIN)/python -m bench.run
 
 schema: install
 	$(BIN)/gemini-graphql export-schema --output schema.graphql

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 LIVE_TTL_SECONDS = 3600  # while a reply streams, refreshed by every event
 FINISHED_TTL_SECONDS = 900  # after the final event; then the database answers
 SUBSCRIBER_QUEUE_SIZE = 1024
-RESYNC_AFTER_SECONDS = 5.0  # with no live event for this long, re-read the stream
+RESYNC_AFTER_SECONDS = 30.0  # with no live event for this long, re-read the stream anyway
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,10 @@ class ReplyEvent:
     def decode(cls, raw: bytes | str) -> ReplyEvent:
         data = json.loads(raw)
         return cls(seq=int(data["seq"]), delta=data["delta"], status=MessageStatus(data["status"]))
+
+
+# Handed to every subscriber when the relay had to reconnect: events may have been missed.
+RESYNC = ReplyEvent(seq=-1, delta="", status=MessageStatus.STREAMING)
 
 
 def stream_key(message_id: uuid.UUID) -> str:
@@ -151,6 +156,8 @@ class Relay:
             except (RedisError, OSError) as exc:  # reconnects (and resubscribes) on the next read
                 log.warning("relay lost its Redis connection: %s", exc)
                 await asyncio.sleep(0.5)
+                for channel in list(self._queues):
+                    self._dispatch_event(channel, RESYNC)
                 continue
             if message is None:
                 continue
@@ -168,6 +175,9 @@ class Relay:
         except (ValueError, KeyError):
             log.warning("ignored a malformed event on %s", channel)
             return
+        self._dispatch_event(channel, event)
+
+    def _dispatch_event(self, channel: str, event: ReplyEvent) -> None:
         for queue in self._queues.get(channel, ()):
             try:
                 queue.put_nowait(event)
@@ -222,6 +232,9 @@ async def follow(
                     event = await queue.get()
             except TimeoutError:
                 must_read_stream = True  # quiet for a while: make sure nothing was missed
+                continue
+            if event is RESYNC:
+                must_read_stream = True
                 continue
             if event.seq <= last:
                 continue  # already sent from the stream

@@ -1,0 +1,118 @@
+"""`make bench`: every benchmark in one run, printed as one table and written to RESULTS.md.
+
+Each figure is measured next to its baseline in the same run and reported as a ratio too:
+the machines are shared and noisy. Loads are bounded in time and count, on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import statistics
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+from bench.first_word import time_to_first_word
+from bench.http_overhead import graphql_overhead, send_message
+from bench.stack import percentile, running_stack
+from bench.streams import live_streams
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def ms(seconds: list[float], share: float) -> float:
+    return percentile(seconds, share) * 1000
+
+
+async def measure() -> list[tuple[str, str, str, str]]:
+    rows: list[tuple[str, str, str, str]] = []  # measure, value, baseline/ratio, target
+    async with running_stack() as stack:
+        http = await graphql_overhead(stack)
+        raw = http["raw"]
+        for name, label, target in (("me", "(a) `me` query", 0.25), ("chatrooms", "(b) `chatrooms(first: 20)`, cached", 0.15)):
+            load = http[name]
+            ratio = load.rps / raw.rps
+            rows.append((
+                f"1. {label}, 32 connections",
+                f"{load.rps:,.0f} req/s, p50 {load.p50_ms:.1f} ms, p99 {load.p99_ms:.1f} ms",
+                f"raw Starlette {raw.rps:,.0f} req/s (p50 {raw.p50_ms:.1f} ms): ratio **{ratio:.3f}**",
+                f"≥ {target} {'✅' if ratio >= target else '❌'}",
+            ))
+        words = await time_to_first_word(stack)
+        sdk = words["sdk"]["first"]
+        sdk_p50 = statistics.median(sdk) * 1000
+        for conversations in ("1", "50"):
+            first, final = words[conversations]["first"], words[conversations]["final"]
+            added_p50, added_p99 = ms(first, 0.5) - sdk_p50, ms(first, 0.99) - ms(sdk, 0.99)
+            target = "–"
+            if conversations == "50":
+                ok = added_p50 <= 25 and ms(first, 0.99) <= 100 + ms(sdk, 0.99)
+                target = f"added p50 ≤ 25 ms, p99 ≤ 100 ms {'✅' if ok else '❌'}"
+            rows.append((
+                f"3. first delta, {conversations} conversation(s), {len(first)} messages",
+                f"p50 {ms(first, 0.5):.1f} ms, p99 {ms(first, 0.99):.1f} ms; final event p50 {ms(final, 0.5):.1f} ms",
+                f"google-genai first chunk p50 {sdk_p50:.1f} ms: added p50 **{added_p50:.1f} ms**, p99 **{added_p99:.1f} ms**",
+                target,
+            ))
+        send = await send_message(stack)
+        one, many, me_one = send["send_1"], send["send_32"], send["me_1"]
+        rows.append((
+            "2. `sendMessage`, 1 client",
+            f"{one.rps:,.0f} req/s, p50 {one.p50_ms:.1f} ms, p99 {one.p99_ms:.1f} ms",
+            f"`me` at 1 client p50 {me_one.p50_ms:.1f} ms: ratio **{one.p50_ms / me_one.p50_ms:.2f}×**",
+            f"≤ 3× {'✅' if one.p50_ms <= 3 * me_one.p50_ms else '❌'}",
+        ))
+        rows.append((
+            "2. `sendMessage`, 32 clients (one user, one room)",
+            f"{many.rps:,.0f} req/s, p50 {many.p50_ms:.1f} ms, p99 {many.p99_ms:.1f} ms",
+            f"errors {many.errors}", "–",
+        ))
+    async with running_stack(worker=False) as stack:
+        streams = await live_streams(stack)
+        for size, kb in streams["kb_per_subscription"].items():
+            rows.append((
+                f"4. {size:,} idle subscriptions held",
+                f"{kb:.1f} KB RSS per subscription",
+                f"process baseline {streams['baseline_kb'] / 1024:.0f} MB",
+                f"≤ 40 KB {'✅' if kb <= 40 else '❌'}",
+            ))
+        latencies = streams["delta_latency_ms"]
+        p99 = percentile(latencies, 0.99) if latencies else float("nan")
+        rows.append((
+            "4. 10 deltas to each of 1,000 active streams",
+            f"{len(latencies):,} delivered; p50 {percentile(latencies, 0.5):.1f} ms, p99 {p99:.1f} ms",
+            "publish → client", f"p99 ≤ 50 ms {'✅' if p99 <= 50 else '❌'}",
+        ))
+    return rows
+
+
+def render(rows: list[tuple[str, str, str, str]]) -> str:
+    versions = ", ".join(
+        f"{name} {version(name)}" for name in ("strawberry-graphql", "starlette", "uvicorn", "sqlalchemy", "redis", "arq")
+    )
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Run on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} CPUs; "
+        f"Python {platform.python_version()}; {versions}.",
+        "One uvicorn process (uvloop, httptools) for the api; wrk (1 thread) or a Python websocket",
+        "process for the load; PostgreSQL, Redis, a worker and the fake Gemini on the same machine.",
+        "",
+        "| measure | value | baseline in the same run | target |",
+        "|---|---|---|---|",
+        *(f"| {' | '.join(row)} |" for row in rows),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    table = render(asyncio.run(measure()))
+    print(table)
+    RESULTS.write_text(table)
+
+
+if __name__ == "__main__":
+    main()

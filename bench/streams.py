@@ -1,0 +1,110 @@
+"""4. Live streams held by one api process: RSS per idle subscription at N = 1,000, 5,000
+(and 9,000 when the open-file limit allows), then 10 deltas to each of 1,000 active streams,
+timed from publish (this process) to arrival (a separate websocket client process)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import sys
+import uuid
+from datetime import UTC, datetime
+
+import asyncpg
+
+from bench.stack import Stack, percentile, rss_kb
+from gemini_graphql.ids import new_id
+from gemini_graphql.models import MessageStatus
+from gemini_graphql.streaming import ReplyEvent, publish
+
+DELTAS = 10
+ACTIVE = 1000
+
+
+async def make_pending_replies(stack: Stack, count: int) -> list[str]:
+    """PENDING replies written straight to the database (sendMessage would take minutes)."""
+    now = datetime.now(UTC)
+    room = uuid.UUID(stack.room_id)
+    rows = []
+    for _ in range(count):
+        user_message, reply = new_id(), new_id()
+        rows.append((user_message, room, "user", None, "hi", "complete", now, now))
+        rows.append((reply, room, "assistant", user_message, "", "pending", now, now))
+    conn = await asyncpg.connect(stack.dsn)
+    try:
+        await conn.copy_records_to_table(
+            "messages", records=rows,
+            columns=["id", "chatroom_id", "role", "reply_to_id", "content", "status", "created_at", "updated_at"],
+        )
+    finally:
+        await conn.close()
+    return [str(row[0]) for row in rows if row[2] == "assistant"]
+
+
+class Client:
+    """bench/stream_client.py in its own process, driven over stdin/stdout."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    @classmethod
+    async def start(cls, stack: Stack) -> Client:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.stream_client", stack.ws_url, stack.token,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=2**24,
+        )
+        return cls(process)
+
+    async def ask(self, command: dict) -> dict:
+        assert self.process.stdin and self.process.stdout
+        self.process.stdin.write((json.dumps(command) + "\n").encode())
+        await self.process.stdin.drain()
+        return json.loads(await self.process.stdout.readline())
+
+    async def close(self) -> None:
+        await self.ask({"op": "quit"})
+        await self.process.wait()
+
+
+async def live_streams(stack: Stack) -> dict[str, object]:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # 9,000 when asked (BENCH_STREAMS_9000=1) and the open-file limit allows: it adds minutes.
+    wants_9000 = os.environ.get("BENCH_STREAMS_9000") == "1" and soft >= 9500
+    sizes = [1000, 5000] + ([9000] if wants_9000 else [])
+    replies = await make_pending_replies(stack, max(sizes))
+    pid = stack.api.pid
+    client = await Client.start(stack)
+    try:
+        await client.ask({"op": "subscribe", "ids": replies[:5]})  # warm the process up
+        await client.ask({"op": "close_all"})
+        await asyncio.sleep(1)
+        baseline = rss_kb(pid)
+        held: dict[int, float] = {}
+        opened = 0
+        for size in sizes:
+            await client.ask({"op": "subscribe", "ids": replies[opened:size]})
+            opened = size
+            await asyncio.sleep(2)
+            held[size] = (rss_kb(pid) - baseline) / size
+            if size == ACTIVE:
+                latencies = await deliver(stack, client, replies[:ACTIVE])
+        return {"baseline_kb": baseline, "kb_per_subscription": held, "delta_latency_ms": latencies, "sizes": sizes}
+    finally:
+        await client.close()
+
+
+async def deliver(stack: Stack, client: Client, replies: list[str]) -> list[float]:
+    await client.ask({"op": "record"})
+    for seq in range(1, DELTAS + 1):
+        await asyncio.gather(*(
+            publish(stack.redis, uuid.UUID(reply), ReplyEvent(seq, f"{asyncio.get_running_loop().time():.6f}", MessageStatus.STREAMING))
+            for reply in replies
+        ))
+    report = await client.ask({"op": "collect", "expect": len(replies) * DELTAS})
+    return report["latencies_ms"]
+
+
+def summary(latencies: list[float]) -> tuple[float, float]:
+    return percentile(latencies, 0.5), percentile(latencies, 0.99)
