@@ -13,13 +13,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 SessionFactory = async_sessionmaker[AsyncSession]
 
 
-def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
+def create_engine(database_url: str, *, pool_size: int = 20) -> AsyncEngine:
     if database_url.startswith("sqlite"):
         return _sqlite_engine(database_url)
     return create_async_engine(
         database_url,
+        # Connections beyond pool_size are opened and closed per use (a few ms each): keep
+        # the pool as large as the concurrency one process sees, and the overflow small.
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=pool_size // 2,
         # No pre-ping: it costs a round trip per checkout on every request. A connection
         # that died is dropped on its first error; recycling bounds how old one can get.
         pool_recycle=1800,
