@@ -8,7 +8,7 @@ import strawberry
 
 from gemini_graphql.api.context import Info
 from gemini_graphql.api.errors import UserError
-from gemini_graphql.api.types.pagination import PageInfo
+from gemini_graphql.api.types.pagination import PageInfo, edges_and_info
 from gemini_graphql.api.types.user import UsageType
 from gemini_graphql.chat.messages import PageRequest, Sent, message_cursor
 from gemini_graphql.chat.pages import Page
@@ -63,14 +63,10 @@ class MessageConnection:
 
     @classmethod
     def of(cls, page: Page[Message]) -> MessageConnection:
-        cursors = [message_cursor(message) for message in page.items]
-        return cls(
-            edges=[
-                MessageEdge(cursor=cursor, node=MessageType.of(message))
-                for cursor, message in zip(cursors, page.items, strict=True)
-            ],
-            page_info=PageInfo.of(page, cursors),  # type: ignore[arg-type]
+        edges, info = edges_and_info(
+            page, message_cursor, lambda cursor, m: MessageEdge(cursor=cursor, node=MessageType.of(m))
         )
+        return cls(edges=edges, page_info=info)
 
 
 @strawberry.type(name="Chatroom")
@@ -123,14 +119,10 @@ class ChatroomConnection:
 
     @classmethod
     def of(cls, page: Page[Chatroom]) -> ChatroomConnection:
-        cursors = [room_cursor(room) for room in page.items]
-        return cls(
-            edges=[
-                ChatroomEdge(cursor=cursor, node=ChatroomType.of(room))
-                for cursor, room in zip(cursors, page.items, strict=True)
-            ],
-            page_info=PageInfo.of(page, cursors),  # type: ignore[arg-type]
+        edges, info = edges_and_info(
+            page, room_cursor, lambda cursor, r: ChatroomEdge(cursor=cursor, node=ChatroomType.of(r))
         )
+        return cls(edges=edges, page_info=info)
 
 
 @strawberry.input
