@@ -24,6 +24,9 @@ from gemini_graphql.app import create_app
 from gemini_graphql.migrate import migrate
 from gemini_graphql.config import AppEnv, Settings
 
+# The chat fixtures (fake Gemini, worker, live server) for every test module.
+pytest_plugins = ["tests.chat_harness"]
+
 ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "13"))

@@ -4,11 +4,9 @@ idempotent, order-independent webhooks."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import random
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 

@@ -3,17 +3,7 @@ the fake Gemini through google-genai, Redis streams and pub/sub, and a websocket
 
 from __future__ import annotations
 
-from tests.chat_harness import (  # noqa: F401  (fixtures)
-    ROOM_MESSAGES,
-    Live,
-    chat_settings,
-    fake_gemini,
-    live,
-    send,
-    stream,
-    user_with_room,
-    worker,
-)
+from tests.chat_harness import ROOM_MESSAGES, Live, send, stream, user_with_room
 from tests.conftest import RecordingSms
 from tests.fakes.gemini import Script
 

@@ -6,7 +6,6 @@ import pytest
 from google import genai
 from google.genai import errors, types
 
-from tests.chat_harness import fake_gemini  # noqa: F401  (fixture)
 from tests.fakes.gemini import API_KEY, Script
 
 

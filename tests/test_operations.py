@@ -17,13 +17,7 @@ from gemini_graphql.app import create_app
 from gemini_graphql.config import AppEnv
 from gemini_graphql.logs import JsonFormatter
 from tests.auth_flows import ME, login
-from tests.chat_harness import (  # noqa: F401  (fixtures)
-    WsClient,
-    chat_settings,
-    fake_gemini,
-    send,
-    user_with_room,
-)
+from tests.chat_harness import WsClient, send, user_with_room
 from tests.conftest import GraphQLClient, RecordingSms
 from tests.fakes.gemini import Script
 from tests.live import serve

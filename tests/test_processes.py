@@ -9,15 +9,8 @@ from dataclasses import replace
 
 import httpx
 
-from tests.chat_harness import (  # noqa: F401  (fixtures)
-    WsClient,
-    chat_settings,
-    fake_gemini,
-    send,
-    stream,
-    user_with_room,
-)
-from tests.conftest import GraphQLClient, RecordingSms
+from tests.chat_harness import WsClient, send, stream, user_with_room
+from tests.conftest import GraphQLClient
 from tests.fakes.gemini import Script
 from tests.processes import start_api, start_worker
 

@@ -10,16 +10,7 @@ from gemini_graphql.chat.replies import ReplyGenerator
 from gemini_graphql.ai.gemini import GeminiModel
 from gemini_graphql.resources import Resources
 from tests.auth_flows import ME
-from tests.chat_harness import (  # noqa: F401  (fixtures)
-    Live,
-    chat_settings,
-    fake_gemini,
-    live,
-    send,
-    stream,
-    user_with_room,
-    worker,
-)
+from tests.chat_harness import Live, send, stream, user_with_room
 from tests.conftest import RecordingSms
 from tests.fakes.gemini import Script
 

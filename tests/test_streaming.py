@@ -8,18 +8,13 @@ import os
 import uuid
 
 from tests.auth_flows import login
-from tests.chat_harness import (  # noqa: F401  (fixtures)
+from tests.chat_harness import (
     Live,
     WsClient,
-    chat_settings,
-    create_room,
-    fake_gemini,
-    live,
     running_worker,
     send,
     stream,
     user_with_room,
-    worker,
 )
 from tests.conftest import RecordingSms
 from tests.fakes.gemini import Script
