@@ -25,11 +25,12 @@ class Services:
 
     @classmethod
     def build(cls, resources: Resources) -> Services:
+        rooms = Rooms(resources)
         return cls(
             resources=resources,
             auth=AuthService(resources),
-            rooms=Rooms(resources),
-            messages=Messages(resources),
+            rooms=rooms,
+            messages=Messages(resources, rooms.cache),
             billing=Billing(resources),
             webhooks=StripeWebhooks(resources),
             relay=Relay(resources.redis),

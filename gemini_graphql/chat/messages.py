@@ -56,13 +56,13 @@ class PageRequest:
 
 
 class Messages:
-    def __init__(self, resources: Resources) -> None:
+    def __init__(self, resources: Resources, rooms_cache: RoomListCache) -> None:
         self._settings = resources.settings
         self._sessions = resources.sessions
         self._reads = resources.reads
         self._clock = resources.clock
         self._queue: ArqRedis = resources.redis
-        self._rooms_cache = RoomListCache(resources.redis)
+        self._rooms_cache = rooms_cache  # a new message moves its room to the top
 
     async def send(self, user_id: uuid.UUID, raw_room_id: str, content: str) -> Sent:
         """Store the message and a PENDING reply, count it, and queue the reply; never waits for it."""

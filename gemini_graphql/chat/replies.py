@@ -107,8 +107,8 @@ class ReplyGenerator:
     async def _model_failed(
         self, reply: Message, text: str, seq: int, exc: ModelError, final_try: bool
     ) -> Outcome:
-        await self._save_progress(reply.id, text)
         if exc.retryable and not final_try:
+            await self._save_progress(reply.id, text)  # _fail below writes the text itself
             raise RetryLater(exc) from exc
         log.warning("reply %s failed: %s", reply.id, exc)
         await self._fail(reply, text, seq, exc.user_message)
