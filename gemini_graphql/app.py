@@ -9,6 +9,8 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 
+from gemini_graphql.api.documents import Documents
+from gemini_graphql.api.http import GraphQLOverHTTP
 from gemini_graphql.api.schema import build_schema
 from gemini_graphql.api.view import GraphQLView
 from gemini_graphql.auth.sms import SmsSender
@@ -26,7 +28,10 @@ def create_app(
     settings: Settings, *, clock: Clock = utc_now, sms: SmsSender | None = None
 ) -> Starlette:
     """`clock` and `sms` are injectable for tests; production uses the defaults."""
-    view = GraphQLView(build_schema(production=settings.is_production), settings)
+    schema = build_schema(production=settings.is_production)
+    view = GraphQLView(schema, settings)
+    documents = Documents(schema._schema, introspection=not settings.is_production)
+    graphql = GraphQLOverHTTP(schema, documents, ide=view)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -44,7 +49,7 @@ def create_app(
         routes=[
             Route("/", root, methods=["GET"], name="root"),
             Route("/health", health, methods=["GET"], name="health"),
-            Route("/graphql", view, methods=["GET", "POST"], name="graphql"),
+            Route("/graphql", graphql, methods=["GET", "POST"], name="graphql"),
             WebSocketRoute("/graphql", view, name="graphql_ws"),
             Route("/webhook/stripe", stripe_webhook, methods=["POST"], name="stripe_webhook"),
         ],

@@ -7,18 +7,11 @@ from typing import Any
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import (
-    AddValidationRules,
-    MaxAliasesLimiter,
-    MaxTokensLimiter,
-    ParserCache,
-    QueryDepthLimiter,
-    SchemaExtension,
-    ValidationCache,
-)
+from strawberry.extensions import MaxTokensLimiter, ParserCache, SchemaExtension, ValidationCache
 from strawberry.extensions.disable_introspection import DisableIntrospection
 from strawberry.types import ExecutionContext
 
+from gemini_graphql.api.documents import CACHE_SIZE, MAX_TOKENS, DocumentLimits
 from gemini_graphql.api.errors import apply_error_policy
 from gemini_graphql.api.mutations.auth import AuthMutations
 from gemini_graphql.api.mutations.billing import BillingMutations
@@ -27,26 +20,6 @@ from gemini_graphql.api.queries.billing import BillingQueries
 from gemini_graphql.api.queries.chat import ChatQueries
 from gemini_graphql.api.queries.user import UserQueries
 from gemini_graphql.api.subscriptions.chat import ChatSubscriptions
-
-# Limits on the document itself (answered as BAD_REQUEST before anything runs).
-MAX_DEPTH = 10
-MAX_ALIASES = 15
-MAX_TOKENS = 2_000
-CACHE_SIZE = 512
-
-# The limiters' rule classes, made once: a fresh QueryDepthLimiter per request would bring
-# new rule classes, and so a new ValidationCache key, every time (the cache never hit).
-_LIMIT_RULES = (
-    *QueryDepthLimiter(max_depth=MAX_DEPTH).validation_rules,
-    *MaxAliasesLimiter(max_alias_count=MAX_ALIASES).validation_rules,
-)
-
-
-class DocumentLimits(AddValidationRules):
-    """Depth and alias limits with stable rules, so validation results stay cacheable."""
-
-    def __init__(self) -> None:
-        super().__init__(list(_LIMIT_RULES))
 
 
 @strawberry.type
@@ -74,6 +47,7 @@ class AppSchema(strawberry.Schema):
 
 
 def build_schema(*, production: bool) -> strawberry.Schema:
+    """The limits here apply to operations over the websocket; HTTP uses `Documents`."""
     # Factories: Strawberry builds fresh extension instances per operation (the caches are shared).
     extensions: list[Callable[[], SchemaExtension] | type[SchemaExtension]] = [
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),

@@ -47,7 +47,7 @@ class AuthService:
     def __init__(self, resources: Resources) -> None:
         self._settings = resources.settings
         self._sessions = resources.sessions
-        self._engine = resources.engine
+        self._engine = resources.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._sms = resources.sms
         self._clock = resources.clock
         self._otps = OtpBook(resources.settings.secret_key, resources.clock)

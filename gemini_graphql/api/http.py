@@ -1,0 +1,188 @@
+"""GraphQL over HTTP (the GraphQL-over-HTTP spec), executed on graphql-core directly.
+
+Strawberry's HTTP view runs a pipeline of adapters and extension hooks for every request
+that costs more than our authentication and data access together. Here a request is a
+cached document lookup and one `execute` with Strawberry's own execution context, so
+resolvers see exactly what they see over the websocket, which stays with Strawberry
+(as does the GraphiQL page).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from inspect import isawaitable
+from typing import Any
+
+from graphql import ExecutionResult, OperationType, execute
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+from strawberry.execution import optimized_is_awaitable
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+
+from gemini_graphql.api.context import Context
+from gemini_graphql.api.documents import Documents
+from gemini_graphql.api.errors import BAD_REQUEST, apply_error_policy
+
+GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
+JSON = "application/json"
+_MEDIA_TYPES = {
+    GRAPHQL_RESPONSE_JSON: GRAPHQL_RESPONSE_JSON,
+    JSON: JSON,
+    "application/*": JSON,
+    "*/*": JSON,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class GraphQLParams:
+    query: str
+    variables: dict[str, Any] | None
+    operation_name: str | None
+
+
+class BadRequest(Exception):
+    """A request that is not a GraphQL request at all (400 with either media type)."""
+
+
+class GraphQLOverHTTP:
+    """The /graphql endpoint for GET and POST; `ide` serves browsers asking for a page."""
+
+    def __init__(self, schema: Any, documents: Documents, ide: ASGIApp) -> None:
+        self._schema = schema
+        self._documents = documents
+        self._ide = ide
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        accept = request.headers.get("accept")
+        if request.method == "GET" and "query" not in request.query_params and accept and "text/html" in accept:
+            await self._ide(scope, receive, send)
+            return
+        response = await self._respond(request, accept)
+        await response(scope, receive, send)
+
+    async def _respond(self, request: Request, accept: str | None) -> Response:
+        if request.method == "POST":
+            content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if content_type != JSON:
+                return _text("POST bodies must be application/json.", 415)
+        media_type = negotiate(accept)
+        if media_type is None:
+            return _text(f"Acceptable response types: {GRAPHQL_RESPONSE_JSON}, {JSON}.", 406)
+        try:
+            params = await _read_params(request)
+        except BadRequest as error:
+            return _json({"errors": [_bad_request(str(error))]}, media_type, 400)
+
+        prepared = self._documents.prepare(params.query)
+        if prepared.errors:
+            return _request_errors(list(prepared.errors), media_type)
+        operation_type = prepared.operation_type(params.operation_name)
+        if request.method != "POST" and operation_type not in (OperationType.QUERY, None):
+            response = _text("Only queries can be sent with GET; use POST.", 405)
+            response.headers["allow"] = "POST"
+            return response
+        if operation_type is OperationType.SUBSCRIPTION:
+            message = "Subscriptions are served over a websocket (graphql-transport-ws) at /graphql."
+            return _request_errors([_bad_request(message)], media_type)
+
+        context = _context(request)
+        result = execute(
+            self._schema._schema,
+            prepared.document,  # type: ignore[arg-type]
+            context_value=context,
+            variable_values=params.variables,
+            operation_name=params.operation_name,
+            executor_class=StrawberryGraphQLCoreExecutionContext,
+            is_awaitable=optimized_is_awaitable,
+        )
+        if isawaitable(result):
+            result = await result
+        return _execution_response(result, context.request_id, media_type)  # type: ignore[arg-type]
+
+
+def negotiate(accept: str | None) -> str | None:
+    """The response media type for an Accept header; None when neither is acceptable."""
+    if not accept:
+        return JSON
+    best: tuple[float, int, str] | None = None
+    for position, part in enumerate(accept.split(",")):
+        media, *params = (piece.strip() for piece in part.split(";"))
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        candidate = _MEDIA_TYPES.get(media.lower())
+        if candidate and quality > 0 and (best is None or (quality, -position) > best[:2]):
+            best = (quality, -position, candidate)
+    return best[2] if best else None
+
+
+async def _read_params(request: Request) -> GraphQLParams:
+    if request.method == "POST":
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("The request body is not valid JSON.") from None
+        if isinstance(body, list):
+            raise BadRequest("Batched requests are not supported; send one operation per request.")
+        if not isinstance(body, dict):
+            raise BadRequest("The request body must be a JSON object.")
+        query, variables, operation_name = (
+            body.get("query"), body.get("variables"), body.get("operationName")
+        )
+    else:
+        query, operation_name = request.query_params.get("query"), request.query_params.get("operationName")
+        variables = request.query_params.get("variables")
+        if variables is not None:
+            try:
+                variables = json.loads(variables)
+            except ValueError:
+                raise BadRequest("`variables` is not valid JSON.") from None
+    if not isinstance(query, str) or not query.strip():
+        raise BadRequest("No GraphQL query found in the request (`query` must be a string).")
+    if variables is not None and not isinstance(variables, dict):
+        raise BadRequest("`variables` must be a JSON object.")
+    if operation_name is not None and not isinstance(operation_name, str):
+        raise BadRequest("`operationName` must be a string.")
+    return GraphQLParams(query, variables, operation_name)
+
+
+def _context(request: Request) -> Context:
+    request_id = request.scope.get("state", {}).get("request_id") or uuid.uuid4().hex
+    return Context(services=request.app.state.services, connection=request, request_id=request_id)
+
+
+def _execution_response(result: ExecutionResult, request_id: str, media_type: str) -> Response:
+    if not result.errors:
+        return _json({"data": result.data}, media_type, 200)
+    apply_error_policy(result.errors, request_id)
+    errors = [error.formatted for error in result.errors]
+    if result.data is None and all(not error.path for error in result.errors):
+        return _request_errors(errors, media_type)  # e.g. variables: nothing was executed
+    return _json({"data": result.data, "errors": errors}, media_type, 200)
+
+
+def _request_errors(errors: list[dict[str, Any]], media_type: str) -> Response:
+    """The spec: no `data`; 400 with the new media type, 200 with plain JSON (legacy clients)."""
+    return _json({"errors": errors}, media_type, 400 if media_type == GRAPHQL_RESPONSE_JSON else 200)
+
+
+def _bad_request(message: str) -> dict[str, Any]:
+    return {"message": message, "extensions": {"code": BAD_REQUEST}}
+
+
+def _json(payload: dict[str, Any], media_type: str, status: int) -> Response:
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    return Response(body, status, media_type=f"{media_type}; charset=utf-8")
+
+
+def _text(message: str, status: int) -> Response:
+    return Response(message, status, media_type="text/plain; charset=utf-8")
