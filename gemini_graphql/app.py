@@ -17,6 +17,7 @@ from gemini_graphql.auth.sms import SmsSender
 from gemini_graphql.clock import Clock, utc_now
 from gemini_graphql.config import Settings
 from gemini_graphql.resources import Resources
+from gemini_graphql import user_cache
 from gemini_graphql.services import Services
 from gemini_graphql.web.cors import cors_middleware
 from gemini_graphql.web.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
@@ -37,6 +38,8 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         resources = Resources.open(settings, clock=clock, sms=sms)
         services = Services.build(resources)
+        # Other processes' changes drop this process's copies of users (see user_cache).
+        services.relay.watch(user_cache.CHANNEL, resources.users)
         app.state.resources = resources
         app.state.services = services
         try:

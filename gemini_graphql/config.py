@@ -76,6 +76,9 @@ class Settings:
     auth_rate_per_number: int = 10
     max_body_bytes: int = 1024 * 1024
     redis_max_connections: int = 32
+    # How long a process may keep a user's row and room list between change notices
+    # (bounds changes made outside the service, e.g. by hand in SQL); 0 keeps nothing.
+    user_cache_seconds: float = 30.0
 
     @property
     def is_production(self) -> bool:
@@ -139,6 +142,7 @@ class Settings:
             auth_rate_per_number=reader.get("AUTH_RATE_PER_NUMBER", _positive_int, 10),
             max_body_bytes=reader.get("MAX_BODY_BYTES", _positive_int, 1024 * 1024),
             redis_max_connections=reader.get("REDIS_MAX_CONNECTIONS", _positive_int, 32),
+            user_cache_seconds=reader.get("USER_CACHE_SECONDS", _non_negative_float, 30.0),
         )
         reader.problems.extend(settings.problems())
         if reader.problems:
@@ -221,6 +225,16 @@ def _positive_float(raw: str) -> float:
         raise ValueError(f"expected a number, got {raw!r}") from None
     if not value > 0:
         raise ValueError(f"must be positive, got {raw}")
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"expected a number, got {raw!r}") from None
+    if not value >= 0:
+        raise ValueError(f"must be 0 or more, got {raw}")
     return value
 
 

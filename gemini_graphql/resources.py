@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gemini_graphql.auth.sms import SmsSender, build_sms_sender
 from gemini_graphql.clock import Clock, utc_now
 from gemini_graphql.config import Settings
+from gemini_graphql.user_cache import UserCache
 from gemini_graphql.db import (
     SessionFactory,
     create_engine,
@@ -30,6 +31,8 @@ class Resources:
     # ArqRedis is a redis.asyncio.Redis that can also enqueue jobs.
     redis: ArqRedis
     sms: SmsSender
+    # Users' rows and room lists; every writer of either announces its change here.
+    users: UserCache
     clock: Clock = field(default=utc_now)
 
     @classmethod
@@ -48,13 +51,15 @@ class Resources:
             timeout=10,
             client_name=f"gemini-graphql:{role}:{os.getpid()}",
         )
+        redis = ArqRedis(pool)
         return cls(
             settings=settings,
             engine=engine,
             sessions=create_session_factory(engine),
             reads=create_read_session_factory(engine),
-            redis=ArqRedis(pool),
+            redis=redis,
             sms=sms or build_sms_sender(settings),
+            users=UserCache(redis, ttl_seconds=settings.user_cache_seconds),
             clock=clock,
         )
 

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -32,8 +33,7 @@ LIVE_TTL_SECONDS = 3600  # while a reply streams, refreshed by every event
 FINISHED_TTL_SECONDS = 900  # after the final event; then the database answers
 SUBSCRIBER_QUEUE_SIZE = 1024
 RESYNC_AFTER_SECONDS = 30.0  # with no live event for this long, re-read the stream anyway
-
-
+WATCH_RETRY_SECONDS = 1.0
 
 @dataclass(frozen=True, slots=True)
 class ReplyEvent:
@@ -89,8 +89,20 @@ async def last_event(redis: Redis, message_id: uuid.UUID) -> ReplyEvent | None:
     return ReplyEvent.decode(entries[0][1][b"e"]) if entries else None
 
 
+class Watcher(Protocol):
+    """A process-wide listener to one channel for as long as the process runs."""
+
+    def deliver(self, data: bytes) -> None: ...
+
+    def suspend(self) -> None:
+        """The connection dropped: messages may be missed until `resume`."""
+
+    def resume(self) -> None:
+        """Redis confirmed the subscription: from now on nothing is missed."""
+
+
 class Relay:
-    """One Redis pub/sub connection per process, fanned out to subscriber queues."""
+    """One Redis pub/sub connection per process, fanned out to subscriber queues and watchers."""
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
@@ -100,6 +112,8 @@ class Relay:
         self._lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()  # unsubscribes under way
+        self._watchers: dict[str, Watcher] = {}
+        self._watching: set[asyncio.Task[None]] = set()
 
     @property
     def channel_count(self) -> int:
@@ -132,6 +146,26 @@ class Relay:
                 self._pending.add(task)
                 task.add_done_callback(self._pending.discard)
 
+    def watch(self, channel: str, watcher: Watcher) -> None:
+        """Deliver the channel's messages to `watcher`; subscribes in the background.
+
+        Retries until Redis answers, so a process can start while Redis is down.
+        """
+        self._watchers[channel] = watcher
+        task = asyncio.create_task(self._keep_subscribing(channel), name=f"watch {channel}")
+        self._watching.add(task)
+        task.add_done_callback(self._watching.discard)
+
+    async def _keep_subscribing(self, channel: str) -> None:
+        while True:
+            try:
+                async with self._lock:
+                    await self._subscribe(channel)
+                return
+            except (RedisError, OSError) as exc:
+                log.warning("could not subscribe to %s yet: %s", channel, exc)
+                await asyncio.sleep(WATCH_RETRY_SECONDS)
+
     async def _unsubscribe(self, channel: str) -> None:
         async with self._lock:
             if channel in self._queues or self._pubsub is None:
@@ -155,6 +189,8 @@ class Relay:
                 message = await self._pubsub.get_message(timeout=1.0)
             except (RedisError, OSError) as exc:  # reconnects (and resubscribes) on the next read
                 log.warning("relay lost its Redis connection: %s", exc)
+                for watcher in self._watchers.values():
+                    watcher.suspend()
                 await asyncio.sleep(0.5)
                 for channel in list(self._queues):
                     self._dispatch_event(channel, RESYNC)
@@ -163,11 +199,17 @@ class Relay:
                 continue
             channel = message["channel"]
             channel = channel.decode() if isinstance(channel, bytes) else channel
+            watcher = self._watchers.get(channel)
             if message["type"] == "subscribe":
                 if confirmed := self._confirmed.get(channel):
                     confirmed.set()
+                if watcher is not None:
+                    watcher.resume()
             elif message["type"] == "message":
-                self._dispatch(channel, message["data"])
+                if watcher is not None:
+                    watcher.deliver(message["data"])
+                else:
+                    self._dispatch(channel, message["data"])
 
     def _dispatch(self, channel: str, data: bytes) -> None:
         try:
@@ -185,6 +227,10 @@ class Relay:
                 pass  # a slow subscriber: it fills the gap from the stream
 
     async def close(self) -> None:
+        for task in list(self._watching):
+            task.cancel()
+        for watcher in self._watchers.values():
+            watcher.suspend()
         if self._reader is not None:
             self._reader.cancel()
             try:

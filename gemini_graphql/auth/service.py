@@ -50,6 +50,7 @@ class AuthService:
         self._engine = resources.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._sms = resources.sms
         self._clock = resources.clock
+        self._users = resources.users
         self._otps = OtpBook(resources.settings.secret_key, resources.clock)
         self._limiter = RateLimiter(resources.redis)
         self.tokens = TokenCodec(resources.settings, resources.clock)
@@ -123,9 +124,12 @@ class AuthService:
         number = normalize_mobile_number(mobile_number)
         async with self._sessions() as session:
             user = await self._consume_code(session, number, OtpPurpose.LOGIN, code)
-            if user.mobile_verified_at is None:
+            first_login = user.mobile_verified_at is None
+            if first_login:
                 user.mobile_verified_at = self._clock()
             await session.commit()
+        if first_login:
+            await self._users.changed(user.id)
         return Login(user=user, access=self.tokens.issue(user.id, user.token_version))
 
     async def login_with_password(self, mobile_number: str, password: str) -> Login:
@@ -154,6 +158,7 @@ class AuthService:
             password_hash = await hash_password(new_password)
             user = await self._set_password(session, user.id, password_hash, verified=True)
             await session.commit()
+        await self._users.changed(user.id)
         return Login(user=user, access=self.tokens.issue(user.id, user.token_version))
 
     async def change_password(
@@ -174,6 +179,7 @@ class AuthService:
         async with self._sessions() as session:
             updated = await self._set_password(session, user.id, password_hash, verified=False)
             await session.commit()
+        await self._users.changed(updated.id)
         return Login(user=updated, access=self.tokens.issue(updated.id, updated.token_version))
 
     async def _consume_code(
@@ -217,10 +223,18 @@ class AuthService:
         return user
 
     async def _user_by_id(self, user_id: uuid.UUID) -> User | None:
-        """The hot path (every authenticated request): one Core SELECT, no ORM session."""
+        """The hot path (every authenticated request): the process's copy, else one SELECT."""
+        user = self._users.user(user_id)
+        if user is not None:
+            return user
+        ticket = self._users.ticket()
         async with self._engine.connect() as connection:
             row = (await connection.execute(_USER_BY_ID, {"user_id": user_id})).mappings().first()
-        return User(**row) if row is not None else None
+        if row is None:
+            return None
+        user = User(**row)
+        self._users.keep_user(user, ticket)
+        return user
 
     async def _deliver(self, number: str, purpose: OtpPurpose, issued: IssuedOtp) -> None:
         action = "log in" if purpose is OtpPurpose.LOGIN else "reset your password"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -14,6 +15,8 @@ from gemini_graphql.errors import Unauthenticated
 
 ALGORITHM = "HS256"
 VERSION_CLAIM = "ver"
+# Tokens whose signature and claims were verified, remembered by their exact text.
+VERIFIED_CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +29,7 @@ class AccessToken:
 class TokenClaims:
     user_id: uuid.UUID
     version: int
+    expires_at: int  # Unix seconds
 
 
 class TokenCodec:
@@ -35,6 +39,7 @@ class TokenCodec:
         self._audience = settings.jwt_audience
         self._lifetime = timedelta(minutes=settings.access_token_expire_minutes)
         self._clock = clock
+        self._verified: OrderedDict[str, TokenClaims] = OrderedDict()
 
     def issue(self, user_id: uuid.UUID, version: int) -> AccessToken:
         now = self._clock()
@@ -50,7 +55,25 @@ class TokenCodec:
         return AccessToken(token=token, expires_in=int(self._lifetime.total_seconds()))
 
     def decode(self, token: str) -> TokenClaims:
-        """Verify signature, algorithm, expiry, issuer and audience; raise Unauthenticated."""
+        """Verify signature, algorithm, expiry, issuer and audience; raise Unauthenticated.
+
+        Verifying costs more than the rest of a small request, and a client sends the same
+        token many times: what a token's text says never changes, so verified claims are
+        kept by that text and only the expiry is checked again.
+        """
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._verify(token)
+            self._verified[token] = claims
+            if len(self._verified) > VERIFIED_CACHE_SIZE:
+                self._verified.popitem(last=False)
+        else:
+            self._verified.move_to_end(token)
+        if claims.expires_at <= self._clock().timestamp():
+            raise Unauthenticated("The access token has expired; log in again.")
+        return claims
+
+    def _verify(self, token: str) -> TokenClaims:
         try:
             claims = jwt.decode(
                 token,
@@ -68,15 +91,15 @@ class TokenCodec:
         except jwt.PyJWTError:
             raise Unauthenticated("The access token is invalid.") from None
         exp, version = claims["exp"], claims[VERSION_CLAIM]
-        if not isinstance(exp, int) or exp <= self._clock().timestamp():
-            raise Unauthenticated("The access token has expired; log in again.")
+        if not isinstance(exp, int):
+            raise Unauthenticated("The access token is invalid.")
         try:
             user_id = uuid.UUID(claims["sub"])
         except (ValueError, TypeError, AttributeError):
             raise Unauthenticated("The access token is invalid.") from None
         if not isinstance(version, int):
             raise Unauthenticated("The access token is invalid.")
-        return TokenClaims(user_id=user_id, version=version)
+        return TokenClaims(user_id=user_id, version=version, expires_at=exp)
 
 
 def bearer_token(header: str | None) -> str | None:

@@ -17,6 +17,7 @@ class Billing:
     def __init__(self, resources: Resources, gateway: StripeGateway | None = None) -> None:
         self._sessions = resources.sessions
         self._clock = resources.clock
+        self._users = resources.users
         self._gateway = gateway or StripeGateway(resources.settings)
 
     async def subscribe_pro(self, user: User) -> CheckoutSession:
@@ -43,4 +44,5 @@ class Billing:
         async with self._sessions() as session:
             await link_customer(session, user.id, customer_id)
             await session.commit()
+        await self._users.changed(user.id)
         return customer_id

@@ -95,11 +95,14 @@ def supersedes(new_status: str, new_as_of: int, status: str, as_of: int) -> bool
     return _LIFECYCLE.get(new_status, 0) >= _LIFECYCLE.get(status, 0)
 
 
-async def apply_snapshot(session: AsyncSession, snapshot: Snapshot, as_of: int, now: datetime) -> None:
+async def apply_snapshot(
+    session: AsyncSession, snapshot: Snapshot, as_of: int, now: datetime
+) -> uuid.UUID | None:
+    """The user whose subscription (and so perhaps tier) this was; None if nobody's."""
     user_id = snapshot.user_id or await _user_of_customer(session, snapshot.customer_id)
     if user_id is None or await _lock_user(session, user_id) is None:
         log.warning("subscription %s belongs to no known user; ignored", snapshot.subscription_id)
-        return
+        return None
     await _insert_placeholder(session, snapshot, user_id, now)
     row = (
         await session.execute(
@@ -121,6 +124,7 @@ async def apply_snapshot(session: AsyncSession, snapshot: Snapshot, as_of: int, 
         await link_customer(session, user_id, snapshot.customer_id)
     await session.flush()
     await refresh_tier(session, user_id)
+    return user_id
 
 
 async def extend_period(

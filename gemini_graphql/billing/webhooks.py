@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -44,7 +45,9 @@ class StripeWebhooks:
         self._secret = resources.settings.stripe_webhook_secret
         self._sessions = resources.sessions
         self._clock = resources.clock
-        self._handlers: dict[str, Callable[[AsyncSession, dict[str, Any], int], Awaitable[None]]] = {
+        self._users = resources.users
+        # Each returns the user it changed, if any.
+        self._handlers: dict[str, Callable[[AsyncSession, dict[str, Any], int], Awaitable[uuid.UUID | None]]] = {
             "checkout.session.completed": self._checkout_completed,
             "customer.subscription.created": self._subscription_changed,
             "customer.subscription.updated": self._subscription_changed,
@@ -83,30 +86,39 @@ class StripeWebhooks:
         async with self._sessions() as session:
             if not await _record(session, event, now):
                 return Outcome.DUPLICATE
+            changed = None
             if handler is not None:
                 try:
-                    await handler(session, event["data"]["object"], event["created"])
+                    changed = await handler(session, event["data"]["object"], event["created"])
                 except (KeyError, TypeError, ValueError) as exc:
                     raise BadWebhook(f"malformed {event['type']}: {type(exc).__name__}") from None
             await session.commit()
+        if changed is not None:
+            await self._users.changed(changed)
         return Outcome.APPLIED if handler else Outcome.IGNORED
 
-    async def _checkout_completed(self, session: AsyncSession, obj: dict[str, Any], as_of: int) -> None:
+    async def _checkout_completed(
+        self, session: AsyncSession, obj: dict[str, Any], as_of: int
+    ) -> uuid.UUID | None:
         user_id = parse_id(str(obj.get("client_reference_id") or ""))
         customer_id = id_of(obj.get("customer"))
         subscription_id = id_of(obj.get("subscription"))
         if user_id is None or customer_id is None:
             log.warning("checkout session %s has no user or customer", obj.get("id"))
-            return
+            return None
         await link_customer(session, user_id, customer_id)
         if subscription_id and obj.get("payment_status") in ("paid", "no_payment_required"):
             snapshot = Snapshot(subscription_id, customer_id, user_id, status="active")
             await apply_snapshot(session, snapshot, as_of, self._clock())
+        return user_id
 
-    async def _subscription_changed(self, session: AsyncSession, obj: dict[str, Any], as_of: int) -> None:
-        await apply_snapshot(session, Snapshot.of_subscription(obj), as_of, self._clock())
+    async def _subscription_changed(
+        self, session: AsyncSession, obj: dict[str, Any], as_of: int
+    ) -> uuid.UUID | None:
+        return await apply_snapshot(session, Snapshot.of_subscription(obj), as_of, self._clock())
 
     async def _invoice_paid(self, session: AsyncSession, obj: dict[str, Any], as_of: int) -> None:
+        """Only the subscription's period moves; the user's row stays as it is."""
         subscription_id = _invoice_subscription(obj)
         period_end = _invoice_period_end(obj)
         if subscription_id and period_end:

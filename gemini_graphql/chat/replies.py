@@ -53,6 +53,7 @@ class ReplyGenerator:
         self._sessions = resources.sessions
         self._redis = resources.redis
         self._clock = resources.clock
+        self._users = resources.users
         self._model = model
         self._system_instruction = resources.settings.gemini_system_instruction
 
@@ -188,6 +189,7 @@ class ReplyGenerator:
                 .values(status=MessageStatus.FAILED.value, content=text, error=error, updated_at=now)
                 .returning(Message.id)
             )
+            owner = None
             if result.first() is not None:
                 owner = await session.scalar(
                     select(Chatroom.user_id).where(col(Chatroom.id) == reply.chatroom_id)
@@ -195,6 +197,8 @@ class ReplyGenerator:
                 if owner is not None:
                     await give_back_one(session, owner, utc_day(reply.created_at))
             await session.commit()
+        if owner is not None:
+            await self._users.changed(owner)  # the unit given back shows in `usage` at once
         await publish(self._redis, reply.id, ReplyEvent(seq + 1, "", MessageStatus.FAILED))
 
     async def _ensure_final_event(self, reply: Message, sent: list[ReplyEvent]) -> None:

@@ -4,6 +4,9 @@ Writers bump a per-user version after they commit; readers read the version
 first and store what they computed under it. A reader that raced a writer
 stores its (stale) page under the old version, where nobody looks any more,
 so the cache can never serve an outdated order.
+
+In front of it, each process keeps its own copy (`UserCache`); the version bump
+and the change notice that drops those copies go to Redis in one round trip.
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gemini_graphql.models import Chatroom
+from gemini_graphql.user_cache import UserCache
 
 log = logging.getLogger(__name__)
 
@@ -32,26 +37,35 @@ return {version, redis.call('GET', KEYS[2] .. version)}
 
 
 class RoomListCache:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, users: UserCache) -> None:
         self._redis = redis
+        self._users = users
         self._read = redis.register_script(_READ)
 
     @staticmethod
     def _keys(user_id: uuid.UUID) -> tuple[str, str]:
         return f"rooms:v:{user_id}", f"rooms:first:{user_id}:"
 
-    async def get(self, user_id: uuid.UUID) -> tuple[str, list[Chatroom] | None]:
-        """The current version, and the cached first rows (None on a miss)."""
+    async def first_rows(
+        self, user_id: uuid.UUID, query: Callable[[], Awaitable[list[Chatroom]]]
+    ) -> list[Chatroom]:
+        """The first rows: the process's copy, else Redis's, else `query()` (then kept in both)."""
+        rooms = self._users.rooms(user_id)
+        if rooms is not None:
+            return rooms
+        ticket = self._users.ticket()
         version, payload = await self._read(keys=list(self._keys(user_id)))
         version = version.decode() if isinstance(version, bytes) else str(version)
-        if payload is None:
-            return version, None
-        return version, [_room(row) for row in json.loads(payload)]
-
-    async def put(self, user_id: uuid.UUID, version: str, rooms: list[Chatroom]) -> None:
-        _, prefix = self._keys(user_id)
-        payload = json.dumps([_row(room) for room in rooms])
-        await self._redis.set(prefix + version, payload, ex=TTL_SECONDS)
+        if payload is not None:
+            rooms = [_room(row) for row in json.loads(payload)]
+        else:
+            rooms = await query()
+            _, prefix = self._keys(user_id)
+            await self._redis.set(
+                prefix + version, json.dumps([_row(room) for room in rooms]), ex=TTL_SECONDS
+            )
+        self._users.keep_rooms(user_id, rooms, ticket)
+        return rooms
 
     async def invalidate(self, user_id: uuid.UUID) -> None:
         """Called after a commit; a Redis outage must not turn a done change into an error."""
@@ -60,6 +74,7 @@ class RoomListCache:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.incr(version_key)
                 pipe.expire(version_key, VERSION_TTL_SECONDS)
+                await self._users.changed(user_id, pipe)
                 await pipe.execute()
         except RedisError:
             log.warning("could not invalidate the room list of %s", user_id, exc_info=True)

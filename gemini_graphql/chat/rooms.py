@@ -33,7 +33,7 @@ class Rooms:
         self._sessions = resources.sessions
         self._reads = resources.reads
         self._clock = resources.clock
-        self.cache = RoomListCache(resources.redis)
+        self.cache = RoomListCache(resources.redis, resources.users)
 
     async def create(self, user_id: uuid.UUID, title: str, description: str | None) -> Chatroom:
         title = title.strip()
@@ -67,10 +67,9 @@ class Rooms:
     async def page(self, user_id: uuid.UUID, first: int | None, after: str | None) -> Page[Chatroom]:
         size = page_size(first, DEFAULT_PAGE, "first")
         if after is None:
-            version, cached = await self.cache.get(user_id)
-            if cached is None:
-                cached = await self._query(user_id, CACHED_ROWS + 1, None)
-                await self.cache.put(user_id, version, cached)
+            cached = await self.cache.first_rows(
+                user_id, lambda: self._query(user_id, CACHED_ROWS + 1, None)
+            )
             return Page(items=cached[:size], has_next=len(cached) > size, has_previous=False)
         rows = await self._query(user_id, size + 1, decode_time_id_cursor(after))
         return Page(items=rows[:size], has_next=len(rows) > size, has_previous=True)
