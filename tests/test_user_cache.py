@@ -1,0 +1,249 @@
+"""Each process's copies of users' rows and room lists: used, and never trusted past a change.
+
+Two apps started in one test are two api processes: separate Resources, caches and
+Redis pub/sub connections, one database and one Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import uuid
+from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from gemini_graphql.models import User
+from gemini_graphql.resources import Resources
+from gemini_graphql.user_cache import CHANNEL, UserCache
+from tests.auth_flows import CHANGE_PASSWORD, ME, LoggedIn, login
+from tests.chat_harness import create_room, send
+from tests.conftest import GraphQLClient, RecordingSms
+
+ROOMS = "{ chatrooms(first: 5) { edges { node { id title } } } }"
+
+MakeClient = Callable[..., Awaitable[httpx.AsyncClient]]
+
+
+def resources_of(client: httpx.AsyncClient) -> Resources:
+    return client._transport.app.state.resources  # type: ignore[attr-defined]
+
+
+async def live_cache(client: httpx.AsyncClient) -> UserCache:
+    """The app's cache once its change-notice subscription is confirmed."""
+    cache = resources_of(client).users
+    async with asyncio.timeout(5):
+        while not cache.live:
+            await asyncio.sleep(0.01)
+    return cache
+
+
+async def eventually(check: Callable[[], Awaitable[bool] | bool], seconds: float = 3.0) -> None:
+    async with asyncio.timeout(seconds):
+        while True:
+            outcome = check()
+            if await outcome if inspect.isawaitable(outcome) else outcome:
+                return
+            await asyncio.sleep(0.01)
+
+
+async def me(gql: GraphQLClient, token: str) -> dict[str, Any]:
+    return await gql(ME, token=token)
+
+
+async def kept_by(gql: GraphQLClient, cache: UserCache, user: LoggedIn) -> None:
+    """Read `me` until the process keeps a copy (a read that overlapped a notice, such as
+    the echo of the login's own, is rightly not kept)."""
+
+    async def kept() -> bool:
+        await me(gql, user.token)
+        return cache.user(uuid.UUID(user.user_id)) is not None
+
+    await eventually(kept)
+
+
+async def test_requests_are_served_from_the_copy(make_client: MakeClient, sms: RecordingSms) -> None:
+    client = await make_client()
+    gql = GraphQLClient(client)
+    cache = await live_cache(client)
+    user = await login(gql, sms)
+    await kept_by(gql, cache, user)
+    user_id = uuid.UUID(user.user_id)
+    cached = cache.user(user_id)
+    await me(gql, user.token)
+    assert cache.user(user_id) is cached  # the second read came from the copy
+
+
+async def test_a_password_change_in_one_process_locks_the_old_token_out_of_the_others(
+    make_client: MakeClient, sms: RecordingSms
+) -> None:
+    a, b = GraphQLClient(await make_client()), GraphQLClient(await make_client())
+    cache_b = await live_cache(b.http)
+    await live_cache(a.http)
+    user = await login(a, sms)
+    await kept_by(b, cache_b, user)
+
+    changed = await a(CHANGE_PASSWORD, {"input": {"newPassword": "a-new-pass-123"}}, token=user.token)
+    new_token = changed["data"]["changePassword"]["accessToken"]
+
+    async def old_token_refused() -> bool:
+        body = await me(b, user.token)
+        return bool(body.get("errors")) and body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+
+    await eventually(old_token_refused)
+    assert (await me(b, new_token))["data"]["me"]["hasPassword"] is True
+
+
+async def test_usage_and_room_order_from_one_process_show_in_the_others(
+    make_client: MakeClient, sms: RecordingSms
+) -> None:
+    a, b = GraphQLClient(await make_client()), GraphQLClient(await make_client())
+    await live_cache(a.http)
+    await live_cache(b.http)
+    user = await login(a, sms)
+    older = await create_room(a, user.token, "older")
+    await create_room(a, user.token, "newer")
+    rooms = await b(ROOMS, token=user.token)
+    assert [edge["node"]["title"] for edge in rooms["data"]["chatrooms"]["edges"]] == ["newer", "older"]
+    assert (await me(b, user.token))["data"]["me"]["usage"]["used"] == 0
+
+    await send(a, user.token, older)
+
+    async def b_sees_it() -> bool:
+        usage = (await me(b, user.token))["data"]["me"]["usage"]["used"]
+        titles = [e["node"]["title"] for e in (await b(ROOMS, token=user.token))["data"]["chatrooms"]["edges"]]
+        return usage == 1 and titles == ["older", "newer"]
+
+    await eventually(b_sees_it)
+
+
+async def test_the_writing_process_reads_its_own_write_at_once(
+    make_client: MakeClient, sms: RecordingSms
+) -> None:
+    gql = GraphQLClient(await make_client())
+    await live_cache(gql.http)
+    user = await login(gql, sms)
+    room = await create_room(gql, user.token)
+    for expected in (1, 2, 3):
+        await send(gql, user.token, room)
+        assert (await me(gql, user.token))["data"]["me"]["usage"]["used"] == expected
+
+
+async def test_parallel_sends_and_reads_end_with_the_true_count(
+    make_client: MakeClient, sms: RecordingSms
+) -> None:
+    """Reads racing writes may not leave an old copy behind (a read spanning a notice is not kept)."""
+    a, b = GraphQLClient(await make_client()), GraphQLClient(await make_client())
+    await live_cache(a.http)
+    await live_cache(b.http)
+    user = await login(a, sms)
+    room = await create_room(a, user.token)
+    await asyncio.gather(
+        *(send(a, user.token, room) for _ in range(5)),
+        *(me(client, user.token) for _ in range(10) for client in (a, b)),
+    )
+
+    async def both_say_five() -> bool:
+        counts = [(await me(c, user.token))["data"]["me"]["usage"]["used"] for c in (a, b)]
+        return counts == [5, 5]
+
+    await eventually(both_say_five)
+
+
+async def test_changes_made_by_hand_show_after_the_cache_lifetime(
+    make_client: MakeClient, sms: RecordingSms, pg: asyncpg.Pool
+) -> None:
+    gql = GraphQLClient(await make_client(user_cache_seconds=0.3))
+    cache = await live_cache(gql.http)
+    user = await login(gql, sms)
+    await kept_by(gql, cache, user)
+    assert (await me(gql, user.token))["data"]["me"]["tier"] == "BASIC"
+    await pg.execute("UPDATE users SET subscription_tier = 'pro' WHERE id = $1", uuid.UUID(user.user_id))
+    await asyncio.sleep(0.35)
+    assert (await me(gql, user.token))["data"]["me"]["tier"] == "PRO"
+
+
+async def test_no_copies_are_used_while_notices_may_be_missed(
+    make_client: MakeClient, sms: RecordingSms, pg: asyncpg.Pool, redis_client: aioredis.Redis
+) -> None:
+    gql = GraphQLClient(await make_client())
+    cache = await live_cache(gql.http)
+    user = await login(gql, sms)
+    await kept_by(gql, cache, user)
+
+    # The pub/sub connection drops (Redis restarts, a network blip): notices are lost.
+    await redis_client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    await eventually(lambda: not cache.live)
+    assert len(cache) == 0
+    await pg.execute("UPDATE users SET subscription_tier = 'pro' WHERE id = $1", uuid.UUID(user.user_id))
+    assert (await me(gql, user.token))["data"]["me"]["tier"] == "PRO"
+    assert len(cache) == 0  # nothing kept while suspended
+
+    # Reconnected and confirmed: copies again.
+    await eventually(lambda: cache.live, seconds=10)
+    await kept_by(gql, cache, user)
+
+
+@pytest.fixture
+def cache(redis_client: aioredis.Redis) -> UserCache:
+    cache = UserCache(redis_client, ttl_seconds=30, max_users=3)
+    cache.resume()
+    return cache
+
+
+def _user(user_id: uuid.UUID) -> User:
+    now = datetime.now(UTC)
+    return User(id=user_id, mobile_number="+15550000000", created_at=now, updated_at=now)
+
+
+def test_a_read_that_spans_a_notice_is_not_kept(cache: UserCache) -> None:
+    user_id = uuid.uuid4()
+    ticket = cache.ticket()
+    cache.deliver(uuid.uuid4().hex.encode())  # any notice, even about another user
+    cache.keep_user(_user(user_id), ticket)
+    assert cache.user(user_id) is None
+    cache.keep_user(_user(user_id), cache.ticket())
+    assert cache.user(user_id) is not None
+
+
+def test_notices_drop_the_user_and_bad_notices_are_ignored(cache: UserCache) -> None:
+    user_id = uuid.uuid4()
+    cache.keep_user(_user(user_id), cache.ticket())
+    cache.keep_rooms(user_id, [], cache.ticket())
+    cache.deliver(b"not a uuid")
+    assert cache.user(user_id) is not None
+    cache.deliver(user_id.hex.encode())
+    assert cache.user(user_id) is None and cache.rooms(user_id) is None
+
+
+def test_the_copies_are_bounded(cache: UserCache) -> None:
+    ids = [uuid.uuid4() for _ in range(5)]
+    for user_id in ids:
+        cache.keep_user(_user(user_id), cache.ticket())
+    assert len(cache) == 3
+    assert [cache.user(user_id) is not None for user_id in ids] == [False, False, True, True, True]
+
+
+def test_nothing_is_kept_before_the_subscription_is_confirmed(redis_client: aioredis.Redis) -> None:
+    cache = UserCache(redis_client, ttl_seconds=30)
+    user_id = uuid.uuid4()
+    cache.keep_user(_user(user_id), cache.ticket())
+    assert cache.user(user_id) is None and len(cache) == 0
+
+
+async def test_a_notice_reaches_redis_subscribers(cache: UserCache, redis_client: aioredis.Redis) -> None:
+    pubsub = redis_client.pubsub()
+    await pubsub.subscribe(CHANNEL)
+    await pubsub.get_message(timeout=1)  # the confirmation
+    user_id = uuid.uuid4()
+    await cache.changed(user_id)
+    message = await pubsub.get_message(timeout=2)
+    while message is not None and message["type"] != "message":
+        message = await pubsub.get_message(timeout=2)
+    assert message is not None and message["data"] == user_id.hex.encode()
+    await pubsub.aclose()
