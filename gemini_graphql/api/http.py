@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
+from functools import lru_cache
 from inspect import isawaitable
 from typing import Any
 
@@ -28,6 +29,7 @@ from gemini_graphql.api.errors import BAD_REQUEST, apply_error_policy
 
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 JSON = "application/json"
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode  # made once
 _MEDIA_TYPES = {
     GRAPHQL_RESPONSE_JSON: GRAPHQL_RESPONSE_JSON,
     JSON: JSON,
@@ -104,6 +106,7 @@ class GraphQLOverHTTP:
         return _execution_response(result, context.request_id, media_type)  # type: ignore[arg-type]
 
 
+@lru_cache(maxsize=256)  # clients send a handful of distinct Accept headers
 def negotiate(accept: str | None) -> str | None:
     """The response media type for an Accept header; None when neither is acceptable."""
     if not accept:
@@ -128,7 +131,7 @@ def negotiate(accept: str | None) -> str | None:
 async def _read_params(request: Request) -> GraphQLParams:
     if request.method == "POST":
         try:
-            body = json.loads(await request.body())
+            body = json.loads(await _body(request))
         except (ValueError, UnicodeDecodeError):
             raise BadRequest("The request body is not valid JSON.") from None
         if isinstance(body, list):
@@ -153,6 +156,18 @@ async def _read_params(request: Request) -> GraphQLParams:
     if operation_name is not None and not isinstance(operation_name, str):
         raise BadRequest("`operationName` must be a string.")
     return GraphQLParams(query, variables, operation_name)
+
+
+async def _body(request: Request) -> bytes:
+    """The whole body (Starlette's `Request.body` goes through an async generator per chunk)."""
+    chunks = []
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest("The client went away before sending the whole body.")
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def _context(request: Request) -> Context:
@@ -180,7 +195,7 @@ def _bad_request(message: str) -> dict[str, Any]:
 
 
 def _json(payload: dict[str, Any], media_type: str, status: int) -> Response:
-    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    body = _encode(payload).encode()
     return Response(body, status, media_type=f"{media_type}; charset=utf-8")
 
 

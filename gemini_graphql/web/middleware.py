@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
+import secrets
 import time
-import uuid
 
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -14,18 +15,30 @@ access_log = logging.getLogger("gemini_graphql.access")
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
+class RequestIds:
+    """Unique ids without a random draw per request: a random per-process prefix and a counter."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
 class RequestIdMiddleware:
     """Gives each request an id (or keeps a sane `X-Request-ID`), returns it, and logs one line."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._ids = RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         offered = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = offered if _CLIENT_REQUEST_ID.fullmatch(offered) else uuid.uuid4().hex
+        request_id = offered if _CLIENT_REQUEST_ID.fullmatch(offered) else self._ids.next()
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 0

@@ -36,7 +36,7 @@ class AuthMutations:
         auth = await _throttled(info, input.mobile_number)
         signup = auth.signup(input.mobile_number, input.name, input.email, input.password)
         return await payload_or_errors(
-            SignupPayload, signup, lambda user: SignupPayload(user=UserType.of(user))
+            SignupPayload, signup, lambda user: SignupPayload(user=UserType.of(user, info.context))
         )
 
     @strawberry.mutation(description="Send a one-time code by SMS; same answer for unknown numbers.")
@@ -49,13 +49,17 @@ class AuthMutations:
     async def verify_otp(self, info: Info, input: VerifyOtpInput) -> AuthPayload:
         auth = await _throttled(info, input.mobile_number)
         login = auth.verify_code(input.mobile_number, input.code)
-        return await payload_or_errors(AuthPayload, login, AuthPayload.of)
+        return await payload_or_errors(
+            AuthPayload, login, lambda done: AuthPayload.of(done, info.context)
+        )
 
     @strawberry.mutation(description="Log in with the account's password (after one code login).")
     async def login_with_password(self, info: Info, input: LoginWithPasswordInput) -> AuthPayload:
         auth = await _throttled(info, input.mobile_number)
         login = auth.login_with_password(input.mobile_number, input.password)
-        return await payload_or_errors(AuthPayload, login, AuthPayload.of)
+        return await payload_or_errors(
+            AuthPayload, login, lambda done: AuthPayload.of(done, info.context)
+        )
 
     @strawberry.mutation(description="Send a PASSWORD_RESET code; same answer for unknown numbers.")
     async def forgot_password(self, info: Info, input: ForgotPasswordInput) -> SendOtpPayload:
@@ -67,7 +71,9 @@ class AuthMutations:
     async def reset_password(self, info: Info, input: ResetPasswordInput) -> AuthPayload:
         auth = await _throttled(info, input.mobile_number)
         login = auth.reset_password(input.mobile_number, input.code, input.new_password)
-        return await payload_or_errors(AuthPayload, login, AuthPayload.of)
+        return await payload_or_errors(
+            AuthPayload, login, lambda done: AuthPayload.of(done, info.context)
+        )
 
     @strawberry.mutation(description="Change the password; every older token stops working.")
     async def change_password(

@@ -10,4 +10,4 @@ from gemini_graphql.api.types.user import UserType
 class UserQueries:
     @strawberry.field(description="The logged-in user. UNAUTHENTICATED without a valid token.")
     async def me(self, info: Info) -> UserType:
-        return UserType.of(await info.context.user())
+        return UserType.of(await info.context.user(), info.context)

@@ -6,6 +6,7 @@ from datetime import datetime
 
 import strawberry
 
+from gemini_graphql.api.context import Context
 from gemini_graphql.api.errors import UserError
 from gemini_graphql.api.types.user import UserType
 from gemini_graphql.auth.service import Login, SentCode
@@ -97,12 +98,12 @@ class AuthPayload:
     errors: list[UserError] = strawberry.field(default_factory=list)
 
     @classmethod
-    def of(cls, login: Login) -> AuthPayload:
+    def of(cls, login: Login, context: Context) -> AuthPayload:
         return cls(
             access_token=login.access.token,
             token_type="Bearer",
             expires_in=login.access.expires_in,
-            user=UserType.of(login.user),
+            user=UserType.of(login.user, context),
         )
 
 

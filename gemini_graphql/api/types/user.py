@@ -4,7 +4,7 @@ from datetime import datetime
 
 import strawberry
 
-from gemini_graphql.api.context import Info
+from gemini_graphql.api.context import Context
 from gemini_graphql.chat.quota import Usage, usage_of
 from gemini_graphql.models import Tier, User
 
@@ -36,17 +36,13 @@ class UserType:
         description="Whether `loginWithPassword` can be used (else log in with a code)."
     )
     created_at: datetime
+    # Computed with the user, not by a resolver: a resolver per field costs more than `me` itself.
+    usage: UsageType = strawberry.field(description="Today's quota of the user's tier.")
     model: strawberry.Private[User]
 
-    @strawberry.field(description="Today's quota of the user's tier.")
-    def usage(self, info: Info) -> UsageType:
-        context = info.context
-        return UsageType.of(
-            usage_of(self.model, context.settings, context.services.resources.clock())
-        )
-
     @classmethod
-    def of(cls, user: User) -> UserType:
+    def of(cls, user: User, context: Context) -> UserType:
+        usage = usage_of(user, context.settings, context.services.resources.clock())
         return cls(
             id=strawberry.ID(str(user.id)),
             mobile_number=user.mobile_number,
@@ -55,5 +51,6 @@ class UserType:
             tier=user.tier,
             has_password=user.password_hash is not None,
             created_at=user.created_at,
+            usage=UsageType.of(usage),
             model=user,
         )
