@@ -22,7 +22,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -33,6 +33,7 @@ from gemini_graphql.models import Chatroom, User
 log = logging.getLogger(__name__)
 
 CHANNEL = "users:changed"
+RESPONSES_PER_USER = 16
 
 
 @dataclass(slots=True)
@@ -40,6 +41,8 @@ class _Entry:
     expires_at: float
     user: User | None = None
     rooms: list[Chatroom] | None = None
+    # Encoded responses computed from the above alone, by a key the caller defines.
+    responses: dict[str, bytes] = field(default_factory=dict)
 
 
 class UserCache:
@@ -69,6 +72,18 @@ class UserCache:
     def rooms(self, user_id: uuid.UUID) -> list[Chatroom] | None:
         entry = self._entry(user_id)
         return entry.rooms if entry is not None else None
+
+    def response(self, user_id: uuid.UUID, key: str) -> bytes | None:
+        entry = self._entry(user_id)
+        return entry.responses.get(key) if entry is not None else None
+
+    def keep_response(self, user_id: uuid.UUID, key: str, body: bytes, ticket: int) -> None:
+        """`body` must depend only on what this cache drops on a notice, and `ticket` must
+        have been taken before any of that was read (the user row included)."""
+        if entry := self._writable(user_id, ticket):
+            entry.responses[key] = body
+            if len(entry.responses) > RESPONSES_PER_USER:
+                del entry.responses[next(iter(entry.responses))]
 
     def keep_user(self, user: User, ticket: int) -> None:
         if entry := self._writable(user.id, ticket):

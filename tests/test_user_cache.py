@@ -247,3 +247,81 @@ async def test_a_notice_reaches_redis_subscribers(cache: UserCache, redis_client
         message = await pubsub.get_message(timeout=2)
     assert message is not None and message["data"] == user_id.hex.encode()
     await pubsub.aclose()
+
+
+# Whole responses of queries that read only the user's own row and rooms.
+
+
+@pytest.mark.parametrize(
+    ("document", "cacheable"),
+    [
+        ("{ me { id tier usage { used limit remaining resetsAt } } }", True),
+        ("{ chatrooms(first: 3) { edges { cursor node { id title updatedAt __typename } } pageInfo { hasNextPage endCursor } } }", True),
+        ("query Both { me { id } chatrooms { edges { node { id } } } }", True),
+        ("{ chatrooms { edges { node { id messages { edges { node { content } } } } } } }", False),
+        ("{ chatrooms { edges { node { ...Room } } } } fragment Room on Chatroom { id messages { edges { node { id } } } }", False),
+        ("{ chatroom(id: \"x\") { id title } }", False),
+        ("{ subscriptionStatus { tier status } }", False),
+        ("{ me { id } __schema { queryType { name } } }", False),
+        ('mutation { createChatroom(input: {title: "t"}) { chatroom { id } } }', False),
+    ],
+)
+def test_which_documents_are_answered_from_kept_responses(document: str, cacheable: bool) -> None:
+    from graphql import parse
+
+    from gemini_graphql.api.response_cache import reads_only_user_state
+    from gemini_graphql.api.schema import build_schema
+
+    schema = build_schema(production=False)._schema
+    assert reads_only_user_state(schema, parse(document)) is cacheable
+
+
+async def test_kept_responses_follow_variables_and_changes(
+    make_client: MakeClient, sms: RecordingSms
+) -> None:
+    gql = GraphQLClient(await make_client())
+    cache = await live_cache(gql.http)
+    user = await login(gql, sms)
+    await kept_by(gql, cache, user)
+    rooms = [await create_room(gql, user.token, f"room {index}") for index in range(3)]
+    page = "query($n: Int) { chatrooms(first: $n) { edges { node { title } } } }"
+
+    async def titles(n: int) -> list[str]:
+        body = await gql(page, {"n": n}, token=user.token)
+        return [edge["node"]["title"] for edge in body["data"]["chatrooms"]["edges"]]
+
+    for _ in range(2):  # the second round is answered from kept responses
+        assert await titles(1) == ["room 2"]
+        assert await titles(2) == ["room 2", "room 1"]
+    await send(gql, user.token, rooms[0])
+    assert await titles(2) == ["room 0", "room 2"]
+
+
+async def test_usage_resets_at_utc_midnight_in_kept_responses(
+    make_client: MakeClient, sms: RecordingSms, clock: Any
+) -> None:
+    clock.now = clock.now.replace(hour=23, minute=58)
+    gql = GraphQLClient(await make_client())
+    cache = await live_cache(gql.http)
+    user = await login(gql, sms)
+    room = await create_room(gql, user.token)
+    await send(gql, user.token, room)
+    await kept_by(gql, cache, user)
+    first = (await me(gql, user.token))["data"]["me"]["usage"]
+    assert first["used"] == 1
+    clock.advance(minutes=3)
+    after = (await me(gql, user.token))["data"]["me"]["usage"]
+    assert after["used"] == 0 and after["resetsAt"] > first["resetsAt"]
+
+
+async def test_kept_responses_are_the_users_own(make_client: MakeClient, sms: RecordingSms) -> None:
+    gql = GraphQLClient(await make_client())
+    await live_cache(gql.http)
+    alice, bob = await login(gql, sms), await login(gql, sms)
+    await create_room(gql, alice.token, "alice's")
+    for _ in range(2):
+        assert (await me(gql, alice.token))["data"]["me"]["id"] == alice.user_id
+        assert (await me(gql, bob.token))["data"]["me"]["id"] == bob.user_id
+        assert (await gql(ROOMS, token=bob.token))["data"]["chatrooms"]["edges"] == []
+    refused = await me(gql, "not-a-token")
+    assert refused["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"

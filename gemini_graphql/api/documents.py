@@ -19,6 +19,7 @@ from strawberry.extensions.query_depth_limiter import QueryDepthLimiter
 from strawberry.schema.schema import validate_document
 
 from gemini_graphql.api.errors import BAD_REQUEST
+from gemini_graphql.api.response_cache import reads_only_user_state
 
 # Limits on the document itself (answered as BAD_REQUEST before anything runs).
 MAX_DEPTH = 10
@@ -48,6 +49,8 @@ class Prepared:
 
     document: DocumentNode | None
     errors: tuple[dict[str, Any], ...] = ()
+    # Its response depends on nothing but the user's row, rooms and the day (response_cache).
+    user_state_only: bool = False
 
     def operation_type(self, operation_name: str | None) -> OperationType | None:
         """The type of the operation that would run; None when the name picks none."""
@@ -85,7 +88,7 @@ class Documents:
         errors = validate_document(self._schema, document, self._rules)
         if errors:
             return Prepared(None, tuple(request_error(error) for error in errors))
-        return Prepared(document)
+        return Prepared(document, user_state_only=reads_only_user_state(self._schema, document))
 
 
 def request_error(error: GraphQLError) -> dict[str, Any]:

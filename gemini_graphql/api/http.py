@@ -24,8 +24,10 @@ from strawberry.execution import optimized_is_awaitable
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from gemini_graphql.api.context import Context
-from gemini_graphql.api.documents import Documents
+from gemini_graphql.api.documents import Documents, Prepared
 from gemini_graphql.api.errors import BAD_REQUEST, apply_error_policy
+from gemini_graphql.api.response_cache import response_key
+from gemini_graphql.chat.quota import utc_day
 
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 JSON = "application/json"
@@ -92,6 +94,39 @@ class GraphQLOverHTTP:
             return _request_errors([_bad_request(message)], media_type)
 
         context = _context(request)
+        if prepared.user_state_only and operation_type is OperationType.QUERY:
+            return await self._user_state_query(prepared, params, context, media_type)
+        result = await self._execute(prepared, params, context)
+        return _execution_response(result, context.request_id, media_type)
+
+    async def _user_state_query(
+        self, prepared: Prepared, params: GraphQLParams, context: Context, media_type: str
+    ) -> Response:
+        """A query reading only the user's own row and rooms: answered from the user's
+        cached responses when one is there (see response_cache)."""
+        resources = context.services.resources
+        ticket = resources.users.ticket()  # before the user row is read
+        try:
+            user = await context.user()
+        except Exception:  # noqa: BLE001 - executing reports it (UNAUTHENTICATED, or masked)
+            user = None
+        if user is None:
+            result = await self._execute(prepared, params, context)
+            return _execution_response(result, context.request_id, media_type)
+        day = utc_day(resources.clock())
+        key = response_key(params.query, params.operation_name, params.variables, day)
+        body = resources.users.response(user.id, key)
+        if body is None:
+            result = await self._execute(prepared, params, context)
+            if result.errors:
+                return _execution_response(result, context.request_id, media_type)
+            body = _encode({"data": result.data}).encode()
+            resources.users.keep_response(user.id, key, body, ticket)
+        return _body_response(body, media_type, 200)
+
+    async def _execute(
+        self, prepared: Prepared, params: GraphQLParams, context: Context
+    ) -> ExecutionResult:
         result = execute(
             self._schema._schema,
             prepared.document,  # type: ignore[arg-type]
@@ -103,7 +138,7 @@ class GraphQLOverHTTP:
         )
         if isawaitable(result):
             result = await result
-        return _execution_response(result, context.request_id, media_type)  # type: ignore[arg-type]
+        return result  # type: ignore[return-value]
 
 
 @lru_cache(maxsize=256)  # clients send a handful of distinct Accept headers
@@ -195,7 +230,10 @@ def _bad_request(message: str) -> dict[str, Any]:
 
 
 def _json(payload: dict[str, Any], media_type: str, status: int) -> Response:
-    body = _encode(payload).encode()
+    return _body_response(_encode(payload).encode(), media_type, status)
+
+
+def _body_response(body: bytes, media_type: str, status: int) -> Response:
     return Response(body, status, media_type=f"{media_type}; charset=utf-8")
 
 
