@@ -10,7 +10,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 from arq.connections import ArqRedis
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlmodel import col, select
 
 from gemini_graphql.chat.pages import Page, decode_id_cursor, encode_cursor, page_size
@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 CONTENT_MAX = 10_000
 DEFAULT_PAGE = 20
 GENERATE_REPLY = "generate_reply"
+_ROOMS = Chatroom.__table__  # type: ignore[attr-defined]
+_MESSAGES = Message.__table__  # type: ignore[attr-defined]
 
 
 def reply_job_id(reply_id: uuid.UUID) -> str:
@@ -59,6 +61,7 @@ class Messages:
     def __init__(self, resources: Resources, rooms_cache: RoomListCache) -> None:
         self._settings = resources.settings
         self._sessions = resources.sessions
+        self._engine = resources.engine
         self._reads = resources.reads
         self._clock = resources.clock
         self._queue: ArqRedis = resources.redis
@@ -71,26 +74,32 @@ class Messages:
         if not 1 <= len(content) <= CONTENT_MAX:
             raise invalid_input("content", f"A message has 1 to {CONTENT_MAX:,} characters.")
         now = self._clock()
-        async with self._sessions() as session:
-            room = await session.get(Chatroom, room_id) if room_id else None
-            if room is None or room.user_id != user_id:
+        message = Message(
+            id=new_id(), chatroom_id=room_id, role=MessageRole.USER.value, content=content,
+            status=MessageStatus.COMPLETE.value, created_at=now, updated_at=now,
+        )
+        reply = Message(
+            id=new_id(), chatroom_id=room_id, role=MessageRole.ASSISTANT.value,
+            reply_to_id=message.id, status=MessageStatus.PENDING.value,
+            created_at=now, updated_at=now,
+        )
+        # Three statements in one transaction, without an ORM session (this is the hot write
+        # path). Locks are taken room first, then user, like every other writer of both.
+        async with self._engine.begin() as connection:
+            bumped = await connection.execute(
+                sa.update(_ROOMS)
+                .where(_ROOMS.c.id == room_id, _ROOMS.c.user_id == user_id)
+                .values(updated_at=now)
+                .returning(_ROOMS.c.id)
+            ) if room_id else None
+            if bumped is None or bumped.first() is None:
                 raise _room_not_found()
-            usage = await consume_one(session, user_id, self._settings, now)
+            usage = await consume_one(connection, user_id, self._settings, now)
             if usage is None:
-                raise await _limit_reached(session, user_id)
-            message = Message(
-                id=new_id(), chatroom_id=room.id, role=MessageRole.USER.value, content=content,
-                status=MessageStatus.COMPLETE.value, created_at=now, updated_at=now,
+                raise await _limit_reached(connection, user_id)
+            await connection.execute(
+                sa.insert(_MESSAGES), [_row(message), _row(reply)]
             )
-            reply = Message(
-                id=new_id(), chatroom_id=room.id, role=MessageRole.ASSISTANT.value,
-                reply_to_id=message.id, status=MessageStatus.PENDING.value,
-                created_at=now, updated_at=now,
-            )
-            previous_update = room.updated_at
-            room.updated_at = now
-            session.add_all([message, reply])
-            await session.commit()
         await self._rooms_cache.invalidate(user_id)
         try:
             job = await self._queue.enqueue_job(GENERATE_REPLY, str(reply.id), _job_id=reply_job_id(reply.id))
@@ -98,7 +107,7 @@ class Messages:
                 raise RuntimeError("a job for this reply already exists")
         except Exception:
             log.exception("could not queue the reply %s; undoing the send", reply.id)
-            await self._undo_send(user_id, message, reply, previous_update, now)
+            await self._undo_send(user_id, message, reply, now)
             raise DomainError(
                 ErrorCode.SERVICE_UNAVAILABLE,
                 "The assistant is unavailable right now; your message was not sent. Try again.",
@@ -106,14 +115,20 @@ class Messages:
         return Sent(message=message, reply=reply, usage=usage)
 
     async def _undo_send(
-        self, user_id: uuid.UUID, message: Message, reply: Message, previous: datetime, now: datetime
+        self, user_id: uuid.UUID, message: Message, reply: Message, now: datetime
     ) -> None:
         async with self._sessions() as session:
             await session.execute(sa.delete(Message).where(col(Message.id).in_([reply.id, message.id])))
+            # Back to its newest remaining message (or its creation), unless sent to since.
+            newest = (
+                sa.select(sa.func.max(Message.created_at))
+                .where(Message.chatroom_id == message.chatroom_id)
+                .scalar_subquery()
+            )
             await session.execute(
                 sa.update(Chatroom)
                 .where(col(Chatroom.id) == message.chatroom_id, Chatroom.updated_at == now)
-                .values(updated_at=previous)
+                .values(updated_at=sa.func.coalesce(newest, Chatroom.created_at))
             )
             await give_back_one(session, user_id, utc_day(now))
             await session.commit()
@@ -192,8 +207,8 @@ class Messages:
         return pages
 
 
-async def _limit_reached(session: AsyncSession, user_id: uuid.UUID) -> DomainError:
-    payment_failed = await session.scalar(
+async def _limit_reached(connection: AsyncConnection, user_id: uuid.UUID) -> DomainError:
+    payment_failed = await connection.scalar(
         select(sa.func.count())
         .select_from(Subscription)
         .where(Subscription.user_id == user_id, col(Subscription.status).in_(("past_due", "unpaid")))
@@ -209,6 +224,10 @@ async def _limit_reached(session: AsyncSession, user_id: uuid.UUID) -> DomainErr
             "mutation) for more, or come back after midnight UTC."
         )
     return DomainError(ErrorCode.DAILY_LIMIT_REACHED, message)
+
+
+def _row(message: Message) -> dict[str, object]:
+    return {column.name: getattr(message, column.name) for column in _MESSAGES.columns}
 
 
 def _room_not_found() -> DomainError:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlmodel import col
 
 from gemini_graphql.config import Settings
@@ -42,7 +42,7 @@ def usage_of(user: User, settings: Settings, now: datetime) -> Usage:
 
 
 async def consume_one(
-    session: AsyncSession, user_id: uuid.UUID, settings: Settings, now: datetime
+    session: AsyncSession | AsyncConnection, user_id: uuid.UUID, settings: Settings, now: datetime
 ) -> Usage | None:
     """Count one message against today's quota, atomically; None when it is used up.
 
