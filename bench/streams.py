@@ -1,6 +1,12 @@
 """4. Live streams held by one api process: RSS per idle subscription at N = 1,000, 5,000
 (and 9,000 when the open-file limit allows), then 10 deltas to each of 1,000 active streams,
-timed from publish (this process) to arrival (a separate websocket client process)."""
+timed from publish (this process) to arrival (a separate websocket client process).
+
+The deltas come as a model would send them: every stream gets one every ROUND_SECONDS
+(10,000 deltas a second in all), each round published in one Redis round trip and stamped
+just before it is sent, so the figure is the api's fan-out and not the publisher's own
+backlog.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +23,16 @@ import asyncpg
 from bench.stack import Stack, percentile, rss_kb
 from gemini_graphql.ids import new_id
 from gemini_graphql.models import MessageStatus
-from gemini_graphql.streaming import ReplyEvent, publish
+from gemini_graphql.streaming import (
+    FINISHED_TTL_SECONDS,
+    ReplyEvent,
+    channel_name,
+    stream_key,
+)
 
 DELTAS = 10
 ACTIVE = 1000
+ROUND_SECONDS = 0.1
 
 
 async def make_pending_replies(stack: Stack, count: int) -> list[str]:
@@ -97,11 +109,19 @@ async def live_streams(stack: Stack) -> dict[str, object]:
 
 async def deliver(stack: Stack, client: Client, replies: list[str]) -> list[float]:
     await client.ask({"op": "record"})
+    loop = asyncio.get_running_loop()
+    ids = [uuid.UUID(reply) for reply in replies]
     for seq in range(1, DELTAS + 1):
-        await asyncio.gather(*(
-            publish(stack.redis, uuid.UUID(reply), ReplyEvent(seq, f"{asyncio.get_running_loop().time():.6f}", MessageStatus.STREAMING))
-            for reply in replies
-        ))
+        started = loop.time()
+        payload = ReplyEvent(seq, f"{started:.6f}", MessageStatus.STREAMING).encode()
+        # What streaming.publish writes for each event, for the whole round at once.
+        async with stack.redis.pipeline(transaction=False) as pipe:
+            for message_id in ids:
+                pipe.xadd(stream_key(message_id), {"e": payload}, id=f"{seq}-0")
+                pipe.expire(stream_key(message_id), FINISHED_TTL_SECONDS)
+                pipe.publish(channel_name(message_id), payload)
+            await pipe.execute()
+        await asyncio.sleep(max(0.0, ROUND_SECONDS - (loop.time() - started)))
     report = await client.ask({"op": "collect", "expect": len(replies) * DELTAS})
     return report["latencies_ms"]
 

@@ -7,7 +7,7 @@ stream, then forwards live events, dropping seqs it already sent: joining
 late or re-joining with `after` loses nothing and repeats nothing.
 
 Each api process holds ONE pub/sub connection (`Relay`) and hands events to
-per-subscriber asyncio queues.
+per-subscriber mailboxes.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ LIVE_TTL_SECONDS = 3600  # while a reply streams, refreshed by every event
 FINISHED_TTL_SECONDS = 900  # after the final event; then the database answers
 SUBSCRIBER_QUEUE_SIZE = 1024
 RESYNC_AFTER_SECONDS = 30.0  # with no live event for this long, re-read the stream anyway
+CONFIRM_TIMEOUT_SECONDS = 10.0
 WATCH_RETRY_SECONDS = 1.0
 
 @dataclass(frozen=True, slots=True)
@@ -101,46 +103,90 @@ class Watcher(Protocol):
         """Redis confirmed the subscription: from now on nothing is missed."""
 
 
+class Mailbox:
+    """One subscriber's events, bounded, with at most one waiting reader.
+
+    Lighter than asyncio.Queue (which holds four deques, about 3 KB, per subscriber) and
+    with no timer per event: a process holds thousands of these, and fans out thousands of
+    events a second through them.
+    """
+
+    __slots__ = ("_events", "_waiter", "last_put")
+
+    def __init__(self, now: float) -> None:
+        self._events: deque[ReplyEvent] | None = None  # made at the first event
+        self._waiter: asyncio.Future[None] | None = None
+        self.last_put = now
+
+    def put(self, event: ReplyEvent, now: float) -> bool:
+        """False when full: the subscriber is slow, and fills the gap from the stream."""
+        if self._events is None:
+            self._events = deque()
+        elif len(self._events) >= SUBSCRIBER_QUEUE_SIZE:
+            return False
+        self._events.append(event)
+        self.last_put = now
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        return True
+
+    async def get(self) -> ReplyEvent:
+        while not self._events:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._events.popleft()
+
+
 class Relay:
-    """One Redis pub/sub connection per process, fanned out to subscriber queues and watchers."""
+    """One Redis pub/sub connection per process, fanned out to subscriber mailboxes and watchers.
+
+    A janitor hands RESYNC to mailboxes that stayed quiet for RESYNC_AFTER_SECONDS, so a
+    subscriber re-reads its stream now and then without a timer of its own.
+    """
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._pubsub: PubSub | None = None
-        self._queues: dict[str, set[asyncio.Queue[ReplyEvent]]] = {}
-        self._confirmed: dict[str, asyncio.Event] = {}
+        self._mailboxes: dict[str, set[Mailbox]] = {}
+        self._confirmed: dict[str, asyncio.Future[None]] = {}
         self._lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
+        self._janitor: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()  # unsubscribes under way
         self._watchers: dict[str, Watcher] = {}
         self._watching: set[asyncio.Task[None]] = set()
 
     @property
     def channel_count(self) -> int:
-        return len(self._queues)
+        return len(self._mailboxes)
 
     @asynccontextmanager
-    async def listen(self, channel: str) -> AsyncIterator[asyncio.Queue[ReplyEvent]]:
-        """A queue of the channel's events, live from the moment this is entered."""
-        queue: asyncio.Queue[ReplyEvent] = asyncio.Queue(maxsize=SUBSCRIBER_QUEUE_SIZE)
-        listeners = self._queues.setdefault(channel, set())
-        listeners.add(queue)
+    async def listen(self, channel: str) -> AsyncIterator[Mailbox]:
+        """A mailbox of the channel's events, live from the moment this is entered."""
+        loop = asyncio.get_running_loop()
+        mailbox = Mailbox(loop.time())
+        listeners = self._mailboxes.setdefault(channel, set())
+        listeners.add(mailbox)
         try:
             async with self._lock:
                 if channel not in self._confirmed:  # the first listener subscribes
-                    self._confirmed[channel] = asyncio.Event()
+                    self._confirmed[channel] = loop.create_future()
                     await self._subscribe(channel)
                 confirmed = self._confirmed[channel]
             # Only after Redis confirmed the subscription is nothing published missed.
-            # (asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.)
-            async with asyncio.timeout(10):
-                await confirmed.wait()
-            yield queue
+            # (asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation;
+            # shield: the future is shared by every listener of the channel.)
+            async with asyncio.timeout(CONFIRM_TIMEOUT_SECONDS):
+                await asyncio.shield(confirmed)
+            yield mailbox
         finally:
             # No await before the bookkeeping: a twice-cancelled task still lets go.
-            listeners.discard(queue)
-            if not listeners and self._queues.get(channel) is listeners:
-                del self._queues[channel]
+            listeners.discard(mailbox)
+            if not listeners and self._mailboxes.get(channel) is listeners:
+                del self._mailboxes[channel]
                 self._confirmed.pop(channel, None)
                 task = asyncio.create_task(self._unsubscribe(channel))
                 self._pending.add(task)
@@ -168,7 +214,7 @@ class Relay:
 
     async def _unsubscribe(self, channel: str) -> None:
         async with self._lock:
-            if channel in self._queues or self._pubsub is None:
+            if channel in self._mailboxes or self._pubsub is None:
                 return  # someone listens again
             try:
                 await self._pubsub.unsubscribe(channel)
@@ -181,18 +227,22 @@ class Relay:
         await self._pubsub.subscribe(channel)
         if self._reader is None or self._reader.done():
             self._reader = asyncio.create_task(self._read(), name="reply-relay")
+        if self._janitor is None or self._janitor.done():
+            self._janitor = asyncio.create_task(self._resync_quiet(), name="reply-relay-janitor")
 
     async def _read(self) -> None:
         assert self._pubsub is not None
         while True:
             try:
-                message = await self._pubsub.get_message(timeout=1.0)
+                # No timeout: blocking reads cost no timer per message (a dropped connection
+                # still raises at once).
+                message = await self._pubsub.get_message(timeout=None)
             except (RedisError, OSError) as exc:  # reconnects (and resubscribes) on the next read
                 log.warning("relay lost its Redis connection: %s", exc)
                 for watcher in self._watchers.values():
                     watcher.suspend()
                 await asyncio.sleep(0.5)
-                for channel in list(self._queues):
+                for channel in list(self._mailboxes):
                     self._dispatch_event(channel, RESYNC)
                 continue
             if message is None:
@@ -201,8 +251,8 @@ class Relay:
             channel = channel.decode() if isinstance(channel, bytes) else channel
             watcher = self._watchers.get(channel)
             if message["type"] == "subscribe":
-                if confirmed := self._confirmed.get(channel):
-                    confirmed.set()
+                if (confirmed := self._confirmed.get(channel)) and not confirmed.done():
+                    confirmed.set_result(None)
                 if watcher is not None:
                     watcher.resume()
             elif message["type"] == "message":
@@ -220,14 +270,22 @@ class Relay:
         self._dispatch_event(channel, event)
 
     def _dispatch_event(self, channel: str, event: ReplyEvent) -> None:
-        for queue in self._queues.get(channel, ()):
-            try:
-                queue.put_nowait(event)
-            except asyncio.QueueFull:
-                pass  # a slow subscriber: it fills the gap from the stream
+        now = asyncio.get_running_loop().time()
+        for mailbox in self._mailboxes.get(channel, ()):
+            mailbox.put(event, now)  # when full, the slow subscriber fills the gap from the stream
+
+    async def _resync_quiet(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(RESYNC_AFTER_SECONDS / 3)
+            quiet_since = loop.time() - RESYNC_AFTER_SECONDS
+            for mailboxes in list(self._mailboxes.values()):
+                for mailbox in mailboxes:
+                    if mailbox.last_put <= quiet_since:
+                        mailbox.put(RESYNC, loop.time())
 
     async def close(self) -> None:
-        for task in list(self._watching):
+        for task in [*self._watching, *([self._janitor] if self._janitor else [])]:
             task.cancel()
         for watcher in self._watchers.values():
             watcher.suspend()
@@ -254,7 +312,7 @@ async def follow(
     the final event of a finished reply, or None while it is still being made.
     """
     last = after
-    async with relay.listen(channel_name(message_id)) as queue:
+    async with relay.listen(channel_name(message_id)) as mailbox:
         must_read_stream = True
         while True:
             if must_read_stream:
@@ -273,13 +331,8 @@ async def follow(
                     if newest is None and (final := await stored_final(last)) is not None:
                         yield final  # the stream expired: the database has the reply
                         return
-            try:
-                async with asyncio.timeout(RESYNC_AFTER_SECONDS):
-                    event = await queue.get()
-            except TimeoutError:
-                must_read_stream = True  # quiet for a while: make sure nothing was missed
-                continue
-            if event is RESYNC:
+            event = await mailbox.get()
+            if event is RESYNC:  # a reconnect, or quiet for a while: make sure nothing was missed
                 must_read_stream = True
                 continue
             if event.seq <= last:

@@ -1,0 +1,62 @@
+"""The relay's subscriber mailboxes, and the re-read it asks of quiet subscribers."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+
+from gemini_graphql import streaming
+from gemini_graphql.models import MessageStatus
+from gemini_graphql.streaming import RESYNC, Mailbox, Relay, ReplyEvent, channel_name, publish
+
+
+def event(seq: int) -> ReplyEvent:
+    return ReplyEvent(seq, f"d{seq}", MessageStatus.STREAMING)
+
+
+async def test_a_mailbox_hands_events_over_in_order_and_wakes_its_reader() -> None:
+    mailbox = Mailbox(0.0)
+    reader = asyncio.create_task(mailbox.get())
+    await asyncio.sleep(0)
+    assert mailbox.put(event(1), 1.0)
+    assert mailbox.put(event(2), 1.0)
+    assert (await reader).seq == 1
+    assert (await mailbox.get()).seq == 2
+    assert mailbox.last_put == 1.0
+
+
+def test_a_full_mailbox_refuses_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(streaming, "SUBSCRIBER_QUEUE_SIZE", 3)
+    mailbox = Mailbox(0.0)
+    assert [mailbox.put(event(seq), 0.0) for seq in range(1, 6)] == [True, True, True, False, False]
+
+
+async def test_live_events_reach_every_listener_of_a_channel(redis_client: aioredis.Redis) -> None:
+    relay = Relay(redis_client)
+    message_id = uuid.uuid4()
+    try:
+        async with relay.listen(channel_name(message_id)) as first, relay.listen(
+            channel_name(message_id)
+        ) as second:
+            await publish(redis_client, message_id, event(1))
+            async with asyncio.timeout(5):
+                assert (await first.get()).seq == 1
+                assert (await second.get()).seq == 1
+    finally:
+        await relay.close()
+
+
+async def test_quiet_listeners_are_asked_to_reread(
+    redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(streaming, "RESYNC_AFTER_SECONDS", 0.3)
+    relay = Relay(redis_client)
+    try:
+        async with relay.listen(channel_name(uuid.uuid4())) as mailbox:
+            async with asyncio.timeout(5):
+                assert await mailbox.get() is RESYNC
+    finally:
+        await relay.close()
