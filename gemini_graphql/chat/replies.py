@@ -51,6 +51,7 @@ class ReplyGenerator:
         """`deadline_seconds` bounds a whole reply; keep it under the job's own timeout."""
         self._deadline = deadline_seconds
         self._sessions = resources.sessions
+        self._engine = resources.engine
         self._redis = resources.redis
         self._clock = resources.clock
         self._users = resources.users
@@ -78,9 +79,8 @@ class ReplyGenerator:
             seq += 1
             text = reply.content
             await publish(self._redis, reply_id, ReplyEvent(seq, text, MessageStatus.STREAMING))
-        await self._set_streaming(reply_id, text)
-
-        turns = await self._context(reply)
+        # Independent, so together: the first word waits for neither twice.
+        _, turns = await asyncio.gather(self._set_streaming(reply_id, text), self._context(reply))
         if text:
             turns.append(Turn("model", text))  # continue the reply already under way
         response_id: str | None = None
@@ -155,16 +155,14 @@ class ReplyGenerator:
 
     async def _update(self, reply_id: uuid.UUID, **values: object) -> bool:
         """Change an unfinished reply; False when it was already finished."""
-        async with self._sessions() as session:
-            result = await session.execute(
+        async with self._engine.begin() as connection:  # one statement: no ORM session
+            result = await connection.execute(
                 sa.update(Message)
                 .where(col(Message.id) == reply_id, col(Message.status).in_(_IN_PROGRESS))
                 .values(updated_at=self._clock(), **values)
                 .returning(Message.id)
             )
-            changed = result.first() is not None
-            await session.commit()
-        return changed
+            return result.first() is not None
 
     async def _complete(
         self, reply_id: uuid.UUID, text: str, seq: int, response_id: str | None
