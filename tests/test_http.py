@@ -115,11 +115,32 @@ async def test_field_errors_stay_200(client: httpx.AsyncClient) -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b"{not json", b"", b"[]", b'"a string"', b'{"query": 42}', b'{"query": "{ __typename }", "variables": []}'],
+    [
+        b"{not json", b"", b"[]", b'"a string"', b'{"query": 42}', b'{"query": "  "}', b"{}",
+        b'{"query": "{ __typename }", "variables": []}',
+        b'{"query": "{ __typename }", "operationName": 5}',
+        b"\xff\xfe not utf-8",
+    ],
 )
 async def test_malformed_requests_are_400(client: httpx.AsyncClient, body: bytes) -> None:
     response = await client.post("/graphql", content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == 400
+
+
+async def test_bad_variables_over_get_are_400(client: httpx.AsyncClient) -> None:
+    response = await client.get("/graphql", params={"query": "{ __typename }", "variables": "{nope"})
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
+
+
+async def test_subscriptions_over_http_are_refused_with_a_pointer_to_the_websocket(
+    client: httpx.AsyncClient,
+) -> None:
+    document = 'subscription { messageStream(messageId: "x") { seq } }'
+    response = await client.post("/graphql", json={"query": document}, headers={"Accept": GRAPHQL_RESPONSE})
+    assert response.status_code == 400
+    [error] = response.json()["errors"]
+    assert error["extensions"]["code"] == "BAD_REQUEST" and "websocket" in error["message"]
 
 
 async def test_batching_is_refused(client: httpx.AsyncClient) -> None:

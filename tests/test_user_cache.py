@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import uuid
-from datetime import UTC, datetime
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg

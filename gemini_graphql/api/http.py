@@ -62,7 +62,8 @@ class GraphQLOverHTTP:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         accept = request.headers.get("accept")
-        if request.method == "GET" and "query" not in request.query_params and accept and "text/html" in accept:
+        wants_page = accept is not None and "text/html" in accept
+        if request.method == "GET" and wants_page and "query" not in request.query_params:
             await self._ide(scope, receive, send)
             return
         response = await self._respond(request, accept)
@@ -90,7 +91,7 @@ class GraphQLOverHTTP:
             response.headers["allow"] = "POST"
             return response
         if operation_type is OperationType.SUBSCRIPTION:
-            message = "Subscriptions are served over a websocket (graphql-transport-ws) at /graphql."
+            message = "Subscriptions are served over a websocket (graphql-transport-ws) here."
             return _request_errors([_bad_request(message)], media_type)
 
         context = _context(request)
@@ -177,8 +178,9 @@ async def _read_params(request: Request) -> GraphQLParams:
             body.get("query"), body.get("variables"), body.get("operationName")
         )
     else:
-        query, operation_name = request.query_params.get("query"), request.query_params.get("operationName")
-        variables = request.query_params.get("variables")
+        query_params = request.query_params
+        query, operation_name = query_params.get("query"), query_params.get("operationName")
+        variables = query_params.get("variables")
         if variables is not None:
             try:
                 variables = json.loads(variables)
@@ -222,7 +224,8 @@ def _execution_response(result: ExecutionResult, request_id: str, media_type: st
 
 def _request_errors(errors: list[dict[str, Any]], media_type: str) -> Response:
     """The spec: no `data`; 400 with the new media type, 200 with plain JSON (legacy clients)."""
-    return _json({"errors": errors}, media_type, 400 if media_type == GRAPHQL_RESPONSE_JSON else 200)
+    status = 400 if media_type == GRAPHQL_RESPONSE_JSON else 200
+    return _json({"errors": errors}, media_type, status)
 
 
 def _bad_request(message: str) -> dict[str, Any]:

@@ -16,7 +16,15 @@ import json
 from datetime import date
 from typing import Any
 
-from graphql import DocumentNode, FieldNode, GraphQLSchema, TypeInfo, TypeInfoVisitor, Visitor, visit
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    GraphQLSchema,
+    TypeInfo,
+    TypeInfoVisitor,
+    Visitor,
+    visit,
+)
 
 # Every field here is computed from the user's row, their chatroom rows, and the day.
 CACHEABLE_FIELDS = frozenset(

@@ -40,6 +40,9 @@ class Outcome(StrEnum):
     IGNORED = "ignored"  # a type we do not handle
 
 
+Handler = Callable[[AsyncSession, dict[str, Any], int], Awaitable[uuid.UUID | None]]
+
+
 class StripeWebhooks:
     def __init__(self, resources: Resources) -> None:
         self._secret = resources.settings.stripe_webhook_secret
@@ -47,7 +50,7 @@ class StripeWebhooks:
         self._clock = resources.clock
         self._users = resources.users
         # Each returns the user it changed, if any.
-        self._handlers: dict[str, Callable[[AsyncSession, dict[str, Any], int], Awaitable[uuid.UUID | None]]] = {
+        self._handlers: dict[str, Handler] = {
             "checkout.session.completed": self._checkout_completed,
             "customer.subscription.created": self._subscription_changed,
             "customer.subscription.updated": self._subscription_changed,

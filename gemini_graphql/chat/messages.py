@@ -10,7 +10,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 from arq.connections import ArqRedis
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import col, select
 
 from gemini_graphql.chat.pages import Page, decode_id_cursor, encode_cursor, page_size
