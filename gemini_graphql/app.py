@@ -13,7 +13,8 @@ from starlette.routing import Route, WebSocketRoute
 from gemini_graphql.api.documents import Documents
 from gemini_graphql.api.http import GraphQLOverHTTP
 from gemini_graphql.api.schema import build_schema
-from gemini_graphql.api.view import GraphQLView
+from gemini_graphql.api.view import graphiql
+from gemini_graphql.api.websocket import GraphQLWebSocket
 from gemini_graphql.auth.sms import SmsSender
 from gemini_graphql.clock import Clock, utc_now
 from gemini_graphql.config import Settings
@@ -30,10 +31,10 @@ def create_app(
     settings: Settings, *, clock: Clock = utc_now, sms: SmsSender | None = None
 ) -> Starlette:
     """`clock` and `sms` are injectable for tests; production uses the defaults."""
-    schema = build_schema(production=settings.is_production)
-    view = GraphQLView(schema, settings)
+    schema = build_schema()
     documents = Documents(schema._schema, introspection=not settings.is_production)
-    graphql = GraphQLOverHTTP(schema, documents, ide=view)
+    graphql = GraphQLOverHTTP(schema, documents, ide=graphiql(schema, settings))
+    graphql_ws = GraphQLWebSocket(schema, documents, settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -55,7 +56,7 @@ def create_app(
         debug=False,  # never render tracebacks; errors are logged with a request id
         routes=[  # the busiest first: the router tries them in order
             Route("/graphql", graphql, methods=["GET", "POST"], name="graphql"),
-            WebSocketRoute("/graphql", view, name="graphql_ws"),
+            WebSocketRoute("/graphql", graphql_ws, name="graphql_ws"),
             Route("/", root, methods=["GET"], name="root"),
             Route("/health", health, methods=["GET"], name="health"),
             Route("/webhook/stripe", stripe_webhook, methods=["POST"], name="stripe_webhook"),

@@ -86,7 +86,7 @@ def _worker(settings: Settings) -> int:
 def _export_schema(output: str) -> int:
     from gemini_graphql.api.schema import build_schema
 
-    sdl = build_schema(production=False).as_str() + "\n"
+    sdl = build_schema().as_str() + "\n"
     if output == "-":
         sys.stdout.write(sdl)
     else:

@@ -32,7 +32,7 @@ PENDING_FIELDS: set[str] = set()
 
 def test_committed_schema_file_is_the_code_schema() -> None:
     committed = (ROOT / "schema.graphql").read_text()
-    assert committed == build_app_schema(production=False).as_str() + "\n", (
+    assert committed == build_app_schema().as_str() + "\n", (
         "schema.graphql is stale: run `gemini-graphql export-schema`"
     )
 

@@ -272,7 +272,7 @@ def test_which_documents_are_answered_from_kept_responses(document: str, cacheab
     from gemini_graphql.api.response_cache import reads_only_user_state
     from gemini_graphql.api.schema import build_schema
 
-    schema = build_schema(production=False)._schema
+    schema = build_schema()._schema
     assert reads_only_user_state(schema, parse(document)) is cacheable
 
 

@@ -13,7 +13,6 @@ from typing import Any
 from graphql import DocumentNode, GraphQLError, GraphQLSchema, OperationType, parse
 from graphql.utilities import get_operation_ast
 from graphql.validation import ASTValidationRule, NoSchemaIntrospectionCustomRule, specified_rules
-from strawberry.extensions.add_validation_rules import AddValidationRules
 from strawberry.extensions.max_aliases import MaxAliasesLimiter
 from strawberry.extensions.query_depth_limiter import QueryDepthLimiter
 from strawberry.schema.schema import validate_document
@@ -29,18 +28,11 @@ CACHE_SIZE = 512
 # Longer documents are checked every time instead of being kept (the cache stays small).
 CACHE_MAX_CHARS = 16_384
 
-# Made once: fresh limiter instances bring new rule classes, which defeats any cache keyed on them.
+# Strawberry's limiter rules, made once (each limiter instance makes new rule classes).
 LIMIT_RULES: tuple[type[ASTValidationRule], ...] = (
     *QueryDepthLimiter(max_depth=MAX_DEPTH).validation_rules,
     *MaxAliasesLimiter(max_alias_count=MAX_ALIASES).validation_rules,
 )
-
-
-class DocumentLimits(AddValidationRules):
-    """The limits as a Strawberry extension, for operations arriving over the websocket."""
-
-    def __init__(self) -> None:
-        super().__init__(list(LIMIT_RULES))
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,7 +52,8 @@ class RequestIdMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            # A websocket sends no response head to stamp, but many frames: its sends go direct.
+            await self.app(scope, receive, send_with_id if scope["type"] == "http" else send)
         finally:
             duration_ms = round((time.perf_counter() - started) * 1000, 1)
             access_log.info(

@@ -1,0 +1,294 @@
+"""GraphQL over WebSocket (the graphql-transport-ws protocol) on graphql-core directly.
+
+One process holds thousands of idle subscriptions and fans out thousands of events a
+second. Strawberry's handler kept, per subscription, its extension runners and execution
+context alive, and ran each event through several layers before it reached the socket.
+Here a connection is this object and its operations' tasks; documents come from the same
+`Documents` cache as HTTP; each event is executed by graphql-core (with Strawberry's
+execution context, so resolvers see what they see over HTTP) and written as one frame.
+
+The protocol: https://github.com/enisdenjo/graphql-ws/blob/master/PROTOCOL.md
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from inspect import isawaitable
+from typing import Any
+
+from graphql import DocumentNode, ExecutionResult, GraphQLError, OperationType, execute
+from graphql.execution import create_source_event_stream, map_source_to_response_event
+from starlette.types import Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
+from strawberry.execution import optimized_is_awaitable
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+
+from gemini_graphql.api.context import Context
+from gemini_graphql.api.documents import Documents
+from gemini_graphql.api.errors import apply_error_policy
+from gemini_graphql.api.subscription_events import FlatEvents
+from gemini_graphql.config import Settings
+from gemini_graphql.errors import Unauthenticated
+from gemini_graphql.web.cors import origin_allowed
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = "graphql-transport-ws"
+CONNECTION_INIT_TIMEOUT_SECONDS = 10.0
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+class _Gone(Exception):
+    """The socket closed under us: whatever was being sent has nobody to go to."""
+
+
+class _Close(Exception):
+    """Ends the connection with a protocol close code."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class _Subscribe:
+    id: str
+    query: str
+    variables: dict[str, Any] | None
+    operation_name: str | None
+
+
+class GraphQLWebSocket:
+    """The /graphql websocket endpoint."""
+
+    def __init__(self, schema: Any, documents: Documents, settings: Settings) -> None:
+        self._schema = schema._schema
+        self._documents = documents
+        self._settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        websocket = WebSocket(scope, receive, send)
+        origin = websocket.headers.get("origin")
+        if origin is not None and not origin_allowed(origin, self._settings):
+            await send({"type": "websocket.close", "code": 1008})  # before accept: HTTP 403
+            return
+        if PROTOCOL not in websocket.scope.get("subprotocols", ()):
+            await websocket.accept()
+            await websocket.close(4406, "Subprotocol not acceptable")
+            return
+        await websocket.accept(subprotocol=PROTOCOL)
+        state = scope.setdefault("state", {})
+        context = Context(
+            services=websocket.app.state.services,
+            connection=websocket,
+            request_id=state.get("request_id") or "ws",
+        )
+        await _Connection(self._schema, self._documents, context, receive, send).run()
+
+
+class _Connection:
+    def __init__(
+        self, schema: Any, documents: Documents, context: Context, receive: Receive, send: Send
+    ) -> None:
+        self._schema = schema
+        self._documents = documents
+        self._context = context
+        self._receive = receive
+        self._send = send
+        self._initialised = False
+        self._acknowledged = False
+        self._open = True
+        self._operations: dict[str, asyncio.Task[None]] = {}
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        init_deadline = loop.time() + CONNECTION_INIT_TIMEOUT_SECONDS
+        try:
+            while self._open:
+                if self._acknowledged:
+                    message = await self._receive()
+                else:
+                    async with asyncio.timeout_at(init_deadline):
+                        message = await self._receive()
+                if message["type"] == "websocket.disconnect":
+                    self._open = False
+                    break
+                await self._handle(message)
+        except TimeoutError:
+            await self._close(4408, "Connection initialisation timeout")
+        except _Close as close:
+            await self._close(close.code, close.reason)
+        except _Gone:
+            pass
+        finally:
+            for task in self._operations.values():
+                task.cancel()
+            if self._operations:
+                await asyncio.gather(*self._operations.values(), return_exceptions=True)
+
+    async def _handle(self, frame: Message) -> None:
+        text = frame.get("text")
+        if text is None and frame.get("bytes") is not None:
+            text = frame["bytes"].decode("utf-8", errors="replace")
+        try:
+            message = json.loads(text or "")
+        except ValueError:
+            raise _Close(4400, "Invalid message") from None
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            raise _Close(4400, "Invalid message")
+        kind = message["type"]
+        if kind == "connection_init":
+            await self._connection_init(message.get("payload"))
+        elif kind == "ping":
+            await self._write({"type": "pong"})
+        elif kind == "pong":
+            pass
+        elif kind == "subscribe":
+            self._start(_subscribe_message(message))
+        elif kind == "complete":
+            if isinstance(message.get("id"), str) and (task := self._operations.get(message["id"])):
+                task.cancel()  # the client stopped it: no "complete" goes back
+        else:
+            raise _Close(4400, f"Unknown message type {kind[:32]!r}")
+
+    async def _connection_init(self, payload: object) -> None:
+        if self._initialised:
+            raise _Close(4429, "Too many initialisation requests")
+        self._initialised = True
+        if payload is not None and not isinstance(payload, dict):
+            raise _Close(4400, "The connection_init payload must be an object")
+        self._context.connection_params = payload or {}
+        try:
+            await self._context.user()
+        except Unauthenticated:
+            raise _Close(4403, "Forbidden") from None
+        self._acknowledged = True
+        await self._write({"type": "connection_ack"})
+
+    def _start(self, request: _Subscribe) -> None:
+        if not self._acknowledged:
+            raise _Close(4401, "Unauthorized")
+        if request.id in self._operations:
+            raise _Close(4409, f"Subscriber for {request.id[:64]} already exists")
+        task = asyncio.create_task(self._run_operation(request))
+        self._operations[request.id] = task
+        task.add_done_callback(lambda _: self._operations.pop(request.id, None))
+
+    async def _run_operation(self, request: _Subscribe) -> None:
+        try:
+            await self._operate(request)
+        except _Gone:
+            pass
+        except Exception:  # noqa: BLE001 - one operation's bug must not end the connection
+            log.exception("websocket operation failed (request %s)", self._context.request_id)
+
+    async def _operate(self, request: _Subscribe) -> None:
+        prepared = self._documents.prepare(request.query)
+        if prepared.errors:
+            await self._write({"id": request.id, "type": "error", "payload": list(prepared.errors)})
+            return
+        kind = prepared.operation_type(request.operation_name)
+        if kind is not OperationType.SUBSCRIPTION:  # a query or mutation: one result
+            result = execute(
+                self._schema,
+                prepared.document,  # type: ignore[arg-type]
+                context_value=self._context,
+                variable_values=request.variables,
+                operation_name=request.operation_name,
+                executor_class=StrawberryGraphQLCoreExecutionContext,
+                is_awaitable=optimized_is_awaitable,
+            )
+            if isawaitable(result):
+                result = await result
+            await self._next(request.id, result)  # type: ignore[arg-type]
+        else:
+            source = await self._subscribe(prepared.document, request)  # type: ignore[arg-type]
+            if isinstance(source, ExecutionResult):  # e.g. bad variables: nothing to stream
+                await self._next(request.id, source)
+            else:
+                await self._stream(request.id, source)
+        await self._write({"id": request.id, "type": "complete"})
+
+    async def _subscribe(
+        self, document: DocumentNode, request: _Subscribe
+    ) -> AsyncIterator[ExecutionResult] | ExecutionResult:
+        """graphql-core's `subscribe`, with flat selections rendered without executing."""
+        executor = StrawberryGraphQLCoreExecutionContext.build(
+            self._schema,
+            document,
+            context_value=self._context,
+            raw_variable_values=request.variables,
+            operation_name=request.operation_name,
+            is_awaitable=optimized_is_awaitable,
+        )
+        if isinstance(executor, list):
+            return ExecutionResult(None, errors=executor)
+        source = create_source_event_stream(executor)
+        if isawaitable(source):
+            source = await source
+        if isinstance(source, ExecutionResult):
+            return source
+        flat = FlatEvents.of(self._schema, executor.operation)
+        if flat is not None:
+            return flat.results(executor, source)  # type: ignore[arg-type]
+        return map_source_to_response_event(executor, source)  # type: ignore[arg-type]
+
+    async def _stream(self, op_id: str, source: AsyncIterator[ExecutionResult]) -> None:
+        try:
+            async for result in source:
+                await self._next(op_id, result)
+        except _Gone:
+            raise
+        except Exception as exc:  # noqa: BLE001 - graphql-core lets a resolver's error out here
+            error = exc if isinstance(exc, GraphQLError) else GraphQLError(str(exc), original_error=exc)
+            await self._next(op_id, ExecutionResult(data=None, errors=[error]))
+        finally:
+            aclose = getattr(source, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def _next(self, op_id: str, result: ExecutionResult) -> None:
+        payload: dict[str, Any] = {"data": result.data}
+        if result.errors:
+            apply_error_policy(result.errors, self._context.request_id)
+            payload["errors"] = [error.formatted for error in result.errors]
+        await self._write({"id": op_id, "type": "next", "payload": payload})
+
+    async def _write(self, message: dict[str, Any]) -> None:
+        if not self._open:
+            raise _Gone
+        try:
+            await self._send({"type": "websocket.send", "text": _encode(message)})
+        except (OSError, RuntimeError):  # closed under us (uvicorn raises on a dead socket)
+            self._open = False
+            raise _Gone from None
+
+    async def _close(self, code: int, reason: str) -> None:
+        if not self._open:
+            return
+        self._open = False
+        try:
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        except (OSError, RuntimeError):
+            pass
+
+
+def _subscribe_message(message: dict[str, Any]) -> _Subscribe:
+    op_id, payload = message.get("id"), message.get("payload")
+    if not isinstance(op_id, str) or not op_id or not isinstance(payload, dict):
+        raise _Close(4400, "A subscribe message needs an id and a payload")
+    query, variables = payload.get("query"), payload.get("variables")
+    operation_name = payload.get("operationName")
+    if not isinstance(query, str) or not query.strip():
+        raise _Close(4400, "The subscribe payload needs a query")
+    if variables is not None and not isinstance(variables, dict):
+        raise _Close(4400, "The subscribe payload's variables must be an object")
+    if operation_name is not None and not isinstance(operation_name, str):
+        raise _Close(4400, "The subscribe payload's operationName must be a string")
+    return _Subscribe(op_id, query, variables, operation_name)
