@@ -185,7 +185,7 @@ class _Connection:
             await self._operate(request)
         except _Gone:
             pass
-        except Exception:  # noqa: BLE001 - one operation's bug must not end the connection
+        except Exception:
             log.exception("websocket operation failed (request %s)", self._context.request_id)
 
     async def _operate(self, request: _Subscribe) -> None:
