@@ -14,6 +14,7 @@ import httpx
 import pytest
 import websockets
 from arq.worker import Worker
+from websockets.exceptions import ConnectionClosed
 
 from gemini_graphql.app import create_app
 from gemini_graphql.config import Settings
@@ -205,3 +206,21 @@ async def send(gql: GraphQLClient, token: str, room_id: str, content: str = "Hel
 async def user_with_room(gql: GraphQLClient, sms: RecordingSms) -> tuple[LoggedIn, str]:
     user = await login(gql, sms)
     return user, await create_room(gql, user.token)
+
+
+PROTOCOL = "graphql-transport-ws"
+
+
+@pytest.fixture
+async def ws_url(base_settings: Settings, sms: RecordingSms, clock: FakeClock) -> AsyncIterator[str]:
+    """An app without a worker, behind a real uvicorn server: its websocket URL."""
+    async with serve(create_app(base_settings, clock=clock, sms=sms)) as base:
+        yield base.replace("http://", "ws://") + "/graphql"
+
+
+async def closed_with(socket: websockets.ClientConnection) -> int:
+    """The close code the server ends the connection with."""
+    with pytest.raises(ConnectionClosed) as caught:
+        await asyncio.wait_for(socket.recv(), 15)
+    assert caught.value.rcvd is not None
+    return caught.value.rcvd.code

@@ -53,7 +53,7 @@ async def http(make_client, billing_settings: Settings) -> httpx.AsyncClient:
 
 
 @pytest.fixture
-def gql(http: httpx.AsyncClient) -> GraphQLClient:  # noqa: F811  (billing-enabled app)
+def gql(http: httpx.AsyncClient) -> GraphQLClient:
     return GraphQLClient(http)
 
 

@@ -79,7 +79,7 @@ def test_stores_have_health_checks_and_named_volumes(compose: dict) -> None:
 def test_configuration_comes_from_env_and_every_variable_is_documented(compose: dict) -> None:
     text = (ROOT / "compose.yaml").read_text()
     used = set(re.findall(r"\$\{([A-Z0-9_]+)", text))
-    documented = set(re.findall(r"^([A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M))
+    documented = set(re.findall(r"^([A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE))
     assert used and used <= documented, used - documented
     assert compose["services"]["api"]["env_file"][0]["path"] == ".env"
 
@@ -89,5 +89,5 @@ def test_env_example_documents_every_setting() -> None:
 
     source = Path(config.__file__).read_text()
     read = set(re.findall(r'reader\.(?:get|optional)\(\s*"([A-Z0-9_]+)"', source))
-    documented = set(re.findall(r"^([A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M))
+    documented = set(re.findall(r"^([A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE))
     assert read <= documented, read - documented

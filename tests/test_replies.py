@@ -6,8 +6,8 @@ import asyncio
 import uuid
 from dataclasses import replace
 
-from gemini_graphql.chat.replies import ReplyGenerator
 from gemini_graphql.ai.gemini import GeminiModel
+from gemini_graphql.chat.replies import ReplyGenerator
 from gemini_graphql.resources import Resources
 from tests.auth_flows import ME
 from tests.chat_harness import Live, send, stream, user_with_room

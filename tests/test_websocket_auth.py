@@ -4,38 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 
 import pytest
 import websockets
-from websockets.exceptions import ConnectionClosed
 
-from gemini_graphql.app import create_app
-from gemini_graphql.config import Settings
 from tests.auth_flows import login
-from tests.conftest import FakeClock, GraphQLClient, RecordingSms
-from tests.live import serve
-
-PROTOCOL = "graphql-transport-ws"
-
-
-@pytest.fixture
-async def ws_url(base_settings: Settings, sms: RecordingSms, clock: FakeClock) -> AsyncIterator[str]:
-    async with serve(create_app(base_settings, clock=clock, sms=sms)) as base:
-        yield base.replace("http://", "ws://") + "/graphql"
+from tests.chat_harness import PROTOCOL, closed_with
+from tests.conftest import GraphQLClient, RecordingSms
 
 
 async def init(url: str, payload: object) -> websockets.ClientConnection:
     socket = await websockets.connect(url, subprotocols=[PROTOCOL])
     await socket.send(json.dumps({"type": "connection_init", "payload": payload}))
     return socket
-
-
-async def closed_with(socket: websockets.ClientConnection) -> int:
-    with pytest.raises(ConnectionClosed) as caught:
-        await asyncio.wait_for(socket.recv(), 15)
-    assert caught.value.rcvd is not None
-    return caught.value.rcvd.code
 
 
 @pytest.mark.parametrize(

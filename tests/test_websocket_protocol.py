@@ -9,10 +9,9 @@ from typing import Any
 import websockets
 
 from tests.auth_flows import login
-from tests.chat_harness import create_room
+from tests.chat_harness import PROTOCOL, closed_with, create_room
 from tests.chat_harness import send as send_message
 from tests.conftest import GraphQLClient, RecordingSms
-from tests.test_websocket_auth import PROTOCOL, closed_with, ws_url  # noqa: F401 - the fixture
 
 ME = "{ me { id tier } }"
 STREAM = 'subscription { messageStream(messageId: "%s") { seq } }'
