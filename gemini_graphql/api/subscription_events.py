@@ -89,14 +89,19 @@ class FlatEvents:
         return cls(root_key, event_type.name, tuple(leaves))
 
     async def results(
-        self, executor: Executor, events: AsyncIterable[Any]
+        self, rebuild: Callable[[], Executor], events: AsyncIterable[Any]
     ) -> AsyncGenerator[ExecutionResult, None]:
-        """Each event's result; what graphql-core's map_source_to_response_event would give."""
+        """Each event's result; what graphql-core's map_source_to_response_event would give.
+
+        `rebuild` makes the operation's executor again for an event that needs the general
+        path: holding one per idle subscription would cost more memory than anything else
+        the subscription keeps.
+        """
         async for event in events:
             try:
                 yield ExecutionResult({self._root_key: self._render(event)}, None)
             except _NotFlat:
-                result = execute_subscription_event(executor.build_per_event_executor(event))
+                result = execute_subscription_event(rebuild().build_per_event_executor(event))
                 yield await result if isawaitable(result) else result  # type: ignore[misc]
 
     def _render(self, event: Any) -> dict[str, Any]:

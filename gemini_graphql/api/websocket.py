@@ -21,7 +21,7 @@ from inspect import isawaitable
 from typing import Any
 
 from graphql import DocumentNode, ExecutionResult, GraphQLError, OperationType, execute
-from graphql.execution import create_source_event_stream, map_source_to_response_event
+from graphql.execution import Executor, create_source_event_stream, map_source_to_response_event
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.execution import optimized_is_awaitable
@@ -93,6 +93,11 @@ class GraphQLWebSocket:
 
 
 class _Connection:
+    __slots__ = (
+        "_schema", "_documents", "_context", "_receive", "_send",
+        "_initialised", "_acknowledged", "_open", "_operations",
+    )
+
     def __init__(
         self, schema: Any, documents: Documents, context: Context, receive: Receive, send: Send
     ) -> None:
@@ -219,14 +224,18 @@ class _Connection:
         self, document: DocumentNode, request: _Subscribe
     ) -> AsyncIterator[ExecutionResult] | ExecutionResult:
         """graphql-core's `subscribe`, with flat selections rendered without executing."""
-        executor = StrawberryGraphQLCoreExecutionContext.build(
-            self._schema,
-            document,
-            context_value=self._context,
-            raw_variable_values=request.variables,
-            operation_name=request.operation_name,
-            is_awaitable=optimized_is_awaitable,
-        )
+
+        def build() -> Executor | list[GraphQLError]:
+            return StrawberryGraphQLCoreExecutionContext.build(
+                self._schema,
+                document,
+                context_value=self._context,
+                raw_variable_values=request.variables,
+                operation_name=request.operation_name,
+                is_awaitable=optimized_is_awaitable,
+            )
+
+        executor = build()
         if isinstance(executor, list):
             return ExecutionResult(None, errors=executor)
         source = create_source_event_stream(executor)
@@ -235,9 +244,9 @@ class _Connection:
         if isinstance(source, ExecutionResult):
             return source
         flat = FlatEvents.of(self._schema, executor.operation)
-        if flat is not None:
-            return flat.results(executor, source)  # type: ignore[arg-type]
-        return map_source_to_response_event(executor, source)  # type: ignore[arg-type]
+        if flat is None:
+            return map_source_to_response_event(executor, source)  # type: ignore[arg-type]
+        return flat.results(build, source)  # type: ignore[arg-type]
 
     async def _stream(self, op_id: str, source: AsyncIterator[ExecutionResult]) -> None:
         try:

@@ -20,6 +20,9 @@ class ChatSubscriptions:
         self, info: Info, message_id: strawberry.ID, after: int | None = 0
     ) -> AsyncGenerator[ReplyEvent, None]:
         context = info.context
+        # The stream may stay open for hours: let go of `info`, which holds graphql-core's
+        # whole executor for the operation (a few KB per idle subscription).
+        del info
         user = await context.user()
         messages = context.services.messages
         reply = await messages.owned(user.id, message_id)
