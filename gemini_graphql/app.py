@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Route
 
 from gemini_graphql.api.documents import Documents
 from gemini_graphql.api.http import GraphQLOverHTTP
@@ -22,7 +22,11 @@ from gemini_graphql.resources import Resources
 from gemini_graphql import user_cache
 from gemini_graphql.services import Services
 from gemini_graphql.web.cors import cors_middleware
-from gemini_graphql.web.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from gemini_graphql.web.middleware import (
+    BodySizeLimitMiddleware,
+    RequestIdMiddleware,
+    WebSocketShortcut,
+)
 from gemini_graphql.web.routes import health, root
 from gemini_graphql.web.stripe_webhook import stripe_webhook
 
@@ -56,13 +60,14 @@ def create_app(
         debug=False,  # never render tracebacks; errors are logged with a request id
         routes=[  # the busiest first: the router tries them in order
             Route("/graphql", graphql, methods=["GET", "POST"], name="graphql"),
-            WebSocketRoute("/graphql", graphql_ws, name="graphql_ws"),
             Route("/", root, methods=["GET"], name="root"),
             Route("/health", health, methods=["GET"], name="health"),
             Route("/webhook/stripe", stripe_webhook, methods=["POST"], name="stripe_webhook"),
         ],
         middleware=[
             Middleware(RequestIdMiddleware),
+            # The GraphQL websocket skips what follows (CORS, body cap, router): see there.
+            Middleware(WebSocketShortcut, path="/graphql", endpoint=graphql_ws),
             cors_middleware(settings),
             Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes),
         ],
