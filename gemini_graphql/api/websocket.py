@@ -119,14 +119,11 @@ class _Connection:
                 if self._acknowledged:
                     message = await self._receive()
                 else:
-                    async with asyncio.timeout_at(init_deadline):
-                        message = await self._receive()
+                    message = await self._receive_before(init_deadline)
                 if message["type"] == "websocket.disconnect":
                     self._open = False
                     break
                 await self._handle(message)
-        except TimeoutError:
-            await self._close(4408, "Connection initialisation timeout")
         except _Close as close:
             await self._close(close.code, close.reason)
         except _Gone:
@@ -136,6 +133,13 @@ class _Connection:
                 task.cancel()
             if self._operations:
                 await asyncio.gather(*self._operations.values(), return_exceptions=True)
+
+    async def _receive_before(self, deadline: float) -> Message:
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._receive()
+        except TimeoutError:
+            raise _Close(4408, "Connection initialisation timeout") from None
 
     async def _handle(self, frame: Message) -> None:
         text = frame.get("text")
