@@ -1,11 +1,18 @@
 """3. Time to first word: from sendMessage returning to the first delta (and to the final
 event) at a subscribed websocket client, with 1 and with 50 conversations at once.
-Baseline in the same run: google-genai's own time to the first chunk from the fake Gemini."""
+Baseline in the same run: google-genai's own time to the first chunk from the fake Gemini.
+
+A conversation sends its next message after the reply to the previous one ended, then a
+pause: none (back to back, which measures how queues grow when the machine is saturated)
+or PAUSE_SECONDS (still far quicker than a person types; 50 such conversations send about
+45 messages a second).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 
 import httpx
@@ -19,6 +26,7 @@ from tests.fakes.gemini import API_KEY
 SEND = 'mutation($r: ID!) { sendMessage(input: {chatroomId: $r, content: "hello"}) { reply { id } errors { code } } }'
 STREAM = "subscription($id: ID!) { messageStream(messageId: $id) { seq status } }"
 ROOM = 'mutation($t: String!) { createChatroom(input: {title: $t}) { chatroom { id } } }'
+PAUSE_SECONDS = (0.5, 1.5)  # uniform, so conversations do not fall in step
 
 
 async def sdk_first_chunk(stack: Stack, rounds: int) -> list[float]:
@@ -38,13 +46,17 @@ async def sdk_first_chunk(stack: Stack, rounds: int) -> list[float]:
     return timings
 
 
-async def conversation(stack: Stack, http: httpx.AsyncClient, messages: int) -> tuple[list[float], list[float]]:
+async def conversation(
+    stack: Stack, http: httpx.AsyncClient, messages: int, *, pause: bool = False
+) -> tuple[list[float], list[float]]:
     room = (await stack.gql(http, ROOM, {"t": "conversation"}))["createChatroom"]["chatroom"]["id"]
     first_delta, final_event = [], []
     async with websockets.connect(stack.ws_url, subprotocols=["graphql-transport-ws"]) as ws:
         await ws.send(json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {stack.token}"}}))
         await ws.recv()
         for index in range(messages):
+            if pause:  # before the first message too, so conversations start at different times
+                await asyncio.sleep(random.uniform(*PAUSE_SECONDS))
             sent = await stack.gql(http, SEND, {"r": room})
             returned = time.perf_counter()
             if sent["sendMessage"]["reply"] is None:
@@ -70,9 +82,11 @@ async def time_to_first_word(stack: Stack, total: int = 200) -> dict[str, dict[s
     results: dict[str, dict[str, list[float]]] = {}
     async with httpx.AsyncClient(base_url=stack.url, timeout=60, limits=httpx.Limits(max_connections=100)) as http:
         await conversation(stack, http, 5)  # warm up
-        for conversations in (1, 50):
-            runs = await asyncio.gather(*(conversation(stack, http, total // conversations) for _ in range(conversations)))
-            results[f"{conversations}"] = {
+        for conversations, pause in ((1, False), (50, True), (50, False)):
+            runs = await asyncio.gather(*(
+                conversation(stack, http, total // conversations, pause=pause) for _ in range(conversations)
+            ))
+            results[f"{conversations}{' paused' if pause else ''}"] = {
                 "first": [t for first, _ in runs for t in first],
                 "final": [t for _, final in runs for t in final],
             }
