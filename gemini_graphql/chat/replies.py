@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 CONTEXT_MESSAGES = 10  # earlier messages sent along with the new one
 SAVE_EVERY_SECONDS = 1.0  # how often the growing text is written to the row
 _IN_PROGRESS = (MessageStatus.PENDING.value, MessageStatus.STREAMING.value)
+_MESSAGES = Message.__table__  # type: ignore[attr-defined]
 _TOO_SLOW = "The assistant took too long to answer. Please try again."
 
 
@@ -60,8 +61,7 @@ class ReplyGenerator:
 
     async def generate(self, reply_id: uuid.UUID, *, final_try: bool) -> Outcome | None:
         """Stream the reply to completion. Raises RetryLater unless this is the `final_try`."""
-        async with self._sessions() as session:
-            reply = await session.get(Message, reply_id)
+        reply = await self._reply(reply_id)
         if reply is None or reply.role != MessageRole.ASSISTANT.value:
             log.warning("reply %s does not exist; nothing to do", reply_id)
             return None
@@ -117,8 +117,7 @@ class ReplyGenerator:
 
     async def fail(self, reply_id: uuid.UUID, user_message: str) -> None:
         """Give up on a reply (e.g. after too many tries), keeping what was sent."""
-        async with self._sessions() as session:
-            reply = await session.get(Message, reply_id)
+        reply = await self._reply(reply_id)
         if reply is None or reply.is_finished:
             return
         sent = await history(self._redis, reply_id)
@@ -130,22 +129,29 @@ class ReplyGenerator:
         if reply.reply_to_id is None:
             return []
         query = (
-            select(Message)
+            sa.select(_MESSAGES.c.role, _MESSAGES.c.content)
             .where(
-                Message.chatroom_id == reply.chatroom_id,
-                col(Message.id) <= reply.reply_to_id,
-                Message.status == MessageStatus.COMPLETE.value,
-                Message.content != "",
+                _MESSAGES.c.chatroom_id == reply.chatroom_id,
+                _MESSAGES.c.id <= reply.reply_to_id,
+                _MESSAGES.c.status == MessageStatus.COMPLETE.value,
+                _MESSAGES.c.content != "",
             )
-            .order_by(col(Message.id).desc())
+            .order_by(_MESSAGES.c.id.desc())
             .limit(CONTEXT_MESSAGES + 1)
         )
-        async with self._sessions() as session:
-            rows = list((await session.execute(query)).scalars())
+        async with self._engine.connect() as connection:  # reads without an ORM session
+            rows = (await connection.execute(query)).all()
         return [
-            Turn("user" if row.role == MessageRole.USER.value else "model", row.content)
-            for row in reversed(rows)
+            Turn("user" if role == MessageRole.USER.value else "model", content)
+            for role, content in reversed(rows)
         ]
+
+    async def _reply(self, reply_id: uuid.UUID) -> Message | None:
+        async with self._engine.connect() as connection:
+            row = (
+                await connection.execute(sa.select(_MESSAGES).where(_MESSAGES.c.id == reply_id))
+            ).mappings().first()
+        return Message(**row) if row is not None else None
 
     async def _set_streaming(self, reply_id: uuid.UUID, text: str) -> None:
         await self._update(reply_id, status=MessageStatus.STREAMING.value, content=text)
