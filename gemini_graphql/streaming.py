@@ -326,11 +326,15 @@ async def follow(
                             return
                 if not caught_up:
                     newest = await last_event(redis, message_id)
-                    if newest is not None and newest.is_final:
+                    if newest is None:
+                        if (final := await stored_final(last)) is not None:
+                            yield final  # the stream expired: the database has the reply
+                            return
+                    elif newest.seq > last:
+                        must_read_stream = True  # written since the read above: read again
+                        continue
+                    elif newest.is_final:
                         return  # `after` is already at (or past) the end
-                    if newest is None and (final := await stored_final(last)) is not None:
-                        yield final  # the stream expired: the database has the reply
-                        return
             event = await mailbox.get()
             if event is RESYNC:  # a reconnect, or quiet for a while: make sure nothing was missed
                 must_read_stream = True

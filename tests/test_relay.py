@@ -60,3 +60,36 @@ async def test_quiet_listeners_are_asked_to_reread(
                 assert await mailbox.get() is RESYNC
     finally:
         await relay.close()
+
+
+async def test_a_reply_written_between_reading_and_checking_the_stream_is_not_lost(
+    redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream was empty when read, and the whole reply (final event included) arrived
+    before the end was checked: the subscriber must read again, not stop with nothing."""
+    message_id = uuid.uuid4()
+    real_history = streaming.history
+    reads = 0
+
+    async def history_written_just_after(redis: aioredis.Redis, reply: uuid.UUID, after: int = 0):
+        nonlocal reads
+        reads += 1
+        if reads == 1:  # the worker writes everything right after this first read
+            for seq in range(1, 4):
+                await publish(redis, reply, event(seq))
+            await publish(redis, reply, ReplyEvent(4, "", MessageStatus.COMPLETE))
+            return []
+        return await real_history(redis, reply, after)
+
+    monkeypatch.setattr(streaming, "history", history_written_just_after)
+    relay = Relay(redis_client)
+
+    async def nothing_stored(_: int) -> ReplyEvent | None:
+        return None
+
+    try:
+        async with asyncio.timeout(5):
+            seqs = [e.seq async for e in streaming.follow(redis_client, relay, message_id, 0, nothing_stored)]
+    finally:
+        await relay.close()
+    assert seqs == [1, 2, 3, 4]
