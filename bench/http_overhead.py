@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import httpx
 
-from bench.stack import Stack, start_raw
+from bench.stack import Stack, uvicorn_process
 from bench.wrk import Load, run_wrk
 
 ME = "{ me { id mobileNumber tier usage { used limit } } }"
@@ -20,17 +20,14 @@ async def graphql_overhead(stack: Stack) -> dict[str, Load]:
         for index in range(19):  # 20 rooms in all
             await stack.gql(http, 'mutation($t: String!) { createChatroom(input: {title: $t}) { chatroom { id } } }', {"t": f"room {index}"})
         me_bytes = len((await http.post("/graphql", json={"query": ME}, headers={"Authorization": f"Bearer {stack.token}"})).content)
-    raw, raw_url = await start_raw(me_bytes)
-    try:
+    # The baseline under the same uvicorn flags as `serve`, answering as many bytes as `me`.
+    async with uvicorn_process("bench.raw_app:app", "/raw", {"RAW_BODY_BYTES": str(me_bytes)}) as raw_url:
         graphql = stack.url + "/graphql"
         results = {
             "me": await run_wrk(graphql, connections=32, seconds=SECONDS, body={"query": ME}, token=stack.token),
             "chatrooms": await run_wrk(graphql, connections=32, seconds=SECONDS, body={"query": ROOMS}, token=stack.token),
             "raw": await run_wrk(raw_url + "/raw", connections=32, seconds=SECONDS, body={"query": ME}),
         }
-    finally:
-        raw.terminate()
-        raw.wait()
     return results
 
 

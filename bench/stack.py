@@ -17,8 +17,7 @@ import redis.asyncio as aioredis
 
 from gemini_graphql.config import AppEnv, Settings
 from gemini_graphql.migrate import migrate
-from tests.fakes.gemini import API_KEY, FakeGemini, Script
-from tests.live import serve
+from tests.fakes.gemini import API_KEY
 from tests.processes import Process, free_port, start_api, start_worker
 
 ADMIN_DSN = os.environ.get("BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -36,7 +35,6 @@ class Stack:
     user_id: str
     room_id: str
     settings: Settings
-    fake: FakeGemini
     gemini_url: str
     redis: aioredis.Redis
     dsn: str
@@ -64,11 +62,10 @@ async def fresh_database() -> str:
 
 @asynccontextmanager
 async def running_stack(*, worker: bool = True) -> AsyncIterator[Stack]:
-    fake = FakeGemini(default=Script(chunks=["Hello ", "there, ", "friend."]))
     database_url = await fresh_database()
     redis = aioredis.Redis.from_url(REDIS_URL)
     await redis.flushdb()
-    async with serve(fake.app) as gemini_url:
+    async with uvicorn_process("bench.fake_gemini:app", "/") as gemini_url:
         settings = replace(
             Settings(),
             app_env=AppEnv.DEV,
@@ -90,7 +87,7 @@ async def running_stack(*, worker: bool = True) -> AsyncIterator[Stack]:
             await conn.execute("UPDATE users SET subscription_tier = 'pro'")
             await conn.close()
             stack = Stack(url, url.replace("http://", "ws://") + "/graphql", api, token, user_id, "",
-                          settings, fake, gemini_url, redis, dsn)
+                          settings, gemini_url, redis, dsn)
             async with httpx.AsyncClient(base_url=url, timeout=60) as http:
                 room = await stack.gql(http, 'mutation { createChatroom(input: {title: "bench"}) { chatroom { id } } }')
             stack.room_id = room["createChatroom"]["chatroom"]["id"]
@@ -114,22 +111,28 @@ async def _log_in(http: httpx.AsyncClient) -> tuple[str, str]:
     return verified["verifyOtp"]["accessToken"], verified["verifyOtp"]["user"]["id"]
 
 
-async def start_raw(body_bytes: int) -> tuple[subprocess.Popen[bytes], str]:
-    """The baseline app under the same uvicorn flags as `serve`."""
+@asynccontextmanager
+async def uvicorn_process(app: str, probe: str, env: dict[str, str] | None = None) -> AsyncIterator[str]:
+    """`app` under the same uvicorn flags as `serve`, in its own process; yields its URL."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "bench.raw_app:app", "--port", str(port), "--no-access-log",
+        [sys.executable, "-m", "uvicorn", app, "--port", str(port), "--no-access-log",
          "--log-level", "warning", "--ws-per-message-deflate", "false"],
-        env={**os.environ, "RAW_BODY_BYTES": str(body_bytes)},
+        env={**os.environ, **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient() as client, asyncio.timeout(30):
-        while True:
-            try:
-                await client.get(url + "/raw")
-                return process, url
-            except httpx.TransportError:
-                await asyncio.sleep(0.1)
+    try:
+        async with httpx.AsyncClient() as client, asyncio.timeout(30):
+            while True:
+                try:
+                    await client.get(url + probe)  # any answer means it listens
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait()
 
 
 def percentile(values: list[float], share: float) -> float:
