@@ -8,8 +8,9 @@ and publishes the user id, and every api process drops its copy when the notice
 arrives (`Relay.watch`).
 
 Correctness rests on three rules:
-- A copy is stored only if no notice arrived while it was being read (`ticket`): a
-  reader that raced a writer cannot store what the writer just replaced.
+- A copy is stored only if no notice for that user arrived while it was being read
+  (`ticket`), and only if the read was quick: a reader that raced a writer cannot store
+  what the writer just replaced, and other users' notices do not stop it.
 - Copies are used only while the notice subscription is confirmed; when the
   connection drops, everything is forgotten until Redis confirms it again.
 - Copies expire after `ttl_seconds`, which bounds changes made behind the service's back
@@ -34,6 +35,14 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "users:changed"
 RESPONSES_PER_USER = 16
+# A read slower than this is not kept; notices are remembered this long to check reads.
+MAX_READ_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    generation: int
+    taken_at: float
 
 
 @dataclass(slots=True)
@@ -51,7 +60,9 @@ class UserCache:
         self._ttl = ttl_seconds
         self._max_users = max_users
         self._entries: OrderedDict[uuid.UUID, _Entry] = OrderedDict()
-        self._generation = 0  # bumped by every drop: a read that spans one must not be stored
+        self._generation = 0  # bumped by every drop
+        self._dropped: OrderedDict[uuid.UUID, tuple[int, float]] = OrderedDict()  # last drops
+        self._forgot_all = 0  # the generation of the last suspension
         self._live = False  # the notice subscription is confirmed
 
     @property
@@ -61,9 +72,9 @@ class UserCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def ticket(self) -> int:
+    def ticket(self) -> Ticket:
         """Take before reading what will be stored; pass to `keep_*`."""
-        return self._generation
+        return Ticket(self._generation, time.monotonic())
 
     def user(self, user_id: uuid.UUID) -> User | None:
         entry = self._entry(user_id)
@@ -77,7 +88,7 @@ class UserCache:
         entry = self._entry(user_id)
         return entry.responses.get(key) if entry is not None else None
 
-    def keep_response(self, user_id: uuid.UUID, key: str, body: bytes, ticket: int) -> None:
+    def keep_response(self, user_id: uuid.UUID, key: str, body: bytes, ticket: Ticket) -> None:
         """`body` must depend only on what this cache drops on a notice, and `ticket` must
         have been taken before any of that was read (the user row included)."""
         if entry := self._writable(user_id, ticket):
@@ -85,11 +96,11 @@ class UserCache:
             if len(entry.responses) > RESPONSES_PER_USER:
                 del entry.responses[next(iter(entry.responses))]
 
-    def keep_user(self, user: User, ticket: int) -> None:
+    def keep_user(self, user: User, ticket: Ticket) -> None:
         if entry := self._writable(user.id, ticket):
             entry.user = user
 
-    def keep_rooms(self, user_id: uuid.UUID, rooms: list[Chatroom], ticket: int) -> None:
+    def keep_rooms(self, user_id: uuid.UUID, rooms: list[Chatroom], ticket: Ticket) -> None:
         if entry := self._writable(user_id, ticket):
             entry.rooms = rooms
 
@@ -112,6 +123,14 @@ class UserCache:
     def drop(self, user_id: uuid.UUID) -> None:
         self._generation += 1
         self._entries.pop(user_id, None)
+        now = time.monotonic()
+        self._dropped[user_id] = (self._generation, now)
+        self._dropped.move_to_end(user_id)
+        while self._dropped:  # older drops cannot matter: older tickets are refused anyway
+            _, (_, dropped_at) = next(iter(self._dropped.items()))
+            if now - dropped_at <= MAX_READ_SECONDS:
+                break
+            self._dropped.popitem(last=False)
 
     # The Relay's watcher interface.
 
@@ -127,6 +146,7 @@ class UserCache:
         """Notices may be missed from now on: forget everything and stop keeping copies."""
         self._live = False
         self._generation += 1
+        self._forgot_all = self._generation
         self._entries.clear()
 
     def resume(self) -> None:
@@ -144,9 +164,14 @@ class UserCache:
         self._entries.move_to_end(user_id)
         return entry
 
-    def _writable(self, user_id: uuid.UUID, ticket: int) -> _Entry | None:
-        if not self._live or ticket != self._generation or self._ttl <= 0:
+    def _writable(self, user_id: uuid.UUID, ticket: Ticket) -> _Entry | None:
+        if not self._live or self._ttl <= 0 or ticket.generation < self._forgot_all:
             return None
+        if time.monotonic() - ticket.taken_at > MAX_READ_SECONDS:
+            return None
+        dropped = self._dropped.get(user_id)
+        if dropped is not None and dropped[0] > ticket.generation:
+            return None  # a notice for this user arrived during the read
         entry = self._entry(user_id)
         if entry is None:
             entry = self._entries[user_id] = _Entry(expires_at=time.monotonic() + self._ttl)

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from gemini_graphql import user_cache
 from gemini_graphql.models import User
 from gemini_graphql.resources import Resources
 from gemini_graphql.user_cache import CHANNEL, UserCache
@@ -201,14 +202,32 @@ def _user(user_id: uuid.UUID) -> User:
     return User(id=user_id, mobile_number="+15550000000", created_at=now, updated_at=now)
 
 
-def test_a_read_that_spans_a_notice_is_not_kept(cache: UserCache) -> None:
-    user_id = uuid.uuid4()
+def test_a_read_that_spans_a_notice_for_its_user_is_not_kept(cache: UserCache) -> None:
+    user_id, other = uuid.uuid4(), uuid.uuid4()
     ticket = cache.ticket()
-    cache.deliver(uuid.uuid4().hex.encode())  # any notice, even about another user
+    cache.deliver(other.hex.encode())  # another user's notice does not matter
+    cache.keep_user(_user(user_id), ticket)
+    assert cache.user(user_id) is not None
+    ticket = cache.ticket()
+    cache.deliver(user_id.hex.encode())
     cache.keep_user(_user(user_id), ticket)
     assert cache.user(user_id) is None
     cache.keep_user(_user(user_id), cache.ticket())
     assert cache.user(user_id) is not None
+
+
+def test_nothing_read_before_a_suspension_or_slowly_is_kept(
+    cache: UserCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user_id = uuid.uuid4()
+    ticket = cache.ticket()
+    cache.suspend()
+    cache.resume()
+    cache.keep_user(_user(user_id), ticket)
+    assert cache.user(user_id) is None
+    monkeypatch.setattr(user_cache, "MAX_READ_SECONDS", 0.0)
+    cache.keep_user(_user(user_id), cache.ticket())
+    assert cache.user(user_id) is None
 
 
 def test_notices_drop_the_user_and_bad_notices_are_ignored(cache: UserCache) -> None:
