@@ -97,12 +97,18 @@ class FlatEvents:
         path: holding one per idle subscription would cost more memory than anything else
         the subscription keeps.
         """
-        async for event in events:
-            try:
-                yield ExecutionResult({self._root_key: self._render(event)}, None)
-            except _NotFlat:
-                result = execute_subscription_event(rebuild().build_per_event_executor(event))
-                yield await result if isawaitable(result) else result  # type: ignore[misc]
+        try:
+            async for event in events:
+                try:
+                    result = ExecutionResult({self._root_key: self._render(event)}, None)
+                except _NotFlat:
+                    executed = execute_subscription_event(rebuild().build_per_event_executor(event))
+                    result = await executed if isawaitable(executed) else executed  # type: ignore[misc]
+                yield result
+        finally:  # closing this closes the source now (its Redis channel is let go at once)
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     def _render(self, event: Any) -> dict[str, Any]:
         if event is None:
