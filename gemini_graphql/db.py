@@ -59,14 +59,19 @@ def create_session_factory(engine: AsyncEngine) -> SessionFactory:
     return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
 
 
-def create_read_session_factory(engine: AsyncEngine) -> SessionFactory:
-    """Sessions for single reads on the hot path: autocommit, so no BEGIN/ROLLBACK round trips.
+def read_engine(engine: AsyncEngine) -> AsyncEngine:
+    """For single reads on the hot path: autocommit, so no BEGIN/ROLLBACK round trips.
 
-    SQLite keeps its BEGIN IMMEDIATE sessions (its locking is what makes reads consistent there).
+    SQLite keeps its BEGIN IMMEDIATE transactions (its locking is what makes reads consistent there).
     """
     if engine.dialect.name == "sqlite":
-        return create_session_factory(engine)
-    return create_session_factory(engine.execution_options(isolation_level="AUTOCOMMIT"))
+        return engine
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def create_read_session_factory(engine: AsyncEngine) -> SessionFactory:
+    """Sessions for single reads on the hot path (see read_engine)."""
+    return create_session_factory(read_engine(engine))
 
 
 def insert_for(session: AsyncSession) -> Callable[..., Any]:

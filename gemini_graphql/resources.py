@@ -12,13 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gemini_graphql.auth.sms import SmsSender, build_sms_sender
 from gemini_graphql.clock import Clock, utc_now
 from gemini_graphql.config import Settings
-from gemini_graphql.user_cache import UserCache
 from gemini_graphql.db import (
     SessionFactory,
     create_engine,
     create_read_session_factory,
     create_session_factory,
 )
+from gemini_graphql.user_cache import UserCache
 
 
 @dataclass(slots=True)

@@ -20,6 +20,7 @@ from sqlmodel import col, select
 
 from gemini_graphql.ai.model import ChatModel, ModelError, Turn
 from gemini_graphql.chat.quota import give_back_one, utc_day
+from gemini_graphql.db import read_engine
 from gemini_graphql.models import Chatroom, Message, MessageRole, MessageStatus
 from gemini_graphql.resources import Resources
 from gemini_graphql.streaming import ReplyEvent, history, publish
@@ -53,6 +54,7 @@ class ReplyGenerator:
         self._deadline = deadline_seconds
         self._sessions = resources.sessions
         self._engine = resources.engine
+        self._reads = read_engine(resources.engine)
         self._redis = resources.redis
         self._clock = resources.clock
         self._users = resources.users
@@ -139,7 +141,7 @@ class ReplyGenerator:
             .order_by(_MESSAGES.c.id.desc())
             .limit(CONTEXT_MESSAGES + 1)
         )
-        async with self._engine.connect() as connection:  # reads without an ORM session
+        async with self._reads.connect() as connection:  # a read without an ORM session
             rows = (await connection.execute(query)).all()
         return [
             Turn("user" if role == MessageRole.USER.value else "model", content)
@@ -147,7 +149,7 @@ class ReplyGenerator:
         ]
 
     async def _reply(self, reply_id: uuid.UUID) -> Message | None:
-        async with self._engine.connect() as connection:
+        async with self._reads.connect() as connection:
             row = (
                 await connection.execute(sa.select(_MESSAGES).where(_MESSAGES.c.id == reply_id))
             ).mappings().first()
