@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,14 @@ class Context:
     connection_params: dict[str, Any] | None = None
     _user: User | None = field(default=None, repr=False)
     _loaders: Loaders | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, connection: HTTPConnection) -> Context:
+        """The context of a request or websocket, with the request id the middleware gave it."""
+        request_id = connection.scope.get("state", {}).get("request_id") or uuid.uuid4().hex
+        return cls(
+            services=connection.app.state.services, connection=connection, request_id=request_id
+        )
 
     @property
     def settings(self) -> Settings:

@@ -10,22 +10,19 @@ resolvers see exactly what they see over the websocket, which stays with Strawbe
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
 from functools import lru_cache
-from inspect import isawaitable
 from typing import Any
 
-from graphql import ExecutionResult, OperationType, execute
+from graphql import ExecutionResult, OperationType
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
-from strawberry.execution import optimized_is_awaitable
-from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from gemini_graphql.api.context import Context
 from gemini_graphql.api.documents import Documents, Prepared
 from gemini_graphql.api.errors import BAD_REQUEST, apply_error_policy
+from gemini_graphql.api.execution import run
 from gemini_graphql.api.response_cache import response_key
 from gemini_graphql.chat.quota import utc_day
 
@@ -55,7 +52,7 @@ class GraphQLOverHTTP:
     """The /graphql endpoint for GET and POST; `ide` serves browsers asking for a page."""
 
     def __init__(self, schema: Any, documents: Documents, ide: ASGIApp) -> None:
-        self._schema = schema
+        self._schema = schema._schema
         self._documents = documents
         self._ide = ide
 
@@ -94,7 +91,7 @@ class GraphQLOverHTTP:
             message = "Subscriptions are served over a websocket (graphql-transport-ws) here."
             return _request_errors([_bad_request(message)], media_type)
 
-        context = _context(request)
+        context = Context.of(request)
         if prepared.user_state_only and operation_type is OperationType.QUERY:
             return await self._user_state_query(prepared, params, context, media_type)
         result = await self._execute(prepared, params, context)
@@ -128,18 +125,9 @@ class GraphQLOverHTTP:
     async def _execute(
         self, prepared: Prepared, params: GraphQLParams, context: Context
     ) -> ExecutionResult:
-        result = execute(
-            self._schema._schema,
-            prepared.document,  # type: ignore[arg-type]
-            context_value=context,
-            variable_values=params.variables,
-            operation_name=params.operation_name,
-            executor_class=StrawberryGraphQLCoreExecutionContext,
-            is_awaitable=optimized_is_awaitable,
-        )
-        if isawaitable(result):
-            result = await result
-        return result  # type: ignore[return-value]
+        document = prepared.document
+        assert document is not None
+        return await run(self._schema, document, context, params.variables, params.operation_name)
 
 
 @lru_cache(maxsize=256)  # clients send a handful of distinct Accept headers
@@ -205,11 +193,6 @@ async def _body(request: Request) -> bytes:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-def _context(request: Request) -> Context:
-    request_id = request.scope.get("state", {}).get("request_id") or uuid.uuid4().hex
-    return Context(services=request.app.state.services, connection=request, request_id=request_id)
 
 
 def _execution_response(result: ExecutionResult, request_id: str, media_type: str) -> Response:

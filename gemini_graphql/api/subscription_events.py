@@ -11,7 +11,8 @@ schema forbids one) goes through graphql-core exactly as before, so results neve
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterable, Callable
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from inspect import isawaitable
 from typing import Any
@@ -89,7 +90,7 @@ class FlatEvents:
         return cls(root_key, event_type.name, tuple(leaves))
 
     async def results(
-        self, rebuild: Callable[[], Executor], events: AsyncIterable[Any]
+        self, rebuild: Callable[[], Executor], events: AsyncGenerator[Any, None]
     ) -> AsyncGenerator[ExecutionResult, None]:
         """Each event's result; what graphql-core's map_source_to_response_event would give.
 
@@ -97,7 +98,7 @@ class FlatEvents:
         path: holding one per idle subscription would cost more memory than anything else
         the subscription keeps.
         """
-        try:
+        async with aclosing(events):  # closing this closes the source (its Redis channel) at once
             async for event in events:
                 try:
                     result = ExecutionResult({self._root_key: self._render(event)}, None)
@@ -105,10 +106,6 @@ class FlatEvents:
                     executed = execute_subscription_event(rebuild().build_per_event_executor(event))
                     result = await executed if isawaitable(executed) else executed  # type: ignore[misc]
                 yield result
-        finally:  # closing this closes the source now (its Redis channel is let go at once)
-            aclose = getattr(events, "aclose", None)
-            if aclose is not None:
-                await aclose()
 
     def _render(self, event: Any) -> dict[str, Any]:
         if event is None:

@@ -15,21 +15,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass
 from inspect import isawaitable
 from typing import Any
 
-from graphql import DocumentNode, ExecutionResult, GraphQLError, OperationType, execute
+from graphql import DocumentNode, ExecutionResult, GraphQLError, OperationType
 from graphql.execution import Executor, create_source_event_stream, map_source_to_response_event
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
-from strawberry.execution import optimized_is_awaitable
-from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from gemini_graphql.api.context import Context
 from gemini_graphql.api.documents import Documents
 from gemini_graphql.api.errors import apply_error_policy
+from gemini_graphql.api.execution import run, subscription_executor
 from gemini_graphql.api.subscription_events import FlatEvents
 from gemini_graphql.config import Settings
 from gemini_graphql.errors import Unauthenticated
@@ -83,19 +83,20 @@ class GraphQLWebSocket:
             await websocket.close(4406, "Subprotocol not acceptable")
             return
         await websocket.accept(subprotocol=PROTOCOL)
-        state = scope.setdefault("state", {})
-        context = Context(
-            services=websocket.app.state.services,
-            connection=websocket,
-            request_id=state.get("request_id") or "ws",
-        )
+        context = Context.of(websocket)
         await _Connection(self._schema, self._documents, context, receive, send).run()
 
 
 class _Connection:
     __slots__ = (
-        "_schema", "_documents", "_context", "_receive", "_send",
-        "_initialised", "_acknowledged", "_open", "_operations",
+        "_acknowledged",
+        "_context",
+        "_documents",
+        "_open",
+        "_operations",
+        "_receive",
+        "_schema",
+        "_send",
     )
 
     def __init__(
@@ -106,7 +107,6 @@ class _Connection:
         self._context = context
         self._receive = receive
         self._send = send
-        self._initialised = False
         self._acknowledged = False
         self._open = True
         self._operations: dict[str, asyncio.Task[None]] = {}
@@ -167,9 +167,10 @@ class _Connection:
             raise _Close(4400, f"Unknown message type {kind[:32]!r}")
 
     async def _connection_init(self, payload: object) -> None:
-        if self._initialised:
+        # Messages are handled one at a time and a failed init closes the connection, so a
+        # second init can only arrive after an acknowledged one.
+        if self._acknowledged:
             raise _Close(4429, "Too many initialisation requests")
-        self._initialised = True
         if payload is not None and not isinstance(payload, dict):
             raise _Close(4400, "The connection_init payload must be an object")
         self._context.connection_params = payload or {}
@@ -204,18 +205,14 @@ class _Connection:
             return
         kind = prepared.operation_type(request.operation_name)
         if kind is not OperationType.SUBSCRIPTION:  # a query or mutation: one result
-            result = execute(
+            result = await run(
                 self._schema,
                 prepared.document,  # type: ignore[arg-type]
-                context_value=self._context,
-                variable_values=request.variables,
-                operation_name=request.operation_name,
-                executor_class=StrawberryGraphQLCoreExecutionContext,
-                is_awaitable=optimized_is_awaitable,
+                self._context,
+                request.variables,
+                request.operation_name,
             )
-            if isawaitable(result):
-                result = await result
-            await self._next(request.id, result)  # type: ignore[arg-type]
+            await self._next(request.id, result)
         else:
             source = await self._subscribe(prepared.document, request)  # type: ignore[arg-type]
             if isinstance(source, ExecutionResult):  # e.g. bad variables: nothing to stream
@@ -226,17 +223,12 @@ class _Connection:
 
     async def _subscribe(
         self, document: DocumentNode, request: _Subscribe
-    ) -> AsyncIterator[ExecutionResult] | ExecutionResult:
+    ) -> AsyncGenerator[ExecutionResult, None] | ExecutionResult:
         """graphql-core's `subscribe`, with flat selections rendered without executing."""
 
         def build() -> Executor | list[GraphQLError]:
-            return StrawberryGraphQLCoreExecutionContext.build(
-                self._schema,
-                document,
-                context_value=self._context,
-                raw_variable_values=request.variables,
-                operation_name=request.operation_name,
-                is_awaitable=optimized_is_awaitable,
+            return subscription_executor(
+                self._schema, document, self._context, request.variables, request.operation_name
             )
 
         executor = build()
@@ -252,19 +244,16 @@ class _Connection:
             return map_source_to_response_event(executor, source)  # type: ignore[arg-type]
         return flat.results(build, source)  # type: ignore[arg-type]
 
-    async def _stream(self, op_id: str, source: AsyncIterator[ExecutionResult]) -> None:
+    async def _stream(self, op_id: str, source: AsyncGenerator[ExecutionResult, None]) -> None:
         try:
-            async for result in source:
-                await self._next(op_id, result)
+            async with aclosing(source):  # a stopped operation lets go of its source at once
+                async for result in source:
+                    await self._next(op_id, result)
         except _Gone:
             raise
         except Exception as exc:  # noqa: BLE001 - graphql-core lets a resolver's error out here
             error = exc if isinstance(exc, GraphQLError) else GraphQLError(str(exc), original_error=exc)
             await self._next(op_id, ExecutionResult(data=None, errors=[error]))
-        finally:
-            aclose = getattr(source, "aclose", None)
-            if aclose is not None:
-                await aclose()
 
     async def _next(self, op_id: str, result: ExecutionResult) -> None:
         payload: dict[str, Any] = {"data": result.data}
