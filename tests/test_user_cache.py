@@ -53,6 +53,14 @@ async def eventually(check: Callable[[], Awaitable[bool] | bool], seconds: float
             await asyncio.sleep(0.01)
 
 
+async def two_processes(make_client: MakeClient) -> tuple[GraphQLClient, GraphQLClient]:
+    """Two apps (each its own caches and pub/sub connection), both hearing notices."""
+    a, b = GraphQLClient(await make_client()), GraphQLClient(await make_client())
+    await live_cache(a.http)
+    await live_cache(b.http)
+    return a, b
+
+
 async def me(gql: GraphQLClient, token: str) -> dict[str, Any]:
     return await gql(ME, token=token)
 
@@ -83,9 +91,8 @@ async def test_requests_are_served_from_the_copy(make_client: MakeClient, sms: R
 async def test_a_password_change_in_one_process_locks_the_old_token_out_of_the_others(
     make_client: MakeClient, sms: RecordingSms
 ) -> None:
-    a, b = GraphQLClient(await make_client()), GraphQLClient(await make_client())
-    cache_b = await live_cache(b.http)
-    await live_cache(a.http)
+    a, b = await two_processes(make_client)
+    cache_b = resources_of(b.http).users
     user = await login(a, sms)
     await kept_by(b, cache_b, user)
 
@@ -103,9 +110,7 @@ async def test_a_password_change_in_one_process_locks_the_old_token_out_of_the_o
 async def test_usage_and_room_order_from_one_process_show_in_the_others(
     make_client: MakeClient, sms: RecordingSms
 ) -> None:
-    a, b = GraphQLClient(await make_client()), GraphQLClient(await make_client())
-    await live_cache(a.http)
-    await live_cache(b.http)
+    a, b = await two_processes(make_client)
     user = await login(a, sms)
     older = await create_room(a, user.token, "older")
     await create_room(a, user.token, "newer")
@@ -139,9 +144,7 @@ async def test_parallel_sends_and_reads_end_with_the_true_count(
     make_client: MakeClient, sms: RecordingSms
 ) -> None:
     """Reads racing writes may not leave an old copy behind (a read spanning a notice is not kept)."""
-    a, b = GraphQLClient(await make_client()), GraphQLClient(await make_client())
-    await live_cache(a.http)
-    await live_cache(b.http)
+    a, b = await two_processes(make_client)
     user = await login(a, sms)
     room = await create_room(a, user.token)
     await asyncio.gather(
