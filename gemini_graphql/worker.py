@@ -13,17 +13,17 @@ from arq.worker import Worker, func
 from gemini_graphql.ai.gemini import GeminiModel
 from gemini_graphql.ai.model import ChatModel
 from gemini_graphql.ai.offline import OfflineModel
-from gemini_graphql.chat.messages import GENERATE_REPLY
 from gemini_graphql.chat.replies import ReplyGenerator, RetryLater
 from gemini_graphql.clock import Clock, utc_now
 from gemini_graphql.config import Settings
+from gemini_graphql.reply_queue import GENERATE_REPLY, IDLE_POLL_SECONDS, WAKE_CHANNEL, Wakeups
 from gemini_graphql.resources import Resources
+from gemini_graphql.streaming import Relay
 
 log = logging.getLogger(__name__)
 
 # A killed worker's job becomes runnable again after the job timeout + 10 s (arq's in-progress
 # key): with the default WORKER_JOB_TIMEOUT_SECONDS of 45, within a minute.
-POLL_DELAY_SECONDS = 0.01  # a queued reply starts within ~10 ms (arq's default is 0.5 s)
 MAX_TRIES = 4  # model failures worth retrying, and reruns after a killed worker
 CONCURRENT_JOBS = 50  # replies mostly wait on the network
 
@@ -46,6 +46,7 @@ async def generate_reply(ctx: dict[str, Any], reply_id: str) -> str | None:
             "reply retried in %.2fs (try %d): %s", delay, job_try, exc,
             extra={**context, "outcome": "retry"},
         )
+        ctx["wakeups"].wake_in(delay)
         raise Retry(defer=delay) from exc
     result = outcome.status.value if outcome else "nothing to do"
     duration_ms = round((time.perf_counter() - started) * 1000, 1)
@@ -54,6 +55,19 @@ async def generate_reply(ctx: dict[str, Any], reply_id: str) -> str | None:
         extra={**context, "outcome": result, "duration_ms": duration_ms},
     )
     return result
+
+
+class ReplyWorker(Worker):
+    """arq's Worker, polling its queue when woken (see reply_queue) instead of on a timer."""
+
+    def __init__(self, *args: Any, wakeups: Wakeups, **kwargs: Any) -> None:
+        super().__init__(*args, poll_delay=0, **kwargs)
+        self.wakeups = wakeups
+
+    async def _poll_iteration(self) -> None:
+        self.wakeups.clear()
+        await super()._poll_iteration()
+        await self.wakeups.wait()
 
 
 def default_model(settings: Settings) -> ChatModel:
@@ -67,21 +81,28 @@ def build_worker(
     model: ChatModel | None = None,
     clock: Clock = utc_now,
     handle_signals: bool = True,
+    idle_poll_seconds: float = IDLE_POLL_SECONDS,
 ) -> Worker:
     """An arq Worker whose connections open in its own startup, on its own event loop."""
     resources_holder: dict[str, Resources] = {}
+    wakeups = Wakeups(idle_poll_seconds)
 
     async def startup(ctx: dict[str, Any]) -> None:
         resources = resources_holder["resources"]
         chat_model = model if model is not None else default_model(settings)
+        relay = ctx["relay"] = Relay(resources.redis)
+        relay.watch(WAKE_CHANNEL, wakeups)
         ctx["settings"] = settings
         ctx["resources"] = resources
         ctx["model"] = chat_model
+        ctx["wakeups"] = wakeups
         # Finish (or fail) well before arq cancels the job, which would leave it STREAMING.
         deadline = max(1.0, settings.worker_job_timeout_seconds - 5.0)
         ctx["generator"] = ReplyGenerator(resources, chat_model, deadline_seconds=deadline)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
+        if "relay" in ctx:
+            await ctx.pop("relay").close()
         chat_model = ctx.get("model")
         if chat_model is not None and hasattr(chat_model, "aclose"):
             await chat_model.aclose()
@@ -89,12 +110,12 @@ def build_worker(
 
     resources = Resources.open(settings, role="worker", clock=clock)
     resources_holder["resources"] = resources
-    return Worker(
+    return ReplyWorker(
+        wakeups=wakeups,
         functions=[func(generate_reply, name=GENERATE_REPLY, max_tries=MAX_TRIES + 1)],
         redis_pool=resources.redis,
         on_startup=startup,
         on_shutdown=shutdown,
-        poll_delay=POLL_DELAY_SECONDS,
         job_timeout=settings.worker_job_timeout_seconds,
         max_jobs=CONCURRENT_JOBS,
         keep_result=60,

@@ -74,8 +74,10 @@ def chat_settings(base_settings: Settings, fake_gemini: tuple[FakeGemini, str]) 
 
 
 @contextlib.asynccontextmanager
-async def running_worker(settings: Settings, clock: FakeClock | None = None) -> AsyncIterator[Worker]:
-    worker = build_worker(settings, handle_signals=False, **({"clock": clock} if clock else {}))
+async def running_worker(
+    settings: Settings, clock: FakeClock | None = None, **options: Any
+) -> AsyncIterator[Worker]:
+    worker = build_worker(settings, handle_signals=False, **({"clock": clock} if clock else {}), **options)
     task = asyncio.create_task(worker.async_run())
     try:
         yield worker

@@ -19,6 +19,7 @@ from gemini_graphql.chat.room_cache import RoomListCache
 from gemini_graphql.errors import DomainError, ErrorCode, InvalidArgument, invalid_input
 from gemini_graphql.ids import new_id, parse_id
 from gemini_graphql.models import Chatroom, Message, MessageRole, MessageStatus, Subscription
+from gemini_graphql.reply_queue import enqueue_reply
 from gemini_graphql.resources import Resources
 from gemini_graphql.streaming import Relay, ReplyEvent, follow
 
@@ -26,14 +27,8 @@ log = logging.getLogger(__name__)
 
 CONTENT_MAX = 10_000
 DEFAULT_PAGE = 20
-GENERATE_REPLY = "generate_reply"
 _ROOMS = Chatroom.__table__  # type: ignore[attr-defined]
 _MESSAGES = Message.__table__  # type: ignore[attr-defined]
-
-
-def reply_job_id(reply_id: uuid.UUID) -> str:
-    """One job per reply: arq refuses a second job with the same id."""
-    return f"reply:{reply_id}"
 
 
 def message_cursor(message: Message) -> str:
@@ -102,8 +97,7 @@ class Messages:
             )
         await self._rooms_cache.invalidate(user_id)
         try:
-            job = await self._queue.enqueue_job(GENERATE_REPLY, str(reply.id), _job_id=reply_job_id(reply.id))
-            if job is None:
+            if not await enqueue_reply(self._queue, reply.id):
                 raise RuntimeError("a job for this reply already exists")
         except Exception:
             log.exception("could not queue the reply %s; undoing the send", reply.id)

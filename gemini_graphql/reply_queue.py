@@ -1,0 +1,80 @@
+"""The queue of reply jobs: arq, plus a wake-up notice so workers need not poll fast.
+
+arq finds work by polling its queue. Polled every few milliseconds, an idle worker spent
+about a tenth of a CPU doing it, and a reply still waited half a poll on average before it
+started. Instead sendMessage publishes a notice after queueing a job, and workers poll when
+woken (or every IDLE_POLL_SECONDS, which also finds retries and jobs of dead workers, and
+covers a lost notice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+from arq.connections import ArqRedis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+GENERATE_REPLY = "generate_reply"
+WAKE_CHANNEL = "replies:queued"
+IDLE_POLL_SECONDS = 0.5  # arq's own default poll interval
+
+
+def reply_job_id(reply_id: uuid.UUID) -> str:
+    """One job per reply: arq refuses a second job with the same id."""
+    return f"reply:{reply_id}"
+
+
+async def enqueue_reply(redis: ArqRedis, reply_id: uuid.UUID) -> bool:
+    """Queue the reply's job and wake the workers; False when a job for it already exists.
+
+    Raises when the job could not be queued. A lost wake-up only delays the reply until
+    the next idle poll, so it is logged, not raised.
+    """
+    job = await redis.enqueue_job(GENERATE_REPLY, str(reply_id), _job_id=reply_job_id(reply_id))
+    if job is None:
+        return False
+    try:
+        await redis.publish(WAKE_CHANNEL, b"")
+    except RedisError:
+        log.warning("queued the reply %s but could not wake the workers", reply_id, exc_info=True)
+    return True
+
+
+class Wakeups:
+    """A worker's reasons to poll now: a notice on WAKE_CHANNEL, or a retry coming due.
+
+    Watches the channel through a Relay (see streaming.Watcher).
+    """
+
+    def __init__(self, idle_seconds: float = IDLE_POLL_SECONDS) -> None:
+        self._due = asyncio.Event()
+        self._idle_seconds = idle_seconds
+
+    def deliver(self, data: bytes) -> None:
+        self._due.set()
+
+    def suspend(self) -> None:
+        """Notices may be missed until `resume`; the idle poll still finds every job."""
+
+    def resume(self) -> None:
+        self._due.set()  # something may have been queued while we were not listening
+
+    def wake_in(self, seconds: float) -> None:
+        """Poll again after `seconds`: when a job deferred by that much becomes runnable."""
+        asyncio.get_running_loop().call_later(seconds, self._due.set)
+
+    def clear(self) -> None:
+        """Called just before polling: a notice arriving during the poll wakes the next wait."""
+        self._due.clear()
+
+    async def wait(self) -> None:
+        """Until a reason to poll, or the idle interval at most."""
+        try:
+            async with asyncio.timeout(self._idle_seconds):
+                await self._due.wait()
+        except TimeoutError:
+            pass

@@ -1,0 +1,74 @@
+"""Workers poll when woken: by a queued reply's notice, by a retry coming due, and, for jobs
+nobody announced, every idle interval."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from arq.constants import default_queue_name
+from arq.connections import ArqRedis
+
+from gemini_graphql.reply_queue import WAKE_CHANNEL, enqueue_reply, reply_job_id
+from tests.chat_harness import Live, running_worker, send, user_with_room
+from tests.conftest import RecordingSms
+from tests.fakes.gemini import Script
+from tests.test_replies import wait_finished
+
+NEVER = 3600.0  # an idle interval no test waits for
+
+
+async def test_a_queued_reply_wakes_an_idle_worker(
+    live: Live, chat_settings, clock, sms: RecordingSms, pg
+) -> None:
+    user, room_id = await user_with_room(live.http, sms)
+    async with running_worker(chat_settings, clock, idle_poll_seconds=NEVER):
+        await asyncio.sleep(0.5)  # past its first poll: idle, waiting
+        for _ in range(3):
+            sent = await send(live.http, user.token, room_id)
+            assert (await wait_finished(pg, sent["reply"]["id"], timeout=10))["status"] == "complete"
+
+
+async def test_a_deferred_retry_wakes_its_worker_when_due(
+    live: Live, chat_settings, clock, sms: RecordingSms, fake_gemini, pg
+) -> None:
+    fake, _ = fake_gemini
+    fake.script(Script(status=503), Script(status=503), Script(chunks=["third ", "time"]))
+    user, room_id = await user_with_room(live.http, sms)
+    async with running_worker(chat_settings, clock, idle_poll_seconds=NEVER):
+        sent = await send(live.http, user.token, room_id)
+        reply = await wait_finished(pg, sent["reply"]["id"], timeout=10)
+    assert (reply["status"], reply["content"]) == ("complete", "third time")
+    assert len(fake.requests) == 3
+
+
+async def test_a_job_nobody_announced_is_found_by_the_idle_poll(
+    live: Live, chat_settings, clock, sms: RecordingSms, redis_client, pg
+) -> None:
+    user, room_id = await user_with_room(live.http, sms)
+    sent = await send(live.http, user.token, room_id)  # no worker yet: the notice is lost
+    reply_id = sent["reply"]["id"]
+    # Due only in a moment, so the worker's first poll at start does not take it either.
+    due_at_ms = int((time.time() + 1.0) * 1000)
+    await redis_client.zadd(default_queue_name, {reply_job_id(uuid.UUID(reply_id)): due_at_ms})
+    async with running_worker(chat_settings, clock, idle_poll_seconds=0.2):
+        assert (await wait_finished(pg, reply_id, timeout=10))["status"] == "complete"
+
+
+async def test_enqueue_announces_each_new_job_once(redis_client) -> None:
+    queue = ArqRedis(connection_pool=redis_client.connection_pool)
+    pubsub = redis_client.pubsub()
+    await pubsub.subscribe(WAKE_CHANNEL)
+    await pubsub.get_message(timeout=1)  # the subscribe confirmation
+    reply_id = uuid.uuid4()
+
+    assert await enqueue_reply(queue, reply_id) is True
+    assert await enqueue_reply(queue, reply_id) is False  # one job per reply
+
+    notices = []
+    while (message := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)) is not None:
+        notices.append(message["channel"])
+    assert notices == [WAKE_CHANNEL.encode()]
+    assert await redis_client.zscore(default_queue_name, reply_job_id(reply_id)) is not None
+    await pubsub.aclose()
