@@ -7,8 +7,8 @@ import asyncio
 import time
 import uuid
 
-from arq.constants import default_queue_name
 from arq.connections import ArqRedis
+from arq.constants import default_queue_name
 
 from gemini_graphql.reply_queue import WAKE_CHANNEL, enqueue_reply, reply_job_id
 from tests.chat_harness import Live, running_worker, send, user_with_room
