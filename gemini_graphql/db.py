@@ -59,8 +59,9 @@ def create_session_factory(engine: AsyncEngine) -> SessionFactory:
     return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
 
 
-def read_engine(engine: AsyncEngine) -> AsyncEngine:
-    """For single reads on the hot path: autocommit, so no BEGIN/ROLLBACK round trips.
+def autocommit_engine(engine: AsyncEngine) -> AsyncEngine:
+    """For single statements on the hot path (a read, or one UPDATE): autocommit, so no
+    BEGIN/COMMIT round trips. Write with `begin()`, which commits on SQLite.
 
     SQLite keeps its BEGIN IMMEDIATE transactions (its locking is what makes reads consistent there).
     """
@@ -70,8 +71,8 @@ def read_engine(engine: AsyncEngine) -> AsyncEngine:
 
 
 def create_read_session_factory(engine: AsyncEngine) -> SessionFactory:
-    """Sessions for single reads on the hot path (see read_engine)."""
-    return create_session_factory(read_engine(engine))
+    """Sessions for single reads on the hot path (see autocommit_engine)."""
+    return create_session_factory(autocommit_engine(engine))
 
 
 def insert_for(session: AsyncSession) -> Callable[..., Any]:

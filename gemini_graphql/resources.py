@@ -14,6 +14,7 @@ from gemini_graphql.clock import Clock, utc_now
 from gemini_graphql.config import Settings
 from gemini_graphql.db import (
     SessionFactory,
+    autocommit_engine,
     create_engine,
     create_read_session_factory,
     create_session_factory,
@@ -25,6 +26,7 @@ from gemini_graphql.user_cache import UserCache
 class Resources:
     settings: Settings
     engine: AsyncEngine
+    autocommit: AsyncEngine  # for single statements: no BEGIN/COMMIT round trips
     sessions: SessionFactory
     reads: SessionFactory  # autocommit sessions for one-statement reads
     # One bounded pool per process: the connection count never grows with the load.
@@ -55,6 +57,7 @@ class Resources:
         return cls(
             settings=settings,
             engine=engine,
+            autocommit=autocommit_engine(engine),
             sessions=create_session_factory(engine),
             reads=create_read_session_factory(engine),
             redis=redis,

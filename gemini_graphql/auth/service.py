@@ -18,7 +18,6 @@ from gemini_graphql.auth.passwords import hash_password, validate_new_password, 
 from gemini_graphql.auth.phone import normalize_mobile_number
 from gemini_graphql.auth.throttle import RateLimiter
 from gemini_graphql.auth.tokens import AccessToken, TokenCodec
-from gemini_graphql.db import read_engine
 from gemini_graphql.errors import DomainError, ErrorCode, Unauthenticated, invalid_input
 from gemini_graphql.models import OtpPurpose, User
 from gemini_graphql.resources import Resources
@@ -48,7 +47,7 @@ class AuthService:
     def __init__(self, resources: Resources) -> None:
         self._settings = resources.settings
         self._sessions = resources.sessions
-        self._reads = read_engine(resources.engine)
+        self._autocommit = resources.autocommit
         self._sms = resources.sms
         self._clock = resources.clock
         self._users = resources.users
@@ -229,7 +228,7 @@ class AuthService:
         if user is not None:
             return user
         ticket = self._users.ticket()
-        async with self._reads.connect() as connection:
+        async with self._autocommit.connect() as connection:
             row = (await connection.execute(_USER_BY_ID, {"user_id": user_id})).mappings().first()
         if row is None:
             return None

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from arq.connections import ArqRedis
@@ -29,6 +30,13 @@ CONTENT_MAX = 10_000
 DEFAULT_PAGE = 20
 _ROOMS = Chatroom.__table__  # type: ignore[attr-defined]
 _MESSAGES = Message.__table__  # type: ignore[attr-defined]
+# Built once: SQLAlchemy then works out their compiled-cache keys once, not per call.
+_BY_ID = sa.select(_MESSAGES).where(_MESSAGES.c.id == sa.bindparam("id"))
+_OWNED = (
+    sa.select(_MESSAGES)
+    .join(_ROOMS, _ROOMS.c.id == _MESSAGES.c.chatroom_id)
+    .where(_MESSAGES.c.id == sa.bindparam("id"), _ROOMS.c.user_id == sa.bindparam("user_id"))
+)
 
 
 def message_cursor(message: Message) -> str:
@@ -58,6 +66,7 @@ class Messages:
         self._sessions = resources.sessions
         self._engine = resources.engine
         self._reads = resources.reads
+        self._autocommit = resources.autocommit
         self._clock = resources.clock
         self._queue: ArqRedis = resources.redis
         self._rooms_cache = rooms_cache  # a new message moves its room to the top
@@ -133,19 +142,17 @@ class Messages:
         message_id = parse_id(raw_id)
         if message_id is None:
             return None
-        async with self._reads() as session:
-            row = (
-                await session.execute(
-                    select(Message)
-                    .join(Chatroom, col(Chatroom.id) == Message.chatroom_id)
-                    .where(col(Message.id) == message_id, Chatroom.user_id == user_id)
-                )
-            ).scalar_one_or_none()
-        return row
+        return await self._one(_OWNED, {"id": message_id, "user_id": user_id})
 
     async def get(self, message_id: uuid.UUID) -> Message | None:
-        async with self._reads() as session:
-            return await session.get(Message, message_id)
+        return await self._one(_BY_ID, {"id": message_id})
+
+    async def _one(self, statement: sa.Select[Any], parameters: dict[str, Any]) -> Message | None:
+        # Core on an autocommit connection: each subscription runs these, and an ORM
+        # session cost several times the query.
+        async with self._autocommit.connect() as connection:
+            row = (await connection.execute(statement, parameters)).mappings().first()
+        return Message(**row) if row is not None else None
 
     def follow(self, relay: Relay, reply_id: uuid.UUID, after: int) -> AsyncIterator[ReplyEvent]:
         """The reply's events after `after`; a finished reply whose stream expired is replayed

@@ -20,7 +20,6 @@ from sqlmodel import col, select
 
 from gemini_graphql.ai.model import ChatModel, ModelError, Turn
 from gemini_graphql.chat.quota import give_back_one, utc_day
-from gemini_graphql.db import read_engine
 from gemini_graphql.models import Chatroom, Message, MessageRole, MessageStatus
 from gemini_graphql.resources import Resources
 from gemini_graphql.streaming import ReplyEvent, history, publish
@@ -32,6 +31,34 @@ SAVE_EVERY_SECONDS = 1.0  # how often the growing text is written to the row
 _IN_PROGRESS = (MessageStatus.PENDING.value, MessageStatus.STREAMING.value)
 _MESSAGES = Message.__table__  # type: ignore[attr-defined]
 _TOO_SLOW = "The assistant took too long to answer. Please try again."
+
+# The hot statements, built once (SQLAlchemy then works out their cache keys once).
+_CLAIM = (  # PENDING means new: nothing was sent yet (the first event follows this write)
+    sa.update(_MESSAGES)
+    .where(
+        _MESSAGES.c.id == sa.bindparam("reply_id"),
+        _MESSAGES.c.status == MessageStatus.PENDING.value,
+    )
+    .values(status=MessageStatus.STREAMING.value, updated_at=sa.bindparam("now"))
+    .returning(*_MESSAGES.c)
+)
+_UPDATE_UNFINISHED = (  # SET takes the columns named in the parameters
+    sa.update(_MESSAGES)
+    .where(_MESSAGES.c.id == sa.bindparam("reply_id"), _MESSAGES.c.status.in_(_IN_PROGRESS))
+    .returning(_MESSAGES.c.id)
+)
+_REPLY = sa.select(_MESSAGES).where(_MESSAGES.c.id == sa.bindparam("reply_id"))
+_CONTEXT = (
+    sa.select(_MESSAGES.c.role, _MESSAGES.c.content)
+    .where(
+        _MESSAGES.c.chatroom_id == sa.bindparam("room_id"),
+        _MESSAGES.c.id <= sa.bindparam("last_id"),
+        _MESSAGES.c.status == MessageStatus.COMPLETE.value,
+        _MESSAGES.c.content != "",
+    )
+    .order_by(_MESSAGES.c.id.desc())
+    .limit(CONTEXT_MESSAGES + 1)
+)
 
 
 class RetryLater(Exception):
@@ -48,13 +75,22 @@ class Outcome:
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Started:
+    """A reply ready to stream: its row, the text already sent, the last seq, the context."""
+
+    reply: Message
+    text: str
+    seq: int
+    turns: list[Turn]
+
+
 class ReplyGenerator:
     def __init__(self, resources: Resources, model: ChatModel, *, deadline_seconds: float) -> None:
         """`deadline_seconds` bounds a whole reply; keep it under the job's own timeout."""
         self._deadline = deadline_seconds
         self._sessions = resources.sessions
-        self._engine = resources.engine
-        self._reads = read_engine(resources.engine)
+        self._autocommit = resources.autocommit
         self._redis = resources.redis
         self._clock = resources.clock
         self._users = resources.users
@@ -63,6 +99,41 @@ class ReplyGenerator:
 
     async def generate(self, reply_id: uuid.UUID, *, final_try: bool) -> Outcome | None:
         """Stream the reply to completion. Raises RetryLater unless this is the `final_try`."""
+        started = await self._start(reply_id)
+        if not isinstance(started, _Started):
+            return started
+        reply, text, seq, turns = started.reply, started.text, started.seq, started.turns
+        response_id: str | None = None
+        saved_at = time.monotonic()
+        try:
+            async with asyncio.timeout(self._deadline):
+                async for chunk in self._model.stream(turns, self._system_instruction):
+                    seq += 1
+                    text += chunk.text
+                    response_id = chunk.response_id or response_id
+                    await publish(
+                        self._redis, reply_id, ReplyEvent(seq, chunk.text, MessageStatus.STREAMING)
+                    )
+                    if time.monotonic() - saved_at >= SAVE_EVERY_SECONDS:
+                        await self._save_progress(reply_id, text)
+                        saved_at = time.monotonic()
+        except TimeoutError:
+            exc = ModelError("the reply took too long", retryable=True, user_message=_TOO_SLOW)
+            return await self._model_failed(reply, text, seq, exc, final_try)
+        except ModelError as exc:
+            return await self._model_failed(reply, text, seq, exc, final_try)
+        await self._complete(reply_id, text, seq, response_id)
+        return Outcome(MessageStatus.COMPLETE, text)
+
+    async def _start(self, reply_id: uuid.UUID) -> _Started | Outcome | None:
+        claimed = await self._claim(reply_id)
+        if claimed is not None:  # the usual case: a new reply
+            return _Started(claimed, "", 0, await self._context(claimed))
+        return await self._resume(reply_id)
+
+    async def _resume(self, reply_id: uuid.UUID) -> _Started | Outcome | None:
+        """A rerun: a finished reply is left alone, an unfinished one continues from what
+        its subscribers were sent."""
         reply = await self._reply(reply_id)
         if reply is None or reply.role != MessageRole.ASSISTANT.value:
             log.warning("reply %s does not exist; nothing to do", reply_id)
@@ -85,27 +156,7 @@ class ReplyGenerator:
         _, turns = await asyncio.gather(self._set_streaming(reply_id, text), self._context(reply))
         if text:
             turns.append(Turn("model", text))  # continue the reply already under way
-        response_id: str | None = None
-        saved_at = time.monotonic()
-        try:
-            async with asyncio.timeout(self._deadline):
-                async for chunk in self._model.stream(turns, self._system_instruction):
-                    seq += 1
-                    text += chunk.text
-                    response_id = chunk.response_id or response_id
-                    await publish(
-                        self._redis, reply_id, ReplyEvent(seq, chunk.text, MessageStatus.STREAMING)
-                    )
-                    if time.monotonic() - saved_at >= SAVE_EVERY_SECONDS:
-                        await self._save_progress(reply_id, text)
-                        saved_at = time.monotonic()
-        except TimeoutError:
-            exc = ModelError("the reply took too long", retryable=True, user_message=_TOO_SLOW)
-            return await self._model_failed(reply, text, seq, exc, final_try)
-        except ModelError as exc:
-            return await self._model_failed(reply, text, seq, exc, final_try)
-        await self._complete(reply_id, text, seq, response_id)
-        return Outcome(MessageStatus.COMPLETE, text)
+        return _Started(reply, text, seq, turns)
 
     async def _model_failed(
         self, reply: Message, text: str, seq: int, exc: ModelError, final_try: bool
@@ -130,29 +181,24 @@ class ReplyGenerator:
         """The new message and the ten before it, oldest first; failed and unfinished replies left out."""
         if reply.reply_to_id is None:
             return []
-        query = (
-            sa.select(_MESSAGES.c.role, _MESSAGES.c.content)
-            .where(
-                _MESSAGES.c.chatroom_id == reply.chatroom_id,
-                _MESSAGES.c.id <= reply.reply_to_id,
-                _MESSAGES.c.status == MessageStatus.COMPLETE.value,
-                _MESSAGES.c.content != "",
-            )
-            .order_by(_MESSAGES.c.id.desc())
-            .limit(CONTEXT_MESSAGES + 1)
-        )
-        async with self._reads.connect() as connection:  # a read without an ORM session
-            rows = (await connection.execute(query)).all()
+        parameters = {"room_id": reply.chatroom_id, "last_id": reply.reply_to_id}
+        async with self._autocommit.connect() as connection:
+            rows = (await connection.execute(_CONTEXT, parameters)).all()
         return [
             Turn("user" if role == MessageRole.USER.value else "model", content)
             for role, content in reversed(rows)
         ]
 
     async def _reply(self, reply_id: uuid.UUID) -> Message | None:
-        async with self._reads.connect() as connection:
-            row = (
-                await connection.execute(sa.select(_MESSAGES).where(_MESSAGES.c.id == reply_id))
-            ).mappings().first()
+        async with self._autocommit.connect() as connection:
+            row = (await connection.execute(_REPLY, {"reply_id": reply_id})).mappings().first()
+        return Message(**row) if row is not None else None
+
+    async def _claim(self, reply_id: uuid.UUID) -> Message | None:
+        """The reply, now STREAMING, if it was PENDING; one statement."""
+        async with self._autocommit.begin() as connection:
+            parameters = {"reply_id": reply_id, "now": self._clock()}
+            row = (await connection.execute(_CLAIM, parameters)).mappings().first()
         return Message(**row) if row is not None else None
 
     async def _set_streaming(self, reply_id: uuid.UUID, text: str) -> None:
@@ -163,14 +209,9 @@ class ReplyGenerator:
 
     async def _update(self, reply_id: uuid.UUID, **values: object) -> bool:
         """Change an unfinished reply; False when it was already finished."""
-        async with self._engine.begin() as connection:  # one statement: no ORM session
-            result = await connection.execute(
-                sa.update(Message)
-                .where(col(Message.id) == reply_id, col(Message.status).in_(_IN_PROGRESS))
-                .values(updated_at=self._clock(), **values)
-                .returning(Message.id)
-            )
-            return result.first() is not None
+        parameters = {"reply_id": reply_id, "updated_at": self._clock(), **values}
+        async with self._autocommit.begin() as connection:
+            return (await connection.execute(_UPDATE_UNFINISHED, parameters)).first() is not None
 
     async def _complete(
         self, reply_id: uuid.UUID, text: str, seq: int, response_id: str | None

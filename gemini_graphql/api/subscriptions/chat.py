@@ -5,7 +5,7 @@ from collections.abc import AsyncGenerator
 import strawberry
 
 from gemini_graphql.api.context import Info
-from gemini_graphql.api.types.chat import MessageType, ReplyEvent
+from gemini_graphql.api.types.chat import ReplyEvent
 from gemini_graphql.errors import DomainError, ErrorCode
 from gemini_graphql.models import MessageRole
 
@@ -28,12 +28,13 @@ class ChatSubscriptions:
         reply = await messages.owned(user.id, message_id)
         if reply is None or reply.role != MessageRole.ASSISTANT.value:
             raise DomainError(ErrorCode.NOT_FOUND, "No such reply.", "messageId")
+        finished = reply if reply.is_finished else None  # a finished reply does not change
         async for event in messages.follow(context.services.relay, reply.id, max(after or 0, 0)):
-            stored = await messages.get(reply.id) if event.is_final else None
             yield ReplyEvent(
                 message_id=message_id,
                 seq=event.seq,
                 delta=event.delta,
                 status=event.status,
-                message=MessageType.of(stored) if stored else None,
+                reply_id=reply.id,
+                stored=finished,
             )

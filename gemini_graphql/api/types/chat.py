@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 
 import strawberry
@@ -23,6 +24,8 @@ MessageStatus = strawberry.enum(
     name="MessageStatus",
     description="USER messages are COMPLETE; a reply goes PENDING, STREAMING, then COMPLETE or FAILED.",
 )
+
+_FINAL = (DomainMessageStatus.COMPLETE, DomainMessageStatus.FAILED)
 
 
 @strawberry.type(name="Message")
@@ -172,6 +175,13 @@ class ReplyEvent:
     status: MessageStatus = strawberry.field(  # type: ignore[valid-type]
         description="STREAMING until the final event: COMPLETE or FAILED."
     )
-    message: MessageType | None = strawberry.field(
-        description="On the final event: the stored ASSISTANT message."
-    )
+    reply_id: strawberry.Private[uuid.UUID]
+    stored: strawberry.Private[Message | None] = None  # the finished row, when already read
+
+    @strawberry.field(description="On the final event: the stored ASSISTANT message.")
+    async def message(self, info: Info) -> MessageType | None:
+        """Read only when selected: most clients ask for the deltas alone."""
+        if self.status not in _FINAL:
+            return None
+        stored = self.stored or await info.context.services.messages.get(self.reply_id)
+        return MessageType.of(stored) if stored else None
