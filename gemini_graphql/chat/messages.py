@@ -32,10 +32,17 @@ _ROOMS = Chatroom.__table__  # type: ignore[attr-defined]
 _MESSAGES = Message.__table__  # type: ignore[attr-defined]
 # Built once: SQLAlchemy then works out their compiled-cache keys once, not per call.
 _BY_ID = sa.select(_MESSAGES).where(_MESSAGES.c.id == sa.bindparam("id"))
+_BUMP_ROOM = (
+    sa.update(_ROOMS)
+    .where(_ROOMS.c.id == sa.bindparam("room_id"), _ROOMS.c.user_id == sa.bindparam("owner_id"))
+    .values(updated_at=sa.bindparam("now"))
+    .returning(_ROOMS.c.id)
+)
+_INSERT_MESSAGES = sa.insert(_MESSAGES)
 _OWNED = (
     sa.select(_MESSAGES)
     .join(_ROOMS, _ROOMS.c.id == _MESSAGES.c.chatroom_id)
-    .where(_MESSAGES.c.id == sa.bindparam("id"), _ROOMS.c.user_id == sa.bindparam("user_id"))
+    .where(_MESSAGES.c.id == sa.bindparam("id"), _ROOMS.c.user_id == sa.bindparam("owner_id"))
 )
 
 
@@ -91,19 +98,14 @@ class Messages:
         # path). Locks are taken room first, then user, like every other writer of both.
         async with self._engine.begin() as connection:
             bumped = await connection.execute(
-                sa.update(_ROOMS)
-                .where(_ROOMS.c.id == room_id, _ROOMS.c.user_id == user_id)
-                .values(updated_at=now)
-                .returning(_ROOMS.c.id)
+                _BUMP_ROOM, {"room_id": room_id, "owner_id": user_id, "now": now}
             ) if room_id else None
             if bumped is None or bumped.first() is None:
                 raise _room_not_found()
             usage = await consume_one(connection, user_id, self._settings, now)
             if usage is None:
                 raise await _limit_reached(connection, user_id)
-            await connection.execute(
-                sa.insert(_MESSAGES), [_row(message), _row(reply)]
-            )
+            await connection.execute(_INSERT_MESSAGES, [_row(message), _row(reply)])
         await self._rooms_cache.invalidate(user_id)
         try:
             if not await enqueue_reply(self._queue, reply.id):
@@ -142,7 +144,7 @@ class Messages:
         message_id = parse_id(raw_id)
         if message_id is None:
             return None
-        return await self._one(_OWNED, {"id": message_id, "user_id": user_id})
+        return await self._one(_OWNED, {"id": message_id, "owner_id": user_id})
 
     async def get(self, message_id: uuid.UUID) -> Message | None:
         return await self._one(_BY_ID, {"id": message_id})

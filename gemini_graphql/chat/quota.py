@@ -14,6 +14,35 @@ from gemini_graphql.config import Settings
 from gemini_graphql.models import Tier, User
 
 
+_USERS = User.__table__  # type: ignore[attr-defined]
+_TODAY = sa.bindparam("today", type_=sa.Date)
+# Built once (it runs on every send): SQLAlchemy then works out its cache key once.
+_CONSUME_ONE = (
+    sa.update(_USERS)
+    .where(
+        _USERS.c.id == sa.bindparam("user_id"),
+        sa.or_(
+            _USERS.c.last_message_date.is_distinct_from(_TODAY),
+            _USERS.c.daily_message_count
+            < sa.case(
+                (
+                    _USERS.c.subscription_tier == Tier.PRO.value,
+                    sa.bindparam("pro_limit", type_=sa.Integer),
+                ),
+                else_=sa.bindparam("basic_limit", type_=sa.Integer),
+            ),
+        ),
+    )
+    .values(
+        daily_message_count=sa.case(
+            (_USERS.c.last_message_date == _TODAY, _USERS.c.daily_message_count + 1), else_=1
+        ),
+        last_message_date=_TODAY,
+    )
+    .returning(_USERS.c.daily_message_count, _USERS.c.subscription_tier)
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     used: int
@@ -50,29 +79,13 @@ async def consume_one(
     each re-checks the condition, so N parallel sends against a limit of 5
     accept exactly 5.
     """
-    today = utc_day(now)
-    limit = sa.case(
-        (User.subscription_tier == Tier.PRO.value, settings.pro_daily_limit),
-        else_=settings.basic_daily_limit,
-    )
-    result = await session.execute(
-        sa.update(User)
-        .where(
-            col(User.id) == user_id,
-            sa.or_(
-                col(User.last_message_date).is_distinct_from(today),
-                User.daily_message_count < limit,
-            ),
-        )
-        .values(
-            daily_message_count=sa.case(
-                (col(User.last_message_date) == today, User.daily_message_count + 1), else_=1
-            ),
-            last_message_date=today,
-        )
-        .returning(User.daily_message_count, User.subscription_tier)
-        .execution_options(synchronize_session=False)
-    )
+    parameters = {
+        "user_id": user_id,
+        "today": utc_day(now),
+        "pro_limit": settings.pro_daily_limit,
+        "basic_limit": settings.basic_daily_limit,
+    }
+    result = await session.execute(_CONSUME_ONE, parameters)
     row = result.first()
     if row is None:
         return None
