@@ -2,10 +2,13 @@
 event) at a subscribed websocket client, with 1 and with 50 conversations at once.
 Baseline in the same run: google-genai's own time to the first chunk from the fake Gemini.
 
-A conversation sends its next message after the reply to the previous one ended, then a
-pause: none (back to back, which measures how queues grow when the machine is saturated)
-or PAUSE_SECONDS (still far quicker than a person types; 50 such conversations send about
-45 messages a second).
+A conversation sends its next message after the reply to the previous one ended and a
+pause (uniform in a range, so conversations do not fall in step, and before the first
+message too, so they start at different times). 50 conversations run at three paces:
+- PEOPLE: 3-9 s, a person reading the reply and typing the next message quickly (about
+  6 messages a second in all): the target's case;
+- HURRIED: 0.5-1.5 s, far quicker than anyone types (about 30 a second on 2 CPUs);
+- back to back, no pause: the machine saturates and this measures queues.
 """
 
 from __future__ import annotations
@@ -14,19 +17,22 @@ import asyncio
 import json
 import random
 import time
+from dataclasses import dataclass
 
 import httpx
 import websockets
 from google import genai
 from google.genai import types
 
+from bench.cpu import CpuMeter, CpuUse
 from bench.stack import Stack
 from tests.fakes.gemini import API_KEY
 
 SEND = 'mutation($r: ID!) { sendMessage(input: {chatroomId: $r, content: "hello"}) { reply { id } errors { code } } }'
 STREAM = "subscription($id: ID!) { messageStream(messageId: $id) { seq status } }"
 ROOM = 'mutation($t: String!) { createChatroom(input: {title: $t}) { chatroom { id } } }'
-PAUSE_SECONDS = (0.5, 1.5)  # uniform, so conversations do not fall in step
+PEOPLE = (3.0, 9.0)  # seconds between a reply and the next message
+HURRIED = (0.5, 1.5)
 
 
 async def sdk_first_chunk(stack: Stack, rounds: int) -> list[float]:
@@ -47,7 +53,7 @@ async def sdk_first_chunk(stack: Stack, rounds: int) -> list[float]:
 
 
 async def conversation(
-    stack: Stack, http: httpx.AsyncClient, messages: int, *, pause: bool = False
+    stack: Stack, http: httpx.AsyncClient, messages: int, pause: tuple[float, float] | None = None
 ) -> tuple[list[float], list[float]]:
     room = (await stack.gql(http, ROOM, {"t": "conversation"}))["createChatroom"]["chatroom"]["id"]
     first_delta, final_event = [], []
@@ -55,8 +61,8 @@ async def conversation(
         await ws.send(json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {stack.token}"}}))
         await ws.recv()
         for index in range(messages):
-            if pause:  # before the first message too, so conversations start at different times
-                await asyncio.sleep(random.uniform(*PAUSE_SECONDS))
+            if pause:
+                await asyncio.sleep(random.uniform(*pause))
             sent = await stack.gql(http, SEND, {"r": room})
             returned = time.perf_counter()
             if sent["sendMessage"]["reply"] is None:
@@ -78,17 +84,36 @@ async def conversation(
     return first_delta, final_event
 
 
-async def time_to_first_word(stack: Stack, total: int = 200) -> dict[str, dict[str, list[float]]]:
-    results: dict[str, dict[str, list[float]]] = {}
+@dataclass
+class Run:
+    first: list[float]  # sendMessage returned -> first delta, seconds
+    final: list[float]  # sendMessage returned -> final event
+    seconds: float  # the whole run
+    cpu: CpuUse
+
+
+RUNS = {  # name: (conversations, pause)
+    "1": (1, None),
+    "50 people": (50, PEOPLE),
+    "50 hurried": (50, HURRIED),
+    "50 back to back": (50, None),
+}
+
+
+async def time_to_first_word(stack: Stack, total: int = 200) -> tuple[dict[str, Run], list[float]]:
+    """The RUNS by name, and google-genai's own time to the first chunk."""
+    runs: dict[str, Run] = {}
     async with httpx.AsyncClient(base_url=stack.url, timeout=60, limits=httpx.Limits(max_connections=100)) as http:
         await conversation(stack, http, 5)  # warm up
-        for conversations, pause in ((1, False), (50, True), (50, False)):
-            runs = await asyncio.gather(*(
-                conversation(stack, http, total // conversations, pause=pause) for _ in range(conversations)
+        for name, (conversations, pause) in RUNS.items():
+            meter, started = CpuMeter(), time.perf_counter()
+            results = await asyncio.gather(*(
+                conversation(stack, http, total // conversations, pause) for _ in range(conversations)
             ))
-            results[f"{conversations}{' paused' if pause else ''}"] = {
-                "first": [t for first, _ in runs for t in first],
-                "final": [t for _, final in runs for t in final],
-            }
-    results["sdk"] = {"first": await sdk_first_chunk(stack, total)}
-    return results
+            runs[name] = Run(
+                first=[t for first, _ in results for t in first],
+                final=[t for _, final in results for t in final],
+                seconds=time.perf_counter() - started,
+                cpu=meter.stop(),
+            )
+    return runs, await sdk_first_chunk(stack, total)
