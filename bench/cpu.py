@@ -16,6 +16,7 @@ ROLES = (
     ("api", "gemini_graphql\0serve"),
     ("worker", "gemini_graphql\0worker"),
     ("fake Gemini", "bench.fake_gemini"),
+    ("websocket client", "bench.stream_client"),
     ("PostgreSQL", "postgres"),
     ("Redis", "redis-server"),
 )

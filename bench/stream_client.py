@@ -11,6 +11,7 @@ import json
 import sys
 import time
 
+import uvloop
 import websockets
 
 STREAM = "subscription($id: ID!) { messageStream(messageId: $id) { seq delta } }"
@@ -75,4 +76,4 @@ async def main(url: str, token: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    uvloop.run(main(sys.argv[1], sys.argv[2]))
