@@ -56,6 +56,13 @@ class ReplyEvent:
         return cls(seq=int(data["seq"]), delta=data["delta"], status=MessageStatus(data["status"]))
 
 
+_MESSAGE = (b"message", "message")  # a pub/sub message's kind, as bytes or decoded
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 # Handed to every subscriber when the relay had to reconnect: events may have been missed.
 RESYNC = ReplyEvent(seq=-1, delta="", status=MessageStatus.STREAMING)
 
@@ -236,7 +243,7 @@ class Relay:
             try:
                 # No timeout: blocking reads cost no timer per message (a dropped connection
                 # still raises at once).
-                message = await self._pubsub.get_message(timeout=None)
+                response = await self._pubsub.parse_response(block=True)
             except (RedisError, OSError) as exc:  # reconnects (and resubscribes) on the next read
                 log.warning("relay lost its Redis connection: %s", exc)
                 for watcher in self._watchers.values():
@@ -245,21 +252,24 @@ class Relay:
                 for channel in list(self._mailboxes):
                     self._dispatch_event(channel, RESYNC)
                 continue
-            if message is None:
+            if isinstance(response, list) and response[0] in _MESSAGE:
+                # The hot path (thousands a second) skips redis-py's message dict.
+                self._deliver(_text(response[1]), response[2])
                 continue
-            channel = message["channel"]
-            channel = channel.decode() if isinstance(channel, bytes) else channel
-            watcher = self._watchers.get(channel)
-            if message["type"] == "subscribe":
+            # (Un)subscribe confirmations through redis-py, which keeps its books on them.
+            message = await self._pubsub.handle_message(response)
+            if message is not None and message["type"] == "subscribe":
+                channel = _text(message["channel"])
                 if (confirmed := self._confirmed.get(channel)) and not confirmed.done():
                     confirmed.set_result(None)
-                if watcher is not None:
+                if (watcher := self._watchers.get(channel)) is not None:
                     watcher.resume()
-            elif message["type"] == "message":
-                if watcher is not None:
-                    watcher.deliver(message["data"])
-                else:
-                    self._dispatch(channel, message["data"])
+
+    def _deliver(self, channel: str, data: bytes) -> None:
+        if (watcher := self._watchers.get(channel)) is not None:
+            watcher.deliver(data)
+        else:
+            self._dispatch(channel, data)
 
     def _dispatch(self, channel: str, data: bytes) -> None:
         try:
