@@ -11,6 +11,7 @@ import os
 import threading
 import time
 import uuid
+from datetime import datetime
 
 _lock = threading.Lock()
 _last_ms = 0
@@ -34,6 +35,11 @@ def new_id() -> uuid.UUID:
     rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
     value = (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand_b
     return uuid.UUID(int=value)
+
+
+def id_floor(at: datetime) -> uuid.UUID:
+    """The smallest id made at `at` or later: bounds a scan of a primary key by time."""
+    return uuid.UUID(int=int(at.timestamp() * 1000) << 80)
 
 
 def parse_id(raw: str) -> uuid.UUID | None:

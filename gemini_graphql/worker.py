@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 from arq import Retry
+from arq.cron import cron
 from arq.worker import Worker, func
 
 from gemini_graphql.ai.gemini import GeminiModel
@@ -16,7 +17,13 @@ from gemini_graphql.ai.offline import OfflineModel
 from gemini_graphql.chat.replies import ReplyGenerator, RetryLater
 from gemini_graphql.clock import Clock, utc_now
 from gemini_graphql.config import Settings
-from gemini_graphql.reply_queue import GENERATE_REPLY, IDLE_POLL_SECONDS, WAKE_CHANNEL, Wakeups
+from gemini_graphql.reply_queue import (
+    GENERATE_REPLY,
+    IDLE_POLL_SECONDS,
+    WAKE_CHANNEL,
+    Wakeups,
+    enqueue_reply,
+)
 from gemini_graphql.resources import Resources
 from gemini_graphql.streaming import Relay
 
@@ -70,6 +77,20 @@ class ReplyWorker(Worker):
         await self.wakeups.wait()
 
 
+async def requeue_stranded_replies(ctx: dict[str, Any]) -> int:
+    """Every minute (and at start): queue again the replies whose job was never queued.
+
+    arq refuses a job id it already holds, so a reply whose job merely waits is left alone.
+    """
+    generator: ReplyGenerator = ctx["generator"]
+    requeued = 0
+    for reply_id in await generator.stranded():
+        requeued += await enqueue_reply(ctx["resources"].redis, reply_id)
+    if requeued:
+        log.warning("queued %d stranded replies again", requeued, extra={"outcome": "requeued"})
+    return requeued
+
+
 def default_model(settings: Settings) -> ChatModel:
     """Gemini with a key; otherwise the offline model (production refuses to start without one)."""
     return GeminiModel(settings) if settings.gemini_api_key else OfflineModel()
@@ -113,6 +134,8 @@ def build_worker(
     return ReplyWorker(
         wakeups=wakeups,
         functions=[func(generate_reply, name=GENERATE_REPLY, max_tries=MAX_TRIES + 1)],
+        # Once a minute across all workers (arq runs each tick's job once), and at each start.
+        cron_jobs=[cron(requeue_stranded_replies, run_at_startup=True)],
         redis_pool=resources.redis,
         on_startup=startup,
         on_shutdown=shutdown,

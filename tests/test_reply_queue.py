@@ -72,3 +72,29 @@ async def test_enqueue_announces_each_new_job_once(redis_client) -> None:
     assert notices == [WAKE_CHANNEL.encode()]
     assert await redis_client.zscore(default_queue_name, reply_job_id(reply_id)) is not None
     await pubsub.aclose()
+
+
+async def test_a_reply_whose_job_was_never_queued_is_queued_again(
+    live: Live, chat_settings, clock, sms: RecordingSms, redis_client, pg
+) -> None:
+    """sendMessage's process dying between its commit and its enqueue leaves a PENDING reply
+    with no job: workers queue such replies again once they are old enough."""
+    user, room_id = await user_with_room(live.http, sms)
+
+    async def send_and_lose_its_job() -> str:
+        reply_id = (await send(live.http, user.token, room_id))["reply"]["id"]
+        job_id = reply_job_id(uuid.UUID(reply_id))
+        await redis_client.delete(f"arq:job:{job_id}")
+        await redis_client.zrem(default_queue_name, job_id)
+        return reply_id
+
+    stranded = await send_and_lose_its_job()
+    clock.advance(seconds=150)  # older than STRANDED_AFTER
+    recent = await send_and_lose_its_job()
+
+    async with running_worker(chat_settings, clock, idle_poll_seconds=NEVER):
+        assert (await wait_finished(pg, stranded, timeout=10))["status"] == "complete"
+        await asyncio.sleep(0.5)
+    row = await pg.fetchrow("SELECT status FROM messages WHERE id = $1", uuid.UUID(recent))
+    assert row["status"] == "pending"  # too recent: its job may still be on its way
+    assert not await redis_client.exists(f"arq:job:{reply_job_id(uuid.UUID(recent))}")

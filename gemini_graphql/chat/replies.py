@@ -14,12 +14,14 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlmodel import col, select
 
 from gemini_graphql.ai.model import ChatModel, ModelError, Turn
 from gemini_graphql.chat.quota import give_back_one, utc_day
+from gemini_graphql.ids import id_floor
 from gemini_graphql.models import Chatroom, Message, MessageRole, MessageStatus
 from gemini_graphql.resources import Resources
 from gemini_graphql.streaming import ReplyEvent, history, publish
@@ -27,6 +29,10 @@ from gemini_graphql.streaming import ReplyEvent, history, publish
 log = logging.getLogger(__name__)
 
 CONTEXT_MESSAGES = 10  # earlier messages sent along with the new one
+# A reply still PENDING this long after sendMessage has no job: its api process died between
+# committing and queueing (or Redis lost the queue). Looked for within STRANDED_WITHIN.
+STRANDED_AFTER = timedelta(minutes=2)
+STRANDED_WITHIN = timedelta(hours=1)
 SAVE_EVERY_SECONDS = 1.0  # how often the growing text is written to the row
 _IN_PROGRESS = (MessageStatus.PENDING.value, MessageStatus.STREAMING.value)
 _MESSAGES = Message.__table__  # type: ignore[attr-defined]
@@ -48,6 +54,17 @@ _UPDATE_UNFINISHED = (  # SET takes the columns named in the parameters
     .returning(_MESSAGES.c.id)
 )
 _REPLY = sa.select(_MESSAGES).where(_MESSAGES.c.id == sa.bindparam("reply_id"))
+_STRANDED = (  # a range of the primary key (ids are time-ordered), not a scan of the table
+    sa.select(_MESSAGES.c.id)
+    .where(
+        _MESSAGES.c.id >= sa.bindparam("since_id"),
+        _MESSAGES.c.status == MessageStatus.PENDING.value,
+        _MESSAGES.c.role == MessageRole.ASSISTANT.value,
+        _MESSAGES.c.created_at < sa.bindparam("before"),
+    )
+    .order_by(_MESSAGES.c.id)
+    .limit(1000)
+)
 _CONTEXT = (
     sa.select(_MESSAGES.c.role, _MESSAGES.c.content)
     .where(
@@ -124,6 +141,13 @@ class ReplyGenerator:
             return await self._model_failed(reply, text, seq, exc, final_try)
         await self._complete(reply_id, text, seq, response_id)
         return Outcome(MessageStatus.COMPLETE, text)
+
+    async def stranded(self) -> list[uuid.UUID]:
+        """Replies left PENDING without a job (see STRANDED_AFTER), oldest first."""
+        now = self._clock()
+        parameters = {"since_id": id_floor(now - STRANDED_WITHIN), "before": now - STRANDED_AFTER}
+        async with self._autocommit.connect() as connection:
+            return list((await connection.execute(_STRANDED, parameters)).scalars())
 
     async def _start(self, reply_id: uuid.UUID) -> _Started | Outcome | None:
         claimed = await self._claim(reply_id)
