@@ -19,24 +19,32 @@ from tests.test_replies import wait_finished
 NEVER = 3600.0  # an idle interval no test waits for
 
 
+async def listening_for_notices(redis_client) -> None:
+    async with asyncio.timeout(10):
+        while (await redis_client.pubsub_numsub(WAKE_CHANNEL))[0][1] < 1:
+            await asyncio.sleep(0.02)
+
+
 async def test_a_queued_reply_wakes_an_idle_worker(
-    live: Live, chat_settings, clock, sms: RecordingSms, pg
+    live: Live, chat_settings, clock, sms: RecordingSms, redis_client, pg
 ) -> None:
     user, room_id = await user_with_room(live.http, sms)
     async with running_worker(chat_settings, clock, idle_poll_seconds=NEVER):
-        await asyncio.sleep(0.5)  # past its first poll: idle, waiting
+        await listening_for_notices(redis_client)
+        await asyncio.sleep(0.2)  # past its first polls: idle, waiting
         for _ in range(3):
             sent = await send(live.http, user.token, room_id)
             assert (await wait_finished(pg, sent["reply"]["id"], timeout=10))["status"] == "complete"
 
 
 async def test_a_deferred_retry_wakes_its_worker_when_due(
-    live: Live, chat_settings, clock, sms: RecordingSms, fake_gemini, pg
+    live: Live, chat_settings, clock, sms: RecordingSms, fake_gemini, redis_client, pg
 ) -> None:
     fake, _ = fake_gemini
     fake.script(Script(status=503), Script(status=503), Script(chunks=["third ", "time"]))
     user, room_id = await user_with_room(live.http, sms)
     async with running_worker(chat_settings, clock, idle_poll_seconds=NEVER):
+        await listening_for_notices(redis_client)
         sent = await send(live.http, user.token, room_id)
         reply = await wait_finished(pg, sent["reply"]["id"], timeout=10)
     assert (reply["status"], reply["content"]) == ("complete", "third time")
@@ -92,7 +100,8 @@ async def test_a_reply_whose_job_was_never_queued_is_queued_again(
     clock.advance(seconds=150)  # older than STRANDED_AFTER
     recent = await send_and_lose_its_job()
 
-    async with running_worker(chat_settings, clock, idle_poll_seconds=NEVER):
+    # The sweep is an arq cron job, queued without a notice: the idle poll finds it.
+    async with running_worker(chat_settings, clock, idle_poll_seconds=0.2):
         assert (await wait_finished(pg, stranded, timeout=10))["status"] == "complete"
         await asyncio.sleep(0.5)
     row = await pg.fetchrow("SELECT status FROM messages WHERE id = $1", uuid.UUID(recent))
