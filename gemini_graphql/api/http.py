@@ -3,14 +3,13 @@
 Strawberry's HTTP view runs a pipeline of adapters and extension hooks for every request
 that costs more than our authentication and data access together. Here a request is a
 cached document lookup and one `execute` with Strawberry's own execution context, so
-resolvers see exactly what they see over the websocket, which stays with Strawberry
-(as does the GraphiQL page).
+resolvers see exactly what they see over the websocket (`api.websocket` runs the same
+way). Only the GraphiQL page is still Strawberry's view.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -22,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gemini_graphql.api.context import Context
 from gemini_graphql.api.documents import Documents, Prepared
 from gemini_graphql.api.errors import BAD_REQUEST, apply_error_policy
-from gemini_graphql.api.execution import run
+from gemini_graphql.api.execution import GraphQLParams, InvalidParams, run
 from gemini_graphql.api.response_cache import response_key
 from gemini_graphql.chat.quota import utc_day
 
@@ -35,13 +34,6 @@ _MEDIA_TYPES = {
     "application/*": JSON,
     "*/*": JSON,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class GraphQLParams:
-    query: str
-    variables: dict[str, Any] | None
-    operation_name: str | None
 
 
 class BadRequest(Exception):
@@ -174,13 +166,10 @@ async def _read_params(request: Request) -> GraphQLParams:
                 variables = json.loads(variables)
             except ValueError:
                 raise BadRequest("`variables` is not valid JSON.") from None
-    if not isinstance(query, str) or not query.strip():
-        raise BadRequest("No GraphQL query found in the request (`query` must be a string).")
-    if variables is not None and not isinstance(variables, dict):
-        raise BadRequest("`variables` must be a JSON object.")
-    if operation_name is not None and not isinstance(operation_name, str):
-        raise BadRequest("`operationName` must be a string.")
-    return GraphQLParams(query, variables, operation_name)
+    try:
+        return GraphQLParams.of(query, variables, operation_name)
+    except InvalidParams as error:
+        raise BadRequest(str(error)) from None
 
 
 async def _body(request: Request) -> bytes:

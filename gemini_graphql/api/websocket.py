@@ -29,7 +29,7 @@ from starlette.websockets import WebSocket
 from gemini_graphql.api.context import Context
 from gemini_graphql.api.documents import Documents
 from gemini_graphql.api.errors import apply_error_policy
-from gemini_graphql.api.execution import run, subscription_executor
+from gemini_graphql.api.execution import GraphQLParams, InvalidParams, run, subscription_executor
 from gemini_graphql.api.subscription_events import FlatEvents
 from gemini_graphql.config import Settings
 from gemini_graphql.errors import Unauthenticated
@@ -59,9 +59,7 @@ class _Close(Exception):
 @dataclass(frozen=True, slots=True)
 class _Subscribe:
     id: str
-    query: str
-    variables: dict[str, Any] | None
-    operation_name: str | None
+    params: GraphQLParams
 
 
 class GraphQLWebSocket:
@@ -199,22 +197,23 @@ class _Connection:
             log.exception("websocket operation failed (request %s)", self._context.request_id)
 
     async def _operate(self, request: _Subscribe) -> None:
-        prepared = self._documents.prepare(request.query)
+        params = request.params
+        prepared = self._documents.prepare(params.query)
         if prepared.errors:
             await self._write({"id": request.id, "type": "error", "payload": list(prepared.errors)})
             return
-        kind = prepared.operation_type(request.operation_name)
+        kind = prepared.operation_type(params.operation_name)
         if kind is not OperationType.SUBSCRIPTION:  # a query or mutation: one result
             result = await run(
                 self._schema,
                 prepared.document,  # type: ignore[arg-type]
                 self._context,
-                request.variables,
-                request.operation_name,
+                params.variables,
+                params.operation_name,
             )
             await self._next(request.id, result)
         else:
-            source = await self._subscribe(prepared.document, request)  # type: ignore[arg-type]
+            source = await self._subscribe(prepared.document, params)  # type: ignore[arg-type]
             if isinstance(source, ExecutionResult):  # e.g. bad variables: nothing to stream
                 await self._next(request.id, source)
             else:
@@ -222,13 +221,13 @@ class _Connection:
         await self._write({"id": request.id, "type": "complete"})
 
     async def _subscribe(
-        self, document: DocumentNode, request: _Subscribe
+        self, document: DocumentNode, params: GraphQLParams
     ) -> AsyncGenerator[ExecutionResult, None] | ExecutionResult:
         """graphql-core's `subscribe`, with flat selections rendered without executing."""
 
         def build() -> Executor | list[GraphQLError]:
             return subscription_executor(
-                self._schema, document, self._context, request.variables, request.operation_name
+                self._schema, document, self._context, params.variables, params.operation_name
             )
 
         executor = build()
@@ -285,12 +284,10 @@ def _subscribe_message(message: dict[str, Any]) -> _Subscribe:
     op_id, payload = message.get("id"), message.get("payload")
     if not isinstance(op_id, str) or not op_id or not isinstance(payload, dict):
         raise _Close(4400, "A subscribe message needs an id and a payload")
-    query, variables = payload.get("query"), payload.get("variables")
-    operation_name = payload.get("operationName")
-    if not isinstance(query, str) or not query.strip():
-        raise _Close(4400, "The subscribe payload needs a query")
-    if variables is not None and not isinstance(variables, dict):
-        raise _Close(4400, "The subscribe payload's variables must be an object")
-    if operation_name is not None and not isinstance(operation_name, str):
-        raise _Close(4400, "The subscribe payload's operationName must be a string")
-    return _Subscribe(op_id, query, variables, operation_name)
+    try:
+        params = GraphQLParams.of(
+            payload.get("query"), payload.get("variables"), payload.get("operationName")
+        )
+    except InvalidParams as error:
+        raise _Close(4400, str(error)) from None
+    return _Subscribe(op_id, params)
