@@ -218,21 +218,22 @@ def _positive_int(raw: str) -> int:
     return value
 
 
-def _positive_float(raw: str) -> float:
+def _float(raw: str) -> float:
     try:
-        value = float(raw)
+        return float(raw)
     except ValueError:
         raise ValueError(f"expected a number, got {raw!r}") from None
-    if not value > 0:
+
+
+def _positive_float(raw: str) -> float:
+    value = _float(raw)
+    if not value > 0:  # `not`, so NaN is refused too
         raise ValueError(f"must be positive, got {raw}")
     return value
 
 
 def _non_negative_float(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"expected a number, got {raw!r}") from None
+    value = _float(raw)
     if not value >= 0:
         raise ValueError(f"must be 0 or more, got {raw}")
     return value

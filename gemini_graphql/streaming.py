@@ -37,6 +37,7 @@ RESYNC_AFTER_SECONDS = 30.0  # with no live event for this long, re-read the str
 CONFIRM_TIMEOUT_SECONDS = 10.0
 WATCH_RETRY_SECONDS = 1.0
 
+
 @dataclass(frozen=True, slots=True)
 class ReplyEvent:
     seq: int

@@ -11,7 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from arq.connections import ArqRedis
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel import col, select
 
 from gemini_graphql.chat.pages import Page, decode_id_cursor, encode_cursor, page_size
@@ -144,17 +144,10 @@ class Messages:
         message_id = parse_id(raw_id)
         if message_id is None:
             return None
-        return await self._one(_OWNED, {"id": message_id, "owner_id": user_id})
+        return await _one(self._autocommit, _OWNED, {"id": message_id, "owner_id": user_id})
 
     async def get(self, message_id: uuid.UUID) -> Message | None:
-        return await self._one(_BY_ID, {"id": message_id})
-
-    async def _one(self, statement: sa.Select[Any], parameters: dict[str, Any]) -> Message | None:
-        # Core on an autocommit connection: each subscription runs these, and an ORM
-        # session cost several times the query.
-        async with self._autocommit.connect() as connection:
-            row = (await connection.execute(statement, parameters)).mappings().first()
-        return Message(**row) if row is not None else None
+        return await message_by_id(self._autocommit, message_id)
 
     def follow(self, relay: Relay, reply_id: uuid.UUID, after: int) -> AsyncIterator[ReplyEvent]:
         """The reply's events after `after`; a finished reply whose stream expired is replayed
@@ -208,6 +201,20 @@ class Messages:
                 items = items[:size]
                 pages.append(Page(items=items, has_next=more, has_previous=cursor_id is not None))
         return pages
+
+
+async def message_by_id(autocommit: AsyncEngine, message_id: uuid.UUID) -> Message | None:
+    return await _one(autocommit, _BY_ID, {"id": message_id})
+
+
+async def _one(
+    autocommit: AsyncEngine, statement: sa.Select[Any], parameters: dict[str, Any]
+) -> Message | None:
+    # Core on an autocommit connection: subscriptions and replies run these all the time,
+    # and an ORM session cost several times the query.
+    async with autocommit.connect() as connection:
+        row = (await connection.execute(statement, parameters)).mappings().first()
+    return Message(**row) if row is not None else None
 
 
 async def _limit_reached(connection: AsyncConnection, user_id: uuid.UUID) -> DomainError:

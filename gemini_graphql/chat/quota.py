@@ -13,7 +13,6 @@ from sqlmodel import col
 from gemini_graphql.config import Settings
 from gemini_graphql.models import Tier, User
 
-
 _USERS = User.__table__  # type: ignore[attr-defined]
 _TODAY = sa.bindparam("today", type_=sa.Date)
 # Built once (it runs on every send): SQLAlchemy then works out its cache key once.

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 
 from gemini_graphql.ai.model import ChatModel, ModelError, Turn
+from gemini_graphql.chat.messages import message_by_id
 from gemini_graphql.chat.quota import give_back_one, utc_day
 from gemini_graphql.ids import id_floor
 from gemini_graphql.models import Chatroom, Message, MessageRole, MessageStatus
@@ -53,7 +54,6 @@ _UPDATE_UNFINISHED = (  # SET takes the columns named in the parameters
     .where(_MESSAGES.c.id == sa.bindparam("reply_id"), _MESSAGES.c.status.in_(_IN_PROGRESS))
     .returning(_MESSAGES.c.id)
 )
-_REPLY = sa.select(_MESSAGES).where(_MESSAGES.c.id == sa.bindparam("reply_id"))
 _STRANDED = (  # a range of the primary key (ids are time-ordered), not a scan of the table
     sa.select(_MESSAGES.c.id)
     .where(
@@ -158,7 +158,7 @@ class ReplyGenerator:
     async def _resume(self, reply_id: uuid.UUID) -> _Started | Outcome | None:
         """A rerun: a finished reply is left alone, an unfinished one continues from what
         its subscribers were sent."""
-        reply = await self._reply(reply_id)
+        reply = await message_by_id(self._autocommit, reply_id)
         if reply is None or reply.role != MessageRole.ASSISTANT.value:
             log.warning("reply %s does not exist; nothing to do", reply_id)
             return None
@@ -194,7 +194,7 @@ class ReplyGenerator:
 
     async def fail(self, reply_id: uuid.UUID, user_message: str) -> None:
         """Give up on a reply (e.g. after too many tries), keeping what was sent."""
-        reply = await self._reply(reply_id)
+        reply = await message_by_id(self._autocommit, reply_id)
         if reply is None or reply.is_finished:
             return
         sent = await history(self._redis, reply_id)
@@ -212,11 +212,6 @@ class ReplyGenerator:
             Turn("user" if role == MessageRole.USER.value else "model", content)
             for role, content in reversed(rows)
         ]
-
-    async def _reply(self, reply_id: uuid.UUID) -> Message | None:
-        async with self._autocommit.connect() as connection:
-            row = (await connection.execute(_REPLY, {"reply_id": reply_id})).mappings().first()
-        return Message(**row) if row is not None else None
 
     async def _claim(self, reply_id: uuid.UUID) -> Message | None:
         """The reply, now STREAMING, if it was PENDING; one statement."""
