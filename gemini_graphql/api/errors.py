@@ -17,6 +17,7 @@ from graphql import GraphQLError
 
 from gemini_graphql.errors import DomainError, InvalidArgument, RateLimited, Unauthenticated
 from gemini_graphql.errors import ErrorCode as DomainErrorCode
+from gemini_graphql.outages import RETRY_AFTER_SECONDS, is_outage
 
 log = logging.getLogger("gemini_graphql.errors")
 
@@ -26,7 +27,9 @@ UNAUTHENTICATED = "UNAUTHENTICATED"
 RATE_LIMITED = "RATE_LIMITED"
 BAD_REQUEST = "BAD_REQUEST"
 INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
+SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
 MASKED_MESSAGE = "Internal server error."
+UNAVAILABLE_MESSAGE = "The service is briefly unavailable. Please try again shortly."
 
 
 @strawberry.type(description="An expected failure of a mutation, for the client to show or act on.")
@@ -61,8 +64,11 @@ async def payload_or_errors(
     return build(result)
 
 
-def apply_error_policy(errors: list[GraphQLError], request_id: str | None) -> None:
-    """Give every error a code, in place; mask and log the unexpected ones."""
+def apply_error_policy(errors: list[GraphQLError], request_id: str | None) -> bool:
+    """Give every error a code, in place; mask and log the unexpected ones.
+
+    True when a dependency was unavailable (HTTP adds a Retry-After header then)."""
+    unavailable = False
     for error in errors:
         original = error.original_error
         if isinstance(original, Unauthenticated):
@@ -75,6 +81,22 @@ def apply_error_policy(errors: list[GraphQLError], request_id: str | None) -> No
             error.extensions = {"code": original.code.value}
             if original.field:
                 error.extensions["field"] = original.field
+        elif original is not None and is_outage(original):
+            # PostgreSQL or Redis is unreachable: nothing to mask, nothing the client did wrong.
+            log.warning(
+                "dependency unavailable in %s (request %s): %s",
+                ".".join(map(str, error.path or ())) or "operation",
+                request_id,
+                type(original).__name__,
+            )
+            error.message = UNAVAILABLE_MESSAGE
+            error.original_error = None
+            unavailable = True
+            error.extensions = {
+                "code": SERVICE_UNAVAILABLE,
+                "retryAfter": RETRY_AFTER_SECONDS,
+                "requestId": request_id,
+            }
         elif not error.path and (original is None or isinstance(original, GraphQLError)):
             # Parse, validation, document limits, variable coercion: the request is at fault.
             error.extensions = {"code": BAD_REQUEST}
@@ -88,3 +110,4 @@ def apply_error_policy(errors: list[GraphQLError], request_id: str | None) -> No
             error.message = MASKED_MESSAGE
             error.original_error = None
             error.extensions = {"code": INTERNAL_SERVER_ERROR, "requestId": request_id}
+    return unavailable

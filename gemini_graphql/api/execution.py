@@ -16,6 +16,11 @@ from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from gemini_graphql.api.context import Context
 
 
+# Deeper JSON in `variables` is refused: no input of the schema nests like that, and
+# encoding or inspecting it further down would recurse once per level.
+MAX_VARIABLES_DEPTH = 32
+
+
 class InvalidParams(ValueError):
     """A query, variables or operationName of the wrong shape; the message says which."""
 
@@ -33,9 +38,25 @@ class GraphQLParams:
             raise InvalidParams("No GraphQL query found in the request (`query` must be a string).")
         if variables is not None and not isinstance(variables, dict):
             raise InvalidParams("`variables` must be a JSON object.")
+        if variables and _nested_deeper(variables, MAX_VARIABLES_DEPTH):
+            raise InvalidParams(f"`variables` nests deeper than {MAX_VARIABLES_DEPTH} levels.")
         if operation_name is not None and not isinstance(operation_name, str):
             raise InvalidParams("`operationName` must be a string.")
         return cls(query, variables, operation_name)
+
+
+def _nested_deeper(value: object, limit: int) -> bool:
+    """Whether decoded JSON nests more than `limit` arrays or objects deep (no recursion)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:  # type: ignore[union-attr]
+            if isinstance(child, (dict, list)):
+                if depth >= limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 async def run(
@@ -44,8 +65,11 @@ async def run(
     context: Context,
     variables: dict[str, Any] | None,
     operation_name: str | None,
+    *,
+    hide_suggestions: bool,
 ) -> ExecutionResult:
-    """A query or mutation, to its one result."""
+    """A query or mutation, to its one result. `hide_suggestions` keeps schema names out of
+    variable errors (production: the schema is not public)."""
     result = execute(
         schema,
         document,
@@ -54,6 +78,7 @@ async def run(
         operation_name=operation_name,
         executor_class=StrawberryGraphQLCoreExecutionContext,
         is_awaitable=optimized_is_awaitable,
+        hide_suggestions=hide_suggestions,
     )
     if isawaitable(result):
         result = await result
@@ -66,6 +91,8 @@ def subscription_executor(
     context: Context,
     variables: dict[str, Any] | None,
     operation_name: str | None,
+    *,
+    hide_suggestions: bool,
 ) -> Executor | list[GraphQLError]:
     """The executor for a subscription (or the request errors that prevent one)."""
     return StrawberryGraphQLCoreExecutionContext.build(
@@ -75,4 +102,5 @@ def subscription_executor(
         raw_variable_values=variables,
         operation_name=operation_name,
         is_awaitable=optimized_is_awaitable,
+        hide_suggestions=hide_suggestions,
     )

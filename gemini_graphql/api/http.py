@@ -10,6 +10,7 @@ way). Only the GraphiQL page is still Strawberry's view.
 from __future__ import annotations
 
 import json
+import logging
 from functools import lru_cache
 from typing import Any
 
@@ -20,11 +21,20 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gemini_graphql.api.context import Context
 from gemini_graphql.api.documents import Documents, Prepared
-from gemini_graphql.api.errors import BAD_REQUEST, apply_error_policy
+from gemini_graphql.api.errors import (
+    BAD_REQUEST,
+    INTERNAL_SERVER_ERROR,
+    MASKED_MESSAGE,
+    SERVICE_UNAVAILABLE,
+    UNAVAILABLE_MESSAGE,
+    apply_error_policy,
+)
 from gemini_graphql.api.execution import GraphQLParams, InvalidParams, run
 from gemini_graphql.api.response_cache import response_key
 from gemini_graphql.chat.quota import utc_day
+from gemini_graphql.outages import RETRY_AFTER_SECONDS, is_outage
 
+log = logging.getLogger(__name__)
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 JSON = "application/json"
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode  # made once
@@ -70,7 +80,13 @@ class GraphQLOverHTTP:
             params = await _read_params(request)
         except BadRequest as error:
             return _json({"errors": [_bad_request(str(error))]}, media_type, 400)
+        # Past the body (whose failures the middleware answers): nothing escapes as a bare 500.
+        try:
+            return await self._answer(request, params, media_type)
+        except Exception as exc:  # noqa: BLE001 - answered as JSON: the connection stays usable
+            return _failure_response(exc, request, media_type)
 
+    async def _answer(self, request: Request, params: GraphQLParams, media_type: str) -> Response:
         prepared = self._documents.prepare(params.query)
         if prepared.errors:
             return _request_errors(list(prepared.errors), media_type)
@@ -119,7 +135,14 @@ class GraphQLOverHTTP:
     ) -> ExecutionResult:
         document = prepared.document
         assert document is not None
-        return await run(self._schema, document, context, params.variables, params.operation_name)
+        return await run(
+            self._schema,
+            document,
+            context,
+            params.variables,
+            params.operation_name,
+            hide_suggestions=self._documents.hide_suggestions,
+        )
 
 
 @lru_cache(maxsize=256)  # clients send a handful of distinct Accept headers
@@ -150,6 +173,8 @@ async def _read_params(request: Request) -> GraphQLParams:
             body = json.loads(await _body(request))
         except (ValueError, UnicodeDecodeError):
             raise BadRequest("The request body is not valid JSON.") from None
+        except RecursionError:
+            raise BadRequest("The request body nests too deeply.") from None
         if isinstance(body, list):
             raise BadRequest("Batched requests are not supported; send one operation per request.")
         if not isinstance(body, dict):
@@ -166,6 +191,8 @@ async def _read_params(request: Request) -> GraphQLParams:
                 variables = json.loads(variables)
             except ValueError:
                 raise BadRequest("`variables` is not valid JSON.") from None
+            except RecursionError:
+                raise BadRequest("`variables` nests too deeply.") from None
     try:
         return GraphQLParams.of(query, variables, operation_name)
     except InvalidParams as error:
@@ -187,11 +214,40 @@ async def _body(request: Request) -> bytes:
 def _execution_response(result: ExecutionResult, request_id: str, media_type: str) -> Response:
     if not result.errors:
         return _json({"data": result.data}, media_type, 200)
-    apply_error_policy(result.errors, request_id)
+    unavailable = apply_error_policy(result.errors, request_id)
     errors = [error.formatted for error in result.errors]
     if result.data is None and all(not error.path for error in result.errors):
-        return _request_errors(errors, media_type)  # e.g. variables: nothing was executed
-    return _json({"data": result.data, "errors": errors}, media_type, 200)
+        response = _request_errors(errors, media_type)  # e.g. variables: nothing was executed
+    else:
+        response = _json({"data": result.data, "errors": errors}, media_type, 200)
+    if unavailable:
+        response.headers["retry-after"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+def _failure_response(exc: Exception, request: Request, media_type: str) -> Response:
+    """What escaped execution (a dependency down outside a resolver, or a bug): a GraphQL
+    error with a code, never Starlette's bare 500, which would also close the connection."""
+    request_id = request.scope.get("state", {}).get("request_id")
+    if is_outage(exc):
+        log.warning("dependency unavailable (request %s): %s", request_id, type(exc).__name__)
+        error = {
+            "message": UNAVAILABLE_MESSAGE,
+            "extensions": {
+                "code": SERVICE_UNAVAILABLE,
+                "retryAfter": RETRY_AFTER_SECONDS,
+                "requestId": request_id,
+            },
+        }
+        response = _json({"errors": [error]}, media_type, 503)
+        response.headers["retry-after"] = str(RETRY_AFTER_SECONDS)
+        return response
+    log.error("unexpected error (request %s)", request_id, exc_info=exc)
+    error = {
+        "message": MASKED_MESSAGE,
+        "extensions": {"code": INTERNAL_SERVER_ERROR, "requestId": request_id},
+    }
+    return _json({"errors": [error]}, media_type, 500)
 
 
 def _request_errors(errors: list[dict[str, Any]], media_type: str) -> Response:

@@ -28,7 +28,7 @@ from starlette.websockets import WebSocket
 
 from gemini_graphql.api.context import Context
 from gemini_graphql.api.documents import Documents
-from gemini_graphql.api.errors import apply_error_policy
+from gemini_graphql.api.errors import BAD_REQUEST, apply_error_policy
 from gemini_graphql.api.execution import GraphQLParams, InvalidParams, run, subscription_executor
 from gemini_graphql.api.subscription_events import FlatEvents
 from gemini_graphql.config import Settings
@@ -39,12 +39,24 @@ log = logging.getLogger(__name__)
 
 PROTOCOL = "graphql-transport-ws"
 CONNECTION_INIT_TIMEOUT_SECONDS = 10.0
+# Operations running at once on one connection (each is a task and a Redis channel); as
+# Strawberry's max_subscriptions_per_connection.
+MAX_OPERATIONS = 100
+# A reader too slow for what it subscribed to: the server's buffer is full and this many
+# messages wait for it to drain, or one has waited this long. The connection is closed.
+MAX_WAITING_SENDS = 64
+MAX_SEND_WAIT_SECONDS = 30.0
+CLOSE_TIMEOUT_SECONDS = 1.0
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 class _Gone(Exception):
     """The socket closed under us: whatever was being sent has nobody to go to."""
+
+
+class _TooSlow(Exception):
+    """The client does not read what it subscribed to: its messages pile up here."""
 
 
 class _Close(Exception):
@@ -82,7 +94,10 @@ class GraphQLWebSocket:
             return
         await websocket.accept(subprotocol=PROTOCOL)
         context = Context.of(websocket)
-        await _Connection(self._schema, self._documents, context, receive, send).run()
+        connection = _Connection(
+            self._schema, self._documents, context, receive, send, self._settings.max_body_bytes
+        )
+        await connection.run()
 
 
 class _Connection:
@@ -90,28 +105,47 @@ class _Connection:
         "_acknowledged",
         "_context",
         "_documents",
+        "_main",
+        "_max_message",
         "_open",
         "_operations",
         "_receive",
         "_schema",
         "_send",
+        "_too_slow",
+        "_waiting",
+        "_waiting_since",
     )
 
     def __init__(
-        self, schema: Any, documents: Documents, context: Context, receive: Receive, send: Send
+        self,
+        schema: Any,
+        documents: Documents,
+        context: Context,
+        receive: Receive,
+        send: Send,
+        max_message: int,
     ) -> None:
         self._schema = schema
         self._documents = documents
         self._context = context
         self._receive = receive
         self._send = send
+        self._max_message = max_message  # characters, the same number as the body cap's bytes
         self._acknowledged = False
         self._open = True
         self._operations: dict[str, asyncio.Task[None]] = {}
+        self._main: asyncio.Task[Any] | None = None
+        self._too_slow = False
+        # Sends under way and when the oldest began: a send only waits when the server's
+        # buffer for this socket is full, so these cost no timer per message.
+        self._waiting = 0
+        self._waiting_since = 0.0
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         init_deadline = loop.time() + CONNECTION_INIT_TIMEOUT_SECONDS
+        self._main = asyncio.current_task()
         try:
             while self._open:
                 if self._acknowledged:
@@ -126,6 +160,18 @@ class _Connection:
             await self._close(close.code, close.reason)
         except _Gone:
             pass
+        except (_TooSlow, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                if not self._too_slow:
+                    raise
+                # Woken by an operation that found the reader too slow (see _write).
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            self._too_slow = True
+            log.warning(
+                "closed a websocket whose client did not read (request %s)",
+                self._context.request_id,
+            )
+            await self._close(1008, "Messages were not read fast enough")
         finally:
             for task in self._operations.values():
                 task.cancel()
@@ -141,11 +187,13 @@ class _Connection:
 
     async def _handle(self, frame: Message) -> None:
         text = frame.get("text")
-        if text is None and frame.get("bytes") is not None:
-            text = frame["bytes"].decode("utf-8", errors="replace")
+        if text is None:  # the protocol's messages are JSON text
+            raise _Close(4400, "WebSocket message type must be text")
+        if len(text) > self._max_message:  # the server's own frame cap is the first line
+            raise _Close(1009, f"Message too big (limit {self._max_message} bytes)")
         try:
-            message = json.loads(text or "")
-        except ValueError:
+            message = json.loads(text)
+        except (ValueError, RecursionError):
             raise _Close(4400, "Invalid message") from None
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             raise _Close(4400, "Invalid message")
@@ -157,7 +205,7 @@ class _Connection:
         elif kind == "pong":
             pass
         elif kind == "subscribe":
-            self._start(_subscribe_message(message))
+            await self._start(_subscribe_message(message))
         elif kind == "complete":
             if isinstance(message.get("id"), str) and (task := self._operations.get(message["id"])):
                 task.cancel()  # the client stopped it: no "complete" goes back
@@ -179,11 +227,16 @@ class _Connection:
         self._acknowledged = True
         await self._write({"type": "connection_ack"})
 
-    def _start(self, request: _Subscribe) -> None:
+    async def _start(self, request: _Subscribe) -> None:
         if not self._acknowledged:
             raise _Close(4401, "Unauthorized")
         if request.id in self._operations:
             raise _Close(4409, f"Subscriber for {request.id[:64]} already exists")
+        if len(self._operations) >= MAX_OPERATIONS:
+            message = f"Too many operations on this connection (at most {MAX_OPERATIONS} at once)."
+            error = {"message": message, "extensions": {"code": BAD_REQUEST}}
+            await self._write({"id": request.id, "type": "error", "payload": [error]})
+            return
         task = asyncio.create_task(self._run_operation(request))
         self._operations[request.id] = task
         task.add_done_callback(lambda _: self._operations.pop(request.id, None))
@@ -193,6 +246,10 @@ class _Connection:
             await self._operate(request)
         except _Gone:
             pass
+        except _TooSlow:
+            if not self._too_slow and self._main is not None and not self._main.done():
+                self._too_slow = True
+                self._main.cancel()  # once: run() closes the connection
         except Exception:
             log.exception("websocket operation failed (request %s)", self._context.request_id)
 
@@ -210,6 +267,7 @@ class _Connection:
                 self._context,
                 params.variables,
                 params.operation_name,
+                hide_suggestions=self._documents.hide_suggestions,
             )
             await self._next(request.id, result)
         else:
@@ -227,7 +285,12 @@ class _Connection:
 
         def build() -> Executor | list[GraphQLError]:
             return subscription_executor(
-                self._schema, document, self._context, params.variables, params.operation_name
+                self._schema,
+                document,
+                self._context,
+                params.variables,
+                params.operation_name,
+                hide_suggestions=self._documents.hide_suggestions,
             )
 
         executor = build()
@@ -248,7 +311,7 @@ class _Connection:
             async with aclosing(source):  # a stopped operation lets go of its source at once
                 async for result in source:
                     await self._next(op_id, result)
-        except _Gone:
+        except (_Gone, _TooSlow):
             raise
         except Exception as exc:  # noqa: BLE001 - graphql-core lets a resolver's error out here
             error = exc if isinstance(exc, GraphQLError) else GraphQLError(str(exc), original_error=exc)
@@ -264,19 +327,29 @@ class _Connection:
     async def _write(self, message: dict[str, Any]) -> None:
         if not self._open:
             raise _Gone
+        if self._waiting:  # the buffer was full at the last send: is the reader keeping up?
+            waited = asyncio.get_running_loop().time() - self._waiting_since
+            if self._waiting >= MAX_WAITING_SENDS or waited > MAX_SEND_WAIT_SECONDS:
+                raise _TooSlow
+        else:
+            self._waiting_since = asyncio.get_running_loop().time()
+        self._waiting += 1
         try:
             await self._send({"type": "websocket.send", "text": _encode(message)})
         except (OSError, RuntimeError):  # closed under us (uvicorn raises on a dead socket)
             self._open = False
             raise _Gone from None
+        finally:
+            self._waiting -= 1
 
     async def _close(self, code: int, reason: str) -> None:
-        if not self._open:
+        if not self._open and not self._too_slow:
             return
         self._open = False
-        try:
-            await self._send({"type": "websocket.close", "code": code, "reason": reason})
-        except (OSError, RuntimeError):
+        try:  # a full buffer holds back the close frame too: then the socket just ends
+            async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+                await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        except (OSError, RuntimeError, TimeoutError):
             pass
 
 
