@@ -79,6 +79,9 @@ class Settings:
     # How long a process may keep a user's row and room list between change notices
     # (bounds changes made outside the service, e.g. by hand in SQL); 0 keeps nothing.
     user_cache_seconds: float = 30.0
+    # A subscriber to a reply with no new event for this long gets an error naming the
+    # reply's status instead of waiting forever.
+    stream_idle_timeout_seconds: float = 300.0
 
     @property
     def is_production(self) -> bool:
@@ -143,6 +146,9 @@ class Settings:
             max_body_bytes=reader.get("MAX_BODY_BYTES", _positive_int, 1024 * 1024),
             redis_max_connections=reader.get("REDIS_MAX_CONNECTIONS", _positive_int, 32),
             user_cache_seconds=reader.get("USER_CACHE_SECONDS", _non_negative_float, 30.0),
+            stream_idle_timeout_seconds=reader.get(
+                "STREAM_IDLE_TIMEOUT_SECONDS", _positive_float, 300.0
+            ),
         )
         reader.problems.extend(settings.problems())
         if reader.problems:

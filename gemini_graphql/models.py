@@ -132,6 +132,9 @@ class Chatroom(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=TIMESTAMP)
 
 
+UNFINISHED_CONDITION = "status IN ('pending', 'streaming')"
+
+
 class Message(SQLModel, table=True):
     __tablename__ = "messages"
     __table_args__ = (
@@ -139,6 +142,14 @@ class Message(SQLModel, table=True):
         _check_in("status", MessageStatus, "ck_messages_status"),
         # Keyset pagination within a room: ids are time-ordered (UUIDv7).
         sa.Index("ix_messages_chatroom_id", "chatroom_id", "id"),
+        # The worker's sweep for replies nobody is working on, at any age: only unfinished
+        # replies are in it, so it stays small however long the history grows.
+        sa.Index(
+            "ix_messages_unfinished",
+            "updated_at",
+            postgresql_where=sa.text(UNFINISHED_CONDITION),
+            sqlite_where=sa.text(UNFINISHED_CONDITION),
+        ),
     )
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)

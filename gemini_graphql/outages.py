@@ -7,6 +7,9 @@ worker waits and tries again instead of failing the reply.
 
 from __future__ import annotations
 
+import logging
+import time
+
 import asyncpg
 import sqlalchemy.exc
 from redis import exceptions as redis_errors
@@ -46,3 +49,42 @@ def is_outage(exc: BaseException) -> bool:
         current = current.__cause__ or current.__context__
         seen += 1
     return False
+
+
+class Outage:
+    """A dependency's ups and downs as one process sees them: one log line when it goes and
+    one when it returns (not one per failed try), and a capped backoff between tries."""
+
+    def __init__(
+        self, log: logging.Logger, what: str, *, first_delay: float = 0.1, max_delay: float = 5.0
+    ) -> None:
+        self._log = log
+        self._what = what
+        self._first_delay = first_delay
+        self._max_delay = max_delay
+        self._delay = first_delay
+        self._since: float | None = None
+
+    @property
+    def down(self) -> bool:
+        return self._since is not None
+
+    def failed(self, exc: BaseException) -> float:
+        """Note a failed try; returns how long to wait before the next one."""
+        if self._since is None:
+            self._since = time.monotonic()
+            self._log.warning(
+                "%s unavailable (%s: %s); retrying until it returns",
+                self._what, type(exc).__name__, exc,
+            )
+        delay = self._delay
+        self._delay = min(self._delay * 2, self._max_delay)
+        return delay
+
+    def recovered(self) -> None:
+        if self._since is not None:
+            self._log.warning(
+                "%s available again after %.1fs", self._what, time.monotonic() - self._since
+            )
+        self._since = None
+        self._delay = self._first_delay

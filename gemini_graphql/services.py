@@ -10,7 +10,7 @@ from gemini_graphql.billing.webhooks import StripeWebhooks
 from gemini_graphql.chat.messages import Messages
 from gemini_graphql.chat.rooms import Rooms
 from gemini_graphql.resources import Resources
-from gemini_graphql.streaming import Relay
+from gemini_graphql.streaming import RESYNC_AFTER_SECONDS, Relay
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +33,11 @@ class Services:
             messages=Messages(resources, rooms.cache),
             billing=Billing(resources),
             webhooks=StripeWebhooks(resources),
-            relay=Relay(resources.redis),
+            # Quiet subscribers re-check often enough to notice a stalled reply in time.
+            relay=Relay(
+                resources.redis,
+                resync_after=min(RESYNC_AFTER_SECONDS, resources.settings.stream_idle_timeout_seconds / 3),
+            ),
         )
 
     async def close(self) -> None:

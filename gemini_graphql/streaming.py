@@ -26,7 +26,9 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from gemini_graphql.errors import DomainError, ErrorCode
 from gemini_graphql.models import MessageStatus
+from gemini_graphql.outages import Outage, is_outage
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,9 @@ SUBSCRIBER_QUEUE_SIZE = 1024
 RESYNC_AFTER_SECONDS = 30.0  # with no live event for this long, re-read the stream anyway
 CONFIRM_TIMEOUT_SECONDS = 10.0
 WATCH_RETRY_SECONDS = 1.0
+# A subscriber to a reply with no event for this long is told so (with the reply's status)
+# instead of waiting forever: a rerun after a dead worker or the sweep comes well before.
+IDLE_TIMEOUT_SECONDS = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +91,64 @@ async def publish(redis: Redis, message_id: uuid.UUID, event: ReplyEvent) -> Non
         )
         pipe.publish(channel_name(message_id), payload)
         await pipe.execute()
+
+
+class StreamWriter:
+    """One reply's events as its worker writes them, kept until the reply ends.
+
+    A write that fails because Redis is unreachable is tried again (with a capped backoff,
+    until `until` on the loop's clock) and the stream repaired: whatever the stream lacks,
+    even all of it after a restart that lost the data, is written again with the same seqs.
+    So subscribers, who catch up from the stream after the relay reconnects, see the
+    same events in the same order whatever Redis did meanwhile.
+    """
+
+    def __init__(self, redis: Redis, message_id: uuid.UUID, sent: list[ReplyEvent]) -> None:
+        self._redis = redis
+        self._message_id = message_id
+        self._events = list(sent)  # already in the stream
+        self._written = len(self._events)
+        self._repair = False
+        self._outage = Outage(log, "Redis (reply streams)")
+
+    @property
+    def last_seq(self) -> int:
+        return self._events[-1].seq if self._events else 0
+
+    async def write(self, event: ReplyEvent, *, until: float) -> None:
+        self._events.append(event)
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if self._repair:
+                    newest = await last_event(self._redis, self._message_id)
+                    have = newest.seq if newest is not None else 0
+                    self._written = sum(1 for sent in self._events if sent.seq <= have)
+                    self._repair = False
+                await self._write_missing()
+                self._outage.recovered()
+                return
+            except (RedisError, OSError) as exc:
+                if not is_outage(exc):
+                    raise
+                self._repair = True  # the write may or may not have happened: ask the stream
+                delay = self._outage.failed(exc)
+                if loop.time() + delay > until:
+                    raise
+                await asyncio.sleep(delay)
+
+    async def _write_missing(self) -> None:
+        missing = self._events[self._written :]
+        async with self._redis.pipeline(transaction=True) as pipe:
+            key = stream_key(self._message_id)
+            for event in missing:
+                payload = event.encode()
+                pipe.xadd(key, {"e": payload}, id=f"{event.seq}-0")
+                pipe.publish(channel_name(self._message_id), payload)
+            final = missing[-1].is_final
+            pipe.expire(key, FINISHED_TTL_SECONDS if final else LIVE_TTL_SECONDS)
+            await pipe.execute()
+        self._written = len(self._events)
 
 
 async def history(redis: Redis, message_id: uuid.UUID, after: int = 0) -> list[ReplyEvent]:
@@ -155,8 +218,10 @@ class Relay:
     subscriber re-reads its stream now and then without a timer of its own.
     """
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, resync_after: float = RESYNC_AFTER_SECONDS) -> None:
         self._redis = redis
+        self._resync_after = resync_after
+        self._outage = Outage(log, "Redis (pub/sub)")
         self._pubsub: PubSub | None = None
         self._mailboxes: dict[str, set[Mailbox]] = {}
         self._confirmed: dict[str, asyncio.Future[None]] = {}
@@ -246,13 +311,15 @@ class Relay:
                 # still raises at once).
                 response = await self._pubsub.parse_response(block=True)
             except (RedisError, OSError) as exc:  # reconnects (and resubscribes) on the next read
-                log.warning("relay lost its Redis connection: %s", exc)
-                for watcher in self._watchers.values():
-                    watcher.suspend()
-                await asyncio.sleep(0.5)
+                if not self._outage.down:
+                    for watcher in self._watchers.values():
+                        watcher.suspend()
+                await asyncio.sleep(self._outage.failed(exc))
+                continue
+            if self._outage.down:  # reconnected: whatever was published meanwhile is missed
+                self._outage.recovered()
                 for channel in list(self._mailboxes):
                     self._dispatch_event(channel, RESYNC)
-                continue
             if isinstance(response, list) and response[0] in _MESSAGE:
                 # The hot path (thousands a second) skips redis-py's message dict.
                 self._deliver(_text(response[1]), response[2])
@@ -288,8 +355,8 @@ class Relay:
     async def _resync_quiet(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(RESYNC_AFTER_SECONDS / 3)
-            quiet_since = loop.time() - RESYNC_AFTER_SECONDS
+            await asyncio.sleep(self._resync_after / 3)
+            quiet_since = loop.time() - self._resync_after
             for mailboxes in list(self._mailboxes.values()):
                 for mailbox in mailboxes:
                     if mailbox.last_put <= quiet_since:
@@ -310,52 +377,97 @@ class Relay:
             await self._pubsub.aclose()
 
 
+Stored = ReplyEvent | MessageStatus | None
+"""What the database says of a reply: its final event when finished, its status while not,
+None when it does not exist (any more)."""
+
+
 async def follow(
     redis: Redis,
     relay: Relay,
     message_id: uuid.UUID,
     after: int,
-    stored_final: Callable[[int], Awaitable[ReplyEvent | None]],
+    stored: Callable[[int], Awaitable[Stored]],
+    *,
+    idle_timeout: float = IDLE_TIMEOUT_SECONDS,
 ) -> AsyncIterator[ReplyEvent]:
     """Every event of a reply with seq > after, in order, each once, ending with the final one.
 
-    `stored_final(last_seq)` answers from the database when the stream is gone:
-    the final event of a finished reply, or None while it is still being made.
+    `stored(last_seq)` answers from the database when the stream cannot: the final event
+    of a finished reply (its stream expired or was lost), or the status of one still being
+    made. A reply with no event for `idle_timeout` ends with an error naming its status;
+    losing Redis ends with an error saying where to resume. Neither waits forever.
     """
     last = after
-    async with relay.listen(channel_name(message_id)) as mailbox:
-        must_read_stream = True
-        while True:
-            if must_read_stream:
-                must_read_stream = False
-                caught_up = await history(redis, message_id, last)
-                for event in caught_up:
-                    if event.seq == last + 1:
-                        last = event.seq
-                        yield event
-                        if event.is_final:
+    loop = asyncio.get_running_loop()
+    progressed = loop.time()
+    try:
+        async with relay.listen(channel_name(message_id)) as mailbox:
+            must_read_stream = True
+            while True:
+                if must_read_stream:
+                    must_read_stream = False
+                    caught_up = await history(redis, message_id, last)
+                    for event in caught_up:
+                        if event.seq == last + 1:
+                            last = event.seq
+                            progressed = loop.time()
+                            yield event
+                            if event.is_final:
+                                return
+                    if not caught_up:
+                        newest = await last_event(redis, message_id)
+                        if newest is not None and newest.seq > last:
+                            must_read_stream = True  # written since the read above: read again
+                            continue
+                        if newest is not None and newest.is_final:
+                            return  # `after` is already at (or past) the end
+                        if newest is not None and newest.seq < last:
+                            raise _restarted()
+                        state = await stored(last)
+                        if isinstance(state, ReplyEvent):
+                            yield state  # the stream expired or was lost: the database has it
                             return
-                if not caught_up:
-                    newest = await last_event(redis, message_id)
-                    if newest is None:
-                        if (final := await stored_final(last)) is not None:
-                            yield final  # the stream expired: the database has the reply
-                            return
-                    elif newest.seq > last:
-                        must_read_stream = True  # written since the read above: read again
-                        continue
-                    elif newest.is_final:
-                        return  # `after` is already at (or past) the end
-            event = await mailbox.get()
-            if event is RESYNC:  # a reconnect, or quiet for a while: make sure nothing was missed
-                must_read_stream = True
-                continue
-            if event.seq <= last:
-                continue  # already sent from the stream
-            if event.seq > last + 1:
-                must_read_stream = True  # a gap (a full queue, a reconnect): the stream has it
-                continue
-            last = event.seq
-            yield event
-            if event.is_final:
-                return
+                        if loop.time() - progressed > idle_timeout:
+                            raise _stalled(state, idle_timeout, last)
+                event = await mailbox.get()
+                if event is RESYNC:  # a reconnect, or quiet for a while: make sure nothing was missed
+                    must_read_stream = True
+                    continue
+                if event.seq <= last:
+                    continue  # already sent from the stream
+                if event.seq > last + 1:
+                    must_read_stream = True  # a gap (a full queue, a reconnect): the stream has it
+                    continue
+                last = event.seq
+                progressed = loop.time()
+                yield event
+                if event.is_final:
+                    return
+    except (RedisError, OSError) as exc:
+        if not is_outage(exc):
+            raise
+        raise DomainError(
+            ErrorCode.SERVICE_UNAVAILABLE,
+            "The reply's live stream was interrupted. Subscribe again with "
+            f"`after: {last}` to continue where you left off.",
+        ) from exc
+
+
+def _restarted() -> DomainError:
+    """The stream holds fewer events than were sent: Redis lost it and a rerun of the reply
+    began a new one from the text the database kept."""
+    return DomainError(
+        ErrorCode.SERVICE_UNAVAILABLE,
+        "The reply's stream was restarted. Subscribe again without `after` to receive the "
+        "reply from its start.",
+    )
+
+
+def _stalled(state: Stored, idle_timeout: float, last: int) -> DomainError:
+    status = state.value.upper() if isinstance(state, MessageStatus) else "unknown"
+    return DomainError(
+        ErrorCode.SERVICE_UNAVAILABLE,
+        f"The reply has made no progress for {idle_timeout:.0f} seconds (status {status}). "
+        f"Subscribe again with `after: {last}` to keep waiting.",
+    )

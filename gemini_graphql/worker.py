@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -10,6 +11,7 @@ from typing import Any
 from arq import Retry
 from arq.cron import cron
 from arq.worker import Worker, func
+from redis.exceptions import RedisError
 
 from gemini_graphql.ai.gemini import GeminiModel
 from gemini_graphql.ai.model import ChatModel
@@ -17,6 +19,7 @@ from gemini_graphql.ai.offline import OfflineModel
 from gemini_graphql.chat.replies import ReplyGenerator, RetryLater
 from gemini_graphql.clock import Clock, utc_now
 from gemini_graphql.config import Settings
+from gemini_graphql.outages import Outage, is_outage
 from gemini_graphql.reply_queue import (
     GENERATE_REPLY,
     IDLE_POLL_SECONDS,
@@ -31,7 +34,12 @@ log = logging.getLogger(__name__)
 
 # A killed worker's job becomes runnable again after the job timeout + 10 s (arq's in-progress
 # key): with the default WORKER_JOB_TIMEOUT_SECONDS of 45, within a minute.
-MAX_TRIES = 4  # model failures worth retrying, and reruns after a killed worker
+MAX_TRIES = 4  # model failures worth retrying
+# Every run of a job counts: model retries, waits for PostgreSQL or Redis to return, and
+# reruns after a killed worker. Past this the reply fails; a job lost even so (arq gave up
+# while the database was away) is found by the stranded-reply sweep.
+MAX_JOB_TRIES = 25
+OUTAGE_RETRY_MAX_SECONDS = 30.0
 CONCURRENT_JOBS = 50  # replies mostly wait on the network
 
 
@@ -41,16 +49,28 @@ async def generate_reply(ctx: dict[str, Any], reply_id: str) -> str | None:
     job_try: int = ctx["job_try"]
     started = time.perf_counter()
     context = {"job_id": ctx.get("job_id")}
-    if job_try > MAX_TRIES:  # its workers kept dying: stop, keeping what was sent
-        await generator.fail(uuid.UUID(reply_id), "The assistant could not finish this reply.")
-        log.warning("reply gave up after %d tries", job_try - 1, extra={**context, "outcome": "failed"})
-        return "failed"
     try:
+        if job_try > MAX_JOB_TRIES:  # it kept failing: stop, keeping what was sent
+            await generator.fail(uuid.UUID(reply_id), "The assistant could not finish this reply.")
+            log.warning("reply gave up after %d tries", job_try - 1, extra={**context, "outcome": "failed"})
+            return "failed"
         outcome = await generator.generate(uuid.UUID(reply_id), final_try=job_try >= MAX_TRIES)
     except RetryLater as exc:
         delay = settings.gemini_retry_base_seconds * 2 ** (job_try - 1)
         log.info(
             "reply retried in %.2fs (try %d): %s", delay, job_try, exc,
+            extra={**context, "outcome": "retry"},
+        )
+        ctx["wakeups"].wake_in(delay)
+        raise Retry(defer=delay) from exc
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        # PostgreSQL or Redis went away mid-reply: run it again once they are back (the
+        # rerun continues from what subscribers were sent).
+        delay = min(OUTAGE_RETRY_MAX_SECONDS, 0.5 * 2 ** (job_try - 1))
+        log.info(
+            "reply waits %.1fs for %s (try %d)", delay, type(exc).__name__, job_try,
             extra={**context, "outcome": "retry"},
         )
         ctx["wakeups"].wake_in(delay)
@@ -65,29 +85,66 @@ async def generate_reply(ctx: dict[str, Any], reply_id: str) -> str | None:
 
 
 class ReplyWorker(Worker):
-    """arq's Worker, polling its queue when woken (see reply_queue) instead of on a timer."""
+    """arq's Worker, polling its queue when woken (see reply_queue) instead of on a timer,
+    and outliving Redis: arq's own loop ends (and the process exits) at the first failed
+    poll; this one logs the outage once, waits with a capped backoff, and carries on."""
 
     def __init__(self, *args: Any, wakeups: Wakeups, **kwargs: Any) -> None:
         super().__init__(*args, poll_delay=0, **kwargs)
         self.wakeups = wakeups
+        self.redis_outage = Outage(log, "Redis (job queue)")
+
+    async def main(self) -> None:
+        while True:  # arq's start talks to Redis first: wait until it answers
+            try:
+                await self.pool.ping()
+            except (RedisError, OSError) as exc:
+                await asyncio.sleep(self.redis_outage.failed(exc))
+            else:
+                self.redis_outage.recovered()
+                break
+        await super().main()
 
     async def _poll_iteration(self) -> None:
         self.wakeups.clear()
-        await super()._poll_iteration()
+        try:
+            await super()._poll_iteration()
+        except (RedisError, OSError) as exc:
+            await asyncio.sleep(self.redis_outage.failed(exc))
+            return
+        self.redis_outage.recovered()
         await self.wakeups.wait()
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        try:
+            await super().start_jobs(job_ids)
+        except (RedisError, OSError):
+            # arq took a slot (its semaphore and job counter) for the job it was starting
+            # and gives it back only from the job's task, which never began: give it back,
+            # or each outage would leave the worker one job short for good.
+            self.job_counter -= 1
+            self.sem.release()
+            raise
 
 
 async def requeue_stranded_replies(ctx: dict[str, Any]) -> int:
-    """Every minute (and at start): queue again the replies whose job was never queued.
+    """Every minute (and at start): queue again the replies nobody is working on (see
+    ReplyGenerator.stranded), and fail those stranded too long to be worth finishing.
 
     arq refuses a job id it already holds, so a reply whose job merely waits is left alone.
     """
     generator: ReplyGenerator = ctx["generator"]
+    stranded = await generator.stranded()
+    for reply_id in stranded.give_up:
+        await generator.fail(reply_id, "The assistant could not finish this reply.")
     requeued = 0
-    for reply_id in await generator.stranded():
+    for reply_id in stranded.resume:
         requeued += await enqueue_reply(ctx["resources"].redis, reply_id)
-    if requeued:
-        log.warning("queued %d stranded replies again", requeued, extra={"outcome": "requeued"})
+    if requeued or stranded.give_up:
+        log.warning(
+            "queued %d stranded replies again, failed %d older ones",
+            requeued, len(stranded.give_up), extra={"outcome": "requeued"},
+        )
     return requeued
 
 
@@ -117,9 +174,9 @@ def build_worker(
         ctx["resources"] = resources
         ctx["model"] = chat_model
         ctx["wakeups"] = wakeups
-        # Finish (or fail) well before arq cancels the job, which would leave it STREAMING.
-        deadline = max(1.0, settings.worker_job_timeout_seconds - 5.0)
-        ctx["generator"] = ReplyGenerator(resources, chat_model, deadline_seconds=deadline)
+        ctx["generator"] = ReplyGenerator(
+            resources, chat_model, job_timeout_seconds=settings.worker_job_timeout_seconds
+        )
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         if "relay" in ctx:
@@ -133,7 +190,7 @@ def build_worker(
     resources_holder["resources"] = resources
     return ReplyWorker(
         wakeups=wakeups,
-        functions=[func(generate_reply, name=GENERATE_REPLY, max_tries=MAX_TRIES + 1)],
+        functions=[func(generate_reply, name=GENERATE_REPLY, max_tries=MAX_JOB_TRIES + 1)],
         # Once a minute across all workers (arq runs each tick's job once), and at each start.
         cron_jobs=[cron(requeue_stranded_replies, run_at_startup=True)],
         redis_pool=resources.redis,

@@ -52,8 +52,7 @@ async def test_live_events_reach_every_listener_of_a_channel(redis_client: aiore
 async def test_quiet_listeners_are_asked_to_reread(
     redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(streaming, "RESYNC_AFTER_SECONDS", 0.3)
-    relay = Relay(redis_client)
+    relay = Relay(redis_client, resync_after=0.3)
     try:
         async with relay.listen(channel_name(uuid.uuid4())) as mailbox:
             async with asyncio.timeout(5):

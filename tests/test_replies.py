@@ -139,7 +139,7 @@ async def test_a_finished_reply_is_never_generated_twice(
     resources = Resources.open(chat_settings, role="test")
     model = GeminiModel(chat_settings)
     try:
-        outcome = await ReplyGenerator(resources, model, deadline_seconds=10).generate(uuid.UUID(sent["reply"]["id"]), final_try=False)
+        outcome = await ReplyGenerator(resources, model, job_timeout_seconds=15).generate(uuid.UUID(sent["reply"]["id"]), final_try=False)
     finally:
         await model.aclose()
         await resources.close()

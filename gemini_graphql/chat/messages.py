@@ -22,7 +22,7 @@ from gemini_graphql.ids import new_id, parse_id
 from gemini_graphql.models import Chatroom, Message, MessageRole, MessageStatus, Subscription
 from gemini_graphql.reply_queue import enqueue_reply
 from gemini_graphql.resources import Resources
-from gemini_graphql.streaming import Relay, ReplyEvent, follow
+from gemini_graphql.streaming import Relay, ReplyEvent, Stored, follow
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ class Messages:
         self._clock = resources.clock
         self._queue: ArqRedis = resources.redis
         self._rooms_cache = rooms_cache  # a new message moves its room to the top
+        self._idle_timeout = resources.settings.stream_idle_timeout_seconds
 
     async def send(self, user_id: uuid.UUID, raw_room_id: str, content: str) -> Sent:
         """Store the message and a PENDING reply, count it, and queue the reply; never waits for it."""
@@ -153,14 +154,16 @@ class Messages:
         """The reply's events after `after`; a finished reply whose stream expired is replayed
         from the database as one final event (carrying the whole text when `after` is 0)."""
 
-        async def stored_final(last: int) -> ReplyEvent | None:
-            stored = await self.get(reply_id)
-            if stored is None or not stored.is_finished:
+        async def stored(last: int) -> Stored:
+            message = await self.get(reply_id)
+            if message is None:
                 return None
-            delta = stored.content if last == 0 else ""
-            return ReplyEvent(seq=last + 1, delta=delta, status=MessageStatus(stored.status))
+            if not message.is_finished:
+                return MessageStatus(message.status)
+            delta = message.content if last == 0 else ""
+            return ReplyEvent(seq=last + 1, delta=delta, status=MessageStatus(message.status))
 
-        return follow(self._queue, relay, reply_id, after, stored_final)
+        return follow(self._queue, relay, reply_id, after, stored, idle_timeout=self._idle_timeout)
 
     async def pages(
         self, room_ids: Sequence[uuid.UUID], request: PageRequest

@@ -13,8 +13,10 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import sqlalchemy as sa
 from sqlmodel import col, select
@@ -22,19 +24,27 @@ from sqlmodel import col, select
 from gemini_graphql.ai.model import ChatModel, ModelError, Turn
 from gemini_graphql.chat.messages import message_by_id
 from gemini_graphql.chat.quota import give_back_one, utc_day
-from gemini_graphql.ids import id_floor
 from gemini_graphql.models import Chatroom, Message, MessageRole, MessageStatus
+from gemini_graphql.outages import Outage, is_outage
 from gemini_graphql.resources import Resources
-from gemini_graphql.streaming import ReplyEvent, history, publish
+from gemini_graphql.streaming import ReplyEvent, StreamWriter, history
 
 log = logging.getLogger(__name__)
 
 CONTEXT_MESSAGES = 10  # earlier messages sent along with the new one
 # A reply still PENDING this long after sendMessage has no job: its api process died between
-# committing and queueing (or Redis lost the queue). Looked for within STRANDED_WITHIN.
+# committing and queueing (or Redis lost the queue).
 STRANDED_AFTER = timedelta(minutes=2)
-STRANDED_WITHIN = timedelta(hours=1)
-SAVE_EVERY_SECONDS = 1.0  # how often the growing text is written to the row
+# A STREAMING reply whose row has not moved for the job timeout plus this has no live job
+# (a live one saves its text every SAVE_EVERY_SECONDS, and ends within the job timeout).
+LEASE_MARGIN = timedelta(seconds=15)
+# A stranded reply this old is failed (its unit given back) rather than started again.
+STRANDED_GIVE_UP_AFTER = timedelta(hours=1)
+SAVE_EVERY_SECONDS = 1.0  # how often the growing text is written to the row (the heartbeat)
+# The end of a reply must be written: while the database is unreachable it is tried again,
+# until this long before arq's own timeout would cancel the job.
+PERSIST_MARGIN_SECONDS = 2.0
+T = TypeVar("T")
 _IN_PROGRESS = (MessageStatus.PENDING.value, MessageStatus.STREAMING.value)
 _MESSAGES = Message.__table__  # type: ignore[attr-defined]
 _TOO_SLOW = "The assistant took too long to answer. Please try again."
@@ -54,15 +64,24 @@ _UPDATE_UNFINISHED = (  # SET takes the columns named in the parameters
     .where(_MESSAGES.c.id == sa.bindparam("reply_id"), _MESSAGES.c.status.in_(_IN_PROGRESS))
     .returning(_MESSAGES.c.id)
 )
-_STRANDED = (  # a range of the primary key (ids are time-ordered), not a scan of the table
-    sa.select(_MESSAGES.c.id)
+_STRANDED = (  # the partial index of unfinished replies (ix_messages_unfinished), any age
+    sa.select(_MESSAGES.c.id, _MESSAGES.c.created_at)
     .where(
-        _MESSAGES.c.id >= sa.bindparam("since_id"),
-        _MESSAGES.c.status == MessageStatus.PENDING.value,
+        _MESSAGES.c.status.in_(_IN_PROGRESS),
+        _MESSAGES.c.updated_at < sa.bindparam("oldest_cutoff"),
         _MESSAGES.c.role == MessageRole.ASSISTANT.value,
-        _MESSAGES.c.created_at < sa.bindparam("before"),
+        sa.or_(
+            sa.and_(
+                _MESSAGES.c.status == MessageStatus.PENDING.value,
+                _MESSAGES.c.updated_at < sa.bindparam("pending_cutoff"),
+            ),
+            sa.and_(
+                _MESSAGES.c.status == MessageStatus.STREAMING.value,
+                _MESSAGES.c.updated_at < sa.bindparam("streaming_cutoff"),
+            ),
+        ),
     )
-    .order_by(_MESSAGES.c.id)
+    .order_by(_MESSAGES.c.updated_at)
     .limit(1000)
 )
 _CONTEXT = (
@@ -93,19 +112,34 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
+class Stranded:
+    """Replies nobody is working on: to queue again, or (too old) to fail."""
+
+    resume: list[uuid.UUID]
+    give_up: list[uuid.UUID]
+
+
+@dataclass(frozen=True, slots=True)
 class _Started:
-    """A reply ready to stream: its row, the text already sent, the last seq, the context."""
+    """A reply ready to stream: its row, the events already sent, and the context."""
 
     reply: Message
-    text: str
-    seq: int
+    sent: list[ReplyEvent]
     turns: list[Turn]
+
+    @property
+    def text(self) -> str:
+        return "".join(event.delta for event in self.sent)
 
 
 class ReplyGenerator:
-    def __init__(self, resources: Resources, model: ChatModel, *, deadline_seconds: float) -> None:
-        """`deadline_seconds` bounds a whole reply; keep it under the job's own timeout."""
-        self._deadline = deadline_seconds
+    def __init__(self, resources: Resources, model: ChatModel, *, job_timeout_seconds: float) -> None:
+        """The model's part of a reply ends 5 s before the job's own timeout, so a reply is
+        finished (or failed) by us, not cancelled by arq half written."""
+        self._job_timeout = job_timeout_seconds
+        self._deadline = max(1.0, job_timeout_seconds - 5.0)
+        self._database = Outage(log, "PostgreSQL (replies)")
+        self._job_timeout_delta = timedelta(seconds=job_timeout_seconds)
         self._sessions = resources.sessions
         self._autocommit = resources.autocommit
         self._redis = resources.redis
@@ -115,49 +149,77 @@ class ReplyGenerator:
         self._system_instruction = resources.settings.gemini_system_instruction
 
     async def generate(self, reply_id: uuid.UUID, *, final_try: bool) -> Outcome | None:
-        """Stream the reply to completion. Raises RetryLater unless this is the `final_try`."""
+        """Stream the reply to completion. Raises RetryLater unless this is the `final_try`.
+
+        An unreachable Redis or PostgreSQL in the middle is waited out where that is safe
+        (a write of the stream, the final row); otherwise the error goes up, the worker runs
+        the job again later, and the rerun continues from what subscribers were sent.
+        """
+        loop = asyncio.get_running_loop()
+        persist_until = loop.time() + self._job_timeout - PERSIST_MARGIN_SECONDS
         started = await self._start(reply_id)
         if not isinstance(started, _Started):
             return started
-        reply, text, seq, turns = started.reply, started.text, started.seq, started.turns
+        reply, turns = started.reply, started.turns
+        text = started.text
+        writer = StreamWriter(self._redis, reply_id, started.sent)
+        if not started.sent and reply.content:  # Redis lost the stream: the row kept the start
+            text = reply.content
+            await writer.write(
+                ReplyEvent(1, text, MessageStatus.STREAMING), until=persist_until
+            )
+        if text:
+            turns.append(Turn("model", text))  # continue the reply already under way
         response_id: str | None = None
         saved_at = time.monotonic()
+        stream_until = loop.time() + self._deadline
         try:
             async with asyncio.timeout(self._deadline):
                 async for chunk in self._model.stream(turns, self._system_instruction):
-                    seq += 1
                     text += chunk.text
                     response_id = chunk.response_id or response_id
-                    await publish(
-                        self._redis, reply_id, ReplyEvent(seq, chunk.text, MessageStatus.STREAMING)
-                    )
+                    event = ReplyEvent(writer.last_seq + 1, chunk.text, MessageStatus.STREAMING)
+                    await writer.write(event, until=stream_until)
                     if time.monotonic() - saved_at >= SAVE_EVERY_SECONDS:
                         await self._save_progress(reply_id, text)
                         saved_at = time.monotonic()
         except TimeoutError:
             exc = ModelError("the reply took too long", retryable=True, user_message=_TOO_SLOW)
-            return await self._model_failed(reply, text, seq, exc, final_try)
+            return await self._model_failed(reply, text, writer, exc, final_try, persist_until)
         except ModelError as exc:
-            return await self._model_failed(reply, text, seq, exc, final_try)
-        await self._complete(reply_id, text, seq, response_id)
+            return await self._model_failed(reply, text, writer, exc, final_try, persist_until)
+        await self._complete(reply_id, text, writer, response_id, persist_until)
         return Outcome(MessageStatus.COMPLETE, text)
 
-    async def stranded(self) -> list[uuid.UUID]:
-        """Replies left PENDING without a job (see STRANDED_AFTER), oldest first."""
+    async def stranded(self) -> Stranded:
+        """Replies nobody is working on, at any age: PENDING ones that never got a job, and
+        STREAMING ones whose row has not moved for longer than a job can live (its worker
+        died, or Redis lost its job). Oldest first."""
         now = self._clock()
-        parameters = {"since_id": id_floor(now - STRANDED_WITHIN), "before": now - STRANDED_AFTER}
+        pending_cutoff = now - STRANDED_AFTER
+        streaming_cutoff = now - self._job_timeout_delta - LEASE_MARGIN
+        parameters = {
+            "oldest_cutoff": max(pending_cutoff, streaming_cutoff),
+            "pending_cutoff": pending_cutoff,
+            "streaming_cutoff": streaming_cutoff,
+        }
         async with self._autocommit.connect() as connection:
-            return list((await connection.execute(_STRANDED, parameters)).scalars())
+            rows = (await connection.execute(_STRANDED, parameters)).all()
+        give_up_before = now - STRANDED_GIVE_UP_AFTER
+        return Stranded(
+            resume=[reply_id for reply_id, created in rows if created >= give_up_before],
+            give_up=[reply_id for reply_id, created in rows if created < give_up_before],
+        )
 
     async def _start(self, reply_id: uuid.UUID) -> _Started | Outcome | None:
         claimed = await self._claim(reply_id)
         if claimed is not None:  # the usual case: a new reply
-            return _Started(claimed, "", 0, await self._context(claimed))
+            return _Started(claimed, [], await self._context(claimed))
         return await self._resume(reply_id)
 
     async def _resume(self, reply_id: uuid.UUID) -> _Started | Outcome | None:
         """A rerun: a finished reply is left alone, an unfinished one continues from what
-        its subscribers were sent."""
+        its subscribers were sent (or, when Redis lost the stream, what the row kept)."""
         reply = await message_by_id(self._autocommit, reply_id)
         if reply is None or reply.role != MessageRole.ASSISTANT.value:
             log.warning("reply %s does not exist; nothing to do", reply_id)
@@ -169,37 +231,36 @@ class ReplyGenerator:
         if sent and sent[-1].is_final:  # cannot happen: the row is written before the event
             log.error("reply %s has a final event but is %s", reply_id, reply.status)
             return None
-
-        text = "".join(event.delta for event in sent)
-        seq = sent[-1].seq if sent else 0
-        if not sent and reply.content:  # Redis lost the stream: what the row kept is the start
-            seq += 1
-            text = reply.content
-            await publish(self._redis, reply_id, ReplyEvent(seq, text, MessageStatus.STREAMING))
+        text = "".join(event.delta for event in sent) if sent else reply.content
         # Independent, so together: the first word waits for neither twice.
         _, turns = await asyncio.gather(self._set_streaming(reply_id, text), self._context(reply))
-        if text:
-            turns.append(Turn("model", text))  # continue the reply already under way
-        return _Started(reply, text, seq, turns)
+        return _Started(reply, sent, turns)
 
     async def _model_failed(
-        self, reply: Message, text: str, seq: int, exc: ModelError, final_try: bool
+        self,
+        reply: Message,
+        text: str,
+        writer: StreamWriter,
+        exc: ModelError,
+        final_try: bool,
+        persist_until: float,
     ) -> Outcome:
         if exc.retryable and not final_try:
-            await self._save_progress(reply.id, text)  # _fail below writes the text itself
+            await self._update(reply.id, content=text)  # _fail below writes the text itself
             raise RetryLater(exc) from exc
         log.warning("reply %s failed: %s", reply.id, exc)
-        await self._fail(reply, text, seq, exc.user_message)
+        await self._fail(reply, text, writer, exc.user_message, persist_until)
         return Outcome(MessageStatus.FAILED, text)
 
     async def fail(self, reply_id: uuid.UUID, user_message: str) -> None:
-        """Give up on a reply (e.g. after too many tries), keeping what was sent."""
+        """Give up on a reply (too many tries, or stranded too long), keeping what was sent."""
         reply = await message_by_id(self._autocommit, reply_id)
         if reply is None or reply.is_finished:
             return
         sent = await history(self._redis, reply_id)
         text = "".join(event.delta for event in sent) if sent else reply.content
-        await self._fail(reply, text, sent[-1].seq if sent else 0, user_message)
+        until = asyncio.get_running_loop().time() + self._job_timeout - PERSIST_MARGIN_SECONDS
+        await self._fail(reply, text, StreamWriter(self._redis, reply_id, sent), user_message, until)
 
     async def _context(self, reply: Message) -> list[Turn]:
         """The new message and the ten before it, oldest first; failed and unfinished replies left out."""
@@ -224,7 +285,14 @@ class ReplyGenerator:
         await self._update(reply_id, status=MessageStatus.STREAMING.value, content=text)
 
     async def _save_progress(self, reply_id: uuid.UUID, text: str) -> None:
-        await self._update(reply_id, content=text)
+        """The growing text, and the row's heartbeat (see LEASE_MARGIN). Best effort: a save
+        missed while the database is away is made up by the next one, or by the end."""
+        try:
+            await self._update(reply_id, content=text)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            self._database.failed(exc)
 
     async def _update(self, reply_id: uuid.UUID, **values: object) -> bool:
         """Change an unfinished reply; False when it was already finished."""
@@ -232,21 +300,56 @@ class ReplyGenerator:
         async with self._autocommit.begin() as connection:
             return (await connection.execute(_UPDATE_UNFINISHED, parameters)).first() is not None
 
+    async def _persisted(self, write: Callable[[], Awaitable[T]], until: float) -> T:
+        """A write that ends the reply: tried again while the database is unreachable."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                result = await write()
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                delay = self._database.failed(exc)
+                if loop.time() + delay > until:
+                    raise
+                await asyncio.sleep(delay)
+            else:
+                self._database.recovered()
+                return result
+
     async def _complete(
-        self, reply_id: uuid.UUID, text: str, seq: int, response_id: str | None
+        self,
+        reply_id: uuid.UUID,
+        text: str,
+        writer: StreamWriter,
+        response_id: str | None,
+        until: float,
     ) -> None:
         # The row first, then the final event: whoever sees the event finds the stored text.
-        await self._update(
-            reply_id,
-            status=MessageStatus.COMPLETE.value,
-            content=text,
-            gemini_response_id=response_id,
-            error=None,
+        await self._persisted(
+            lambda: self._update(
+                reply_id,
+                status=MessageStatus.COMPLETE.value,
+                content=text,
+                gemini_response_id=response_id,
+                error=None,
+            ),
+            until,
         )
-        await publish(self._redis, reply_id, ReplyEvent(seq + 1, "", MessageStatus.COMPLETE))
+        final = ReplyEvent(writer.last_seq + 1, "", MessageStatus.COMPLETE)
+        await writer.write(final, until=until)
 
-    async def _fail(self, reply: Message, text: str, seq: int, error: str) -> None:
+    async def _fail(
+        self, reply: Message, text: str, writer: StreamWriter, error: str, until: float
+    ) -> None:
         """FAILED with a readable error, and the quota unit given back (once)."""
+        owner = await self._persisted(lambda: self._mark_failed(reply, text, error), until)
+        if owner is not None:
+            await self._users.changed(owner)  # the unit given back shows in `usage` at once
+        await writer.write(ReplyEvent(writer.last_seq + 1, "", MessageStatus.FAILED), until=until)
+
+    async def _mark_failed(self, reply: Message, text: str, error: str) -> uuid.UUID | None:
+        """One transaction: FAILED if still unfinished, and then the unit back; the owner."""
         now = self._clock()
         async with self._sessions() as session:
             result = await session.execute(
@@ -263,12 +366,16 @@ class ReplyGenerator:
                 if owner is not None:
                     await give_back_one(session, owner, utc_day(reply.created_at))
             await session.commit()
-        if owner is not None:
-            await self._users.changed(owner)  # the unit given back shows in `usage` at once
-        await publish(self._redis, reply.id, ReplyEvent(seq + 1, "", MessageStatus.FAILED))
+        return owner
 
     async def _ensure_final_event(self, reply: Message, sent: list[ReplyEvent]) -> None:
-        if sent and not sent[-1].is_final:
-            await publish(
-                self._redis, reply.id, ReplyEvent(sent[-1].seq + 1, "", MessageStatus(reply.status))
-            )
+        """A rerun of a finished reply whose final event was not written (or was lost)."""
+        if sent and sent[-1].is_final:
+            return
+        writer = StreamWriter(self._redis, reply.id, sent)
+        until = asyncio.get_running_loop().time() + self._job_timeout - PERSIST_MARGIN_SECONDS
+        if not sent:  # Redis lost the stream: the whole stored text, as one event
+            await writer.write(ReplyEvent(1, reply.content, MessageStatus.STREAMING), until=until)
+        await writer.write(
+            ReplyEvent(writer.last_seq + 1, "", MessageStatus(reply.status)), until=until
+        )
