@@ -16,6 +16,7 @@ from pathlib import Path
 import uvloop
 
 from bench.first_word import time_to_first_word
+from bench.hostile_documents import refusal_cpu
 from bench.http_overhead import graphql_overhead, send_message
 from bench.stack import percentile, running_stack
 from bench.streams import live_streams
@@ -29,6 +30,16 @@ def ms(seconds: list[float], share: float) -> float:
 
 async def measure() -> list[tuple[str, str, str, str]]:
     rows: list[tuple[str, str, str, str]] = []  # measure, value, baseline/ratio, target
+    refusals = refusal_cpu()
+    ordinary = refusals.pop("ordinary")
+    for name, cpu in refusals.items():
+        target = f"< 10 ms {'✅' if cpu < 10 else '❌'}" if name == "chain 40" else "–"
+        rows.append((
+            f"0. refusing a fragment {name.replace('chain', 'chain of')} (2^n fields expanded), uncached",
+            f"{cpu:.2f} ms CPU",
+            f"checking an ordinary `sendMessage` document: {ordinary:.2f} ms: ratio {cpu / ordinary:.2f}",
+            target,
+        ))
     async with running_stack() as stack:
         http = await graphql_overhead(stack)
         raw = http["raw"]
