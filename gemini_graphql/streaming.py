@@ -103,13 +103,17 @@ class StreamWriter:
     same events in the same order whatever Redis did meanwhile.
     """
 
-    def __init__(self, redis: Redis, message_id: uuid.UUID, sent: list[ReplyEvent]) -> None:
+    def __init__(
+        self, redis: Redis, message_id: uuid.UUID, sent: list[ReplyEvent], outage: Outage
+    ) -> None:
+        """`sent`: the events already in the stream; `outage`: the process's record of
+        Redis being away (shared by its writers, so an outage is logged once)."""
         self._redis = redis
         self._message_id = message_id
-        self._events = list(sent)  # already in the stream
+        self._events = list(sent)
         self._written = len(self._events)
         self._repair = False
-        self._outage = Outage(log, "Redis (reply streams)")
+        self._outage = outage
 
     @property
     def last_seq(self) -> int:
@@ -139,6 +143,8 @@ class StreamWriter:
 
     async def _write_missing(self) -> None:
         missing = self._events[self._written :]
+        if not missing:  # the failed write had gone through before the connection dropped
+            return
         async with self._redis.pipeline(transaction=True) as pipe:
             key = stream_key(self._message_id)
             for event in missing:

@@ -139,6 +139,7 @@ class ReplyGenerator:
         self._job_timeout = job_timeout_seconds
         self._deadline = max(1.0, job_timeout_seconds - 5.0)
         self._database = Outage(log, "PostgreSQL (replies)")
+        self._streams = Outage(log, "Redis (reply streams)")
         self._job_timeout_delta = timedelta(seconds=job_timeout_seconds)
         self._sessions = resources.sessions
         self._autocommit = resources.autocommit
@@ -162,7 +163,7 @@ class ReplyGenerator:
             return started
         reply, turns = started.reply, started.turns
         text = started.text
-        writer = StreamWriter(self._redis, reply_id, started.sent)
+        writer = StreamWriter(self._redis, reply_id, started.sent, self._streams)
         if not started.sent and reply.content:  # Redis lost the stream: the row kept the start
             text = reply.content
             await writer.write(
@@ -260,7 +261,7 @@ class ReplyGenerator:
         sent = await history(self._redis, reply_id)
         text = "".join(event.delta for event in sent) if sent else reply.content
         until = asyncio.get_running_loop().time() + self._job_timeout - PERSIST_MARGIN_SECONDS
-        await self._fail(reply, text, StreamWriter(self._redis, reply_id, sent), user_message, until)
+        await self._fail(reply, text, StreamWriter(self._redis, reply_id, sent, self._streams), user_message, until)
 
     async def _context(self, reply: Message) -> list[Turn]:
         """The new message and the ten before it, oldest first; failed and unfinished replies left out."""
@@ -372,7 +373,7 @@ class ReplyGenerator:
         """A rerun of a finished reply whose final event was not written (or was lost)."""
         if sent and sent[-1].is_final:
             return
-        writer = StreamWriter(self._redis, reply.id, sent)
+        writer = StreamWriter(self._redis, reply.id, sent, self._streams)
         until = asyncio.get_running_loop().time() + self._job_timeout - PERSIST_MARGIN_SECONDS
         if not sent:  # Redis lost the stream: the whole stored text, as one event
             await writer.write(ReplyEvent(1, reply.content, MessageStatus.STREAMING), until=until)
