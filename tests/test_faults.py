@@ -28,6 +28,7 @@ from tests.auth_flows import login
 from tests.chat_harness import SEND, StreamResult, WsClient, create_room
 from tests.conftest import FakeClock, GraphQLClient, RecordingSms
 from tests.fakes.gemini import FakeGemini, Script
+from tests.fakes.stripe import WEBHOOK_SECRET, FakeStripe, sign
 from tests.live import serve
 from tests.processes import Process, start_worker
 from tests.servers import PostgresCluster, RedisServer
@@ -218,7 +219,7 @@ async def test_a_postgresql_restart_in_the_middle_of_replies(
 ) -> None:
     url = await cluster.create_database(f"faults_{uuid.uuid4().hex[:8]}")
     await asyncio.to_thread(migrate, url)
-    settings = replace(chat_settings, database_url=url)
+    settings = replace(chat_settings, database_url=url, stripe_webhook_secret=WEBHOOK_SECRET)
     async with stack(settings, sms, clock) as running:
         replies = await send_messages(running, sms, users=3, each=3)
         followers = [asyncio.create_task(follow_to_the_end(running.ws_url, t, r)) for t, r in replies]
@@ -226,7 +227,14 @@ async def test_a_postgresql_restart_in_the_middle_of_replies(
         traffic = asyncio.create_task(traffic_during(running, sms, stop))
         await asyncio.sleep(0.8)
         outage_started = time.monotonic()
-        await cluster.restart(down_for=5.0)
+        restarting = asyncio.create_task(cluster.restart(down_for=5.0))
+        await asyncio.sleep(2.0)
+        # Stripe's webhook meanwhile: 503 (Stripe retries later), and applied once it can be.
+        event = FakeStripe().event("customer.created", {"id": "cus_x", "object": "customer"}, int(time.time()))
+        body, header = sign(event)
+        webhook = await running.gql.http.post("/webhook/stripe", content=body, headers={"Stripe-Signature": header})
+        assert webhook.status_code == 503 and webhook.headers["retry-after"]
+        await restarting
         back_at = time.monotonic()
         seen = await asyncio.gather(*followers)
         pg = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
@@ -241,6 +249,8 @@ async def test_a_postgresql_restart_in_the_middle_of_replies(
             assert done.last_failure < time.monotonic() - 0.5  # requests succeed again
             after = await send_messages(running, sms, users=1, each=1)
             assert (await follow_to_the_end(running.ws_url, *after[0]))[0] == REPLY_TEXT
+            webhook = await running.gql.http.post("/webhook/stripe", content=body, headers={"Stripe-Signature": header})
+            assert webhook.status_code == 200
         finally:
             await pg.close()
         print(

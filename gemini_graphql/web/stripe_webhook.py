@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from gemini_graphql.billing.webhooks import BadWebhook, StripeWebhooks
+from gemini_graphql.outages import RETRY_AFTER_SECONDS, is_outage
 
 log = logging.getLogger(__name__)
 
@@ -23,4 +24,14 @@ async def stripe_webhook(request: Request) -> JSONResponse:
     except BadWebhook as exc:
         log.warning("refused a Stripe webhook: %s", exc)
         return JSONResponse({"error": "Invalid webhook."}, status_code=400)
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        # Nothing was recorded (one transaction): Stripe delivers the event again later.
+        log.warning("Stripe webhook deferred: the database is unavailable (%s)", type(exc).__name__)
+        return JSONResponse(
+            {"error": "Temporarily unavailable; retry later."},
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
     return JSONResponse({"received": True, "outcome": outcome.value})
