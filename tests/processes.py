@@ -65,8 +65,8 @@ class Process:
                 self.kill()
 
 
-def _spawn(args: list[str], settings: Settings) -> Process:
-    log = open(os.environ.get("TEST_PROCESS_LOG", os.devnull), "ab")  # noqa: SIM115
+def _spawn(args: list[str], settings: Settings, log_path: str | None = None) -> Process:
+    log = open(log_path or os.environ.get("TEST_PROCESS_LOG", os.devnull), "ab")  # noqa: SIM115
     return Process(
         subprocess.Popen(
             [sys.executable, "-m", "gemini_graphql", *args],
@@ -90,6 +90,11 @@ async def start_api(settings: Settings) -> tuple[Process, str]:
             except httpx.TransportError:
                 pass
             await asyncio.sleep(0.1)
+
+
+def spawn_worker(settings: Settings, log_path: str) -> Process:
+    """A worker process, not waited for (its Redis may be down); its output to `log_path`."""
+    return _spawn(["worker"], settings, log_path)
 
 
 async def start_worker(settings: Settings, redis: aioredis.Redis) -> Process:

@@ -13,6 +13,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -30,7 +31,7 @@ from tests.conftest import FakeClock, GraphQLClient, RecordingSms
 from tests.fakes.gemini import FakeGemini, Script
 from tests.fakes.stripe import WEBHOOK_SECRET, FakeStripe, sign
 from tests.live import serve
-from tests.processes import Process, start_worker
+from tests.processes import Process, spawn_worker, start_worker
 from tests.servers import PostgresCluster, RedisServer
 
 CHUNKS = [f"w{i} " for i in range(24)]
@@ -287,3 +288,32 @@ async def test_a_worker_stopped_in_the_middle_of_replies(
         finally:
             await replacement.stop()
         print(f"\nworker {signal}: all {len(replies)} replies complete {recovery:.1f}s after the signal")
+
+
+async def test_a_worker_started_without_redis_waits_and_outlives_a_long_outage(
+    chat_settings: Settings, gemini_slowly: Any, pg: asyncpg.Pool, sms: RecordingSms, clock: FakeClock,
+    tmp_path: Path,
+) -> None:
+    """arq's own loop ends at the first failed poll; ours logs once and carries on."""
+    log = tmp_path / "worker.log"
+    async with RedisServer() as redis_server:
+        settings = replace(chat_settings, redis_url=redis_server.url)
+        await redis_server.stop()
+        early = spawn_worker(settings, str(log))
+        try:
+            await asyncio.sleep(3.0)
+            assert early.popen.poll() is None, "the worker exited while Redis was down"
+            await redis_server.start(keep_data=False)
+            async with stack(settings, sms, clock) as running:
+                first = await send_messages(running, sms, users=1, each=1)
+                assert (await follow_to_the_end(running.ws_url, *first[0]))[0] == REPLY_TEXT
+                await redis_server.restart(down_for=8.0, keep_data=False)
+                assert early.popen.poll() is None and running.worker.popen.poll() is None
+                again = await send_messages(running, sms, users=1, each=1)
+                assert (await follow_to_the_end(running.ws_url, *again[0]))[0] == REPLY_TEXT
+        finally:
+            await early.stop()
+    lines = log.read_text().splitlines()
+    went = [line for line in lines if "Redis (job queue) unavailable" in line]
+    came_back = [line for line in lines if "Redis (job queue) available again" in line]
+    assert len(went) == 2 and len(came_back) == 2, lines  # one line each way per outage
