@@ -274,3 +274,47 @@ async def _non_reading_socket(
     await socket.send(json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {user.token}"}}))
     assert json.loads(await asyncio.wait_for(socket.recv(), 5))["type"] == "connection_ack"
     return socket
+
+
+NUL_INPUTS = [
+    ('mutation { createChatroom(input: {title: "a\\u0000b"}) { errors { code field } } }', "createChatroom", "title"),
+    ('mutation { createChatroom(input: {title: "ok", description: "\\u0000"}) { errors { code field } } }', "createChatroom", "description"),
+    ('mutation { signup(input: {mobileNumber: "+14155550199", name: "\\u0000"}) { errors { code field } } }', "signup", "name"),
+    ('mutation { signup(input: {mobileNumber: "+14155550199", email: "a\\u0000@b.co"}) { errors { code field } } }', "signup", "email"),
+]
+
+
+@pytest.mark.parametrize(("document", "mutation", "field"), NUL_INPUTS)
+async def test_nul_characters_are_invalid_input_not_a_failed_write(
+    gql: GraphQLClient, sms: RecordingSms, pg, document: str, mutation: str, field: str
+) -> None:
+    """PostgreSQL's text cannot hold NUL (found by the schemathesis run)."""
+    from tests.auth_flows import login
+
+    user = await login(gql, sms)
+    body = await gql(document, token=user.token)
+    assert body["data"][mutation]["errors"] == [{"code": "INVALID_INPUT", "field": field}], body
+    assert await pg.fetchval("SELECT count(*) FROM chatrooms") == 0
+
+
+async def test_nul_in_a_message_is_invalid_input(gql: GraphQLClient, sms: RecordingSms, pg) -> None:
+    from tests.auth_flows import login
+    from tests.chat_harness import create_room, send as send_message
+
+    user = await login(gql, sms)
+    room = await create_room(gql, user.token)
+    payload = await send_message(gql, user.token, room, "hi\x00there")
+    assert [(e["code"], e["field"]) for e in payload["errors"]] == [("INVALID_INPUT", "content")]
+    assert await pg.fetchval("SELECT count(*) FROM messages") == 0
+
+
+async def test_lone_surrogates_are_a_bad_request(http_url: str) -> None:
+    async with httpx.AsyncClient(base_url=http_url, timeout=10) as http:
+        for body in (
+            '{"query": "{ __typename }", "variables": {"a": "\\ud800"}}',
+            '{"query": "{ me\\udfff }"}',
+            '{"query": "mutation($p: String!) { loginWithPassword(input: {mobileNumber: \\"+14155550123\\", password: $p}) { errors { code } } }", "variables": {"p": "x\\ud800y"}}',
+        ):
+            response = await http.post("/graphql", content=body, headers={"Content-Type": "application/json"})
+            assert response.status_code == 400, response.text
+            assert "not valid Unicode" in response.json()["errors"][0]["message"]

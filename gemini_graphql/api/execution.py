@@ -40,6 +40,8 @@ class GraphQLParams:
             raise InvalidParams("`variables` must be a JSON object.")
         if variables and _nested_deeper(variables, MAX_VARIABLES_DEPTH):
             raise InvalidParams(f"`variables` nests deeper than {MAX_VARIABLES_DEPTH} levels.")
+        if not _encodable(query, operation_name, variables):
+            raise InvalidParams("The request holds text that is not valid Unicode (a lone surrogate).")
         if operation_name is not None and not isinstance(operation_name, str):
             raise InvalidParams("`operationName` must be a string.")
         return cls(query, variables, operation_name)
@@ -57,6 +59,27 @@ def _nested_deeper(value: object, limit: int) -> bool:
                     return True
                 stack.append((child, depth + 1))
     return False
+
+
+def _encodable(*values: object) -> bool:
+    """Whether every string in `values` (JSON, so nested in lists and objects) is valid
+    UTF-8 text: JSON's `\\ud800` escapes decode to lone surrogates, which nothing further
+    down (the database, the response) can encode."""
+    stack = list(values)
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode()
+                except UnicodeEncodeError:
+                    return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
 
 
 async def run(

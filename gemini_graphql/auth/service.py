@@ -21,6 +21,7 @@ from gemini_graphql.auth.tokens import AccessToken, TokenCodec
 from gemini_graphql.errors import DomainError, ErrorCode, Unauthenticated, invalid_input
 from gemini_graphql.models import OtpPurpose, User
 from gemini_graphql.resources import Resources
+from gemini_graphql.text import check_storable
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +257,7 @@ def _clean_name(name: str | None) -> str | None:
     name = name.strip()
     if len(name) > NAME_MAX:
         raise invalid_input("name", f"The name must have at most {NAME_MAX} characters.")
+    check_storable("name", name)
     return name
 
 
@@ -265,4 +267,5 @@ def _clean_email(email: str | None) -> str | None:
     email = email.strip()
     if len(email) > EMAIL_MAX or not _EMAIL.fullmatch(email):
         raise invalid_input("email", "Enter a valid email address, like name@example.com.")
+    check_storable("email", email)
     return email.lower()

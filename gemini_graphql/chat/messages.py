@@ -22,6 +22,7 @@ from gemini_graphql.ids import new_id, parse_id
 from gemini_graphql.models import Chatroom, Message, MessageRole, MessageStatus, Subscription
 from gemini_graphql.reply_queue import enqueue_reply
 from gemini_graphql.resources import Resources
+from gemini_graphql.text import check_storable
 from gemini_graphql.streaming import Relay, ReplyEvent, Stored, follow
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class Messages:
         content = content.strip()
         if not 1 <= len(content) <= CONTENT_MAX:
             raise invalid_input("content", f"A message has 1 to {CONTENT_MAX:,} characters.")
+        check_storable("content", content)
         now = self._clock()
         message = Message(
             id=new_id(), chatroom_id=room_id, role=MessageRole.USER.value, content=content,

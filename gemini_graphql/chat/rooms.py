@@ -18,6 +18,7 @@ from gemini_graphql.errors import invalid_input
 from gemini_graphql.ids import parse_id
 from gemini_graphql.models import Chatroom
 from gemini_graphql.resources import Resources
+from gemini_graphql.text import check_storable
 
 TITLE_MAX = 255
 DESCRIPTION_MAX = 2000
@@ -39,12 +40,15 @@ class Rooms:
         title = title.strip()
         if not 1 <= len(title) <= TITLE_MAX:
             raise invalid_input("title", f"The title must have 1 to {TITLE_MAX} characters.")
+        check_storable("title", title)
         if description is not None:
             description = description.strip() or None
         if description is not None and len(description) > DESCRIPTION_MAX:
             raise invalid_input(
                 "description", f"The description must have at most {DESCRIPTION_MAX} characters."
             )
+        if description is not None:
+            check_storable("description", description)
         now = self._clock()
         room = Chatroom(
             user_id=user_id, title=title, description=description, created_at=now, updated_at=now
