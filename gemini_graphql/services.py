@@ -26,6 +26,7 @@ class Services:
     @classmethod
     def build(cls, resources: Resources) -> Services:
         rooms = Rooms(resources)
+        idle_timeout = resources.settings.stream_idle_timeout_seconds
         return cls(
             resources=resources,
             auth=AuthService(resources),
@@ -36,7 +37,7 @@ class Services:
             # Quiet subscribers re-check often enough to notice a stalled reply in time.
             relay=Relay(
                 resources.redis,
-                resync_after=min(RESYNC_AFTER_SECONDS, resources.settings.stream_idle_timeout_seconds / 3),
+                resync_after=min(RESYNC_AFTER_SECONDS, idle_timeout / 3),
             ),
         )
 

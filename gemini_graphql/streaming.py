@@ -437,7 +437,7 @@ async def follow(
                         if loop.time() - progressed > idle_timeout:
                             raise _stalled(state, idle_timeout, last)
                 event = await mailbox.get()
-                if event is RESYNC:  # a reconnect, or quiet for a while: make sure nothing was missed
+                if event is RESYNC:  # a reconnect, or quiet for a while: was anything missed?
                     must_read_stream = True
                     continue
                 if event.seq <= last:

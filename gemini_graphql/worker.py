@@ -52,7 +52,10 @@ async def generate_reply(ctx: dict[str, Any], reply_id: str) -> str | None:
     try:
         if job_try > MAX_JOB_TRIES:  # it kept failing: stop, keeping what was sent
             await generator.fail(uuid.UUID(reply_id), "The assistant could not finish this reply.")
-            log.warning("reply gave up after %d tries", job_try - 1, extra={**context, "outcome": "failed"})
+            log.warning(
+                "reply gave up after %d tries", job_try - 1,
+                extra={**context, "outcome": "failed"},
+            )
             return "failed"
         outcome = await generator.generate(uuid.UUID(reply_id), final_try=job_try >= MAX_TRIES)
     except RetryLater as exc:

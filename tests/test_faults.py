@@ -87,7 +87,7 @@ async def follow_to_the_end(ws_url: str, token: str, reply_id: str, timeout: flo
                 result: StreamResult = await client.collect(
                     await client.start(reply_id, after=last or None), timeout=deadline - time.monotonic()
                 )
-        except (OSError, AssertionError, asyncio.TimeoutError) as exc:  # the api could not even ack
+        except (OSError, AssertionError, asyncio.TimeoutError):  # the api could not even ack
             errors += 1
             await asyncio.sleep(0.5)
             continue

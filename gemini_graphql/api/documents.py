@@ -54,9 +54,8 @@ class Documents:
 
     def __init__(self, schema: GraphQLSchema, *, introspection: bool) -> None:
         self._schema = schema
-        self._rules = (
-            specified_rules if introspection else (*specified_rules, NoSchemaIntrospectionCustomRule)
-        )
+        private = (*specified_rules, NoSchemaIntrospectionCustomRule)
+        self._rules = specified_rules if introspection else private
         self._hide_suggestions = not introspection
         self._cache: OrderedDict[str, Prepared] = OrderedDict()
 

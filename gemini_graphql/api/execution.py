@@ -41,7 +41,9 @@ class GraphQLParams:
         if variables and _nested_deeper(variables, MAX_VARIABLES_DEPTH):
             raise InvalidParams(f"`variables` nests deeper than {MAX_VARIABLES_DEPTH} levels.")
         if not _encodable(query, operation_name, variables):
-            raise InvalidParams("The request holds text that is not valid Unicode (a lone surrogate).")
+            raise InvalidParams(
+                "The request holds text that is not valid Unicode (a lone surrogate)."
+            )
         if operation_name is not None and not isinstance(operation_name, str):
             raise InvalidParams("`operationName` must be a string.")
         return cls(query, variables, operation_name)

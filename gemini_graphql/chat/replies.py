@@ -133,7 +133,9 @@ class _Started:
 
 
 class ReplyGenerator:
-    def __init__(self, resources: Resources, model: ChatModel, *, job_timeout_seconds: float) -> None:
+    def __init__(
+        self, resources: Resources, model: ChatModel, *, job_timeout_seconds: float
+    ) -> None:
         """The model's part of a reply ends 5 s before the job's own timeout, so a reply is
         finished (or failed) by us, not cancelled by arq half written."""
         self._job_timeout = job_timeout_seconds
@@ -261,7 +263,8 @@ class ReplyGenerator:
         sent = await history(self._redis, reply_id)
         text = "".join(event.delta for event in sent) if sent else reply.content
         until = asyncio.get_running_loop().time() + self._job_timeout - PERSIST_MARGIN_SECONDS
-        await self._fail(reply, text, StreamWriter(self._redis, reply_id, sent, self._streams), user_message, until)
+        writer = StreamWriter(self._redis, reply_id, sent, self._streams)
+        await self._fail(reply, text, writer, user_message, until)
 
     async def _context(self, reply: Message) -> list[Turn]:
         """The new message and the ten before it, oldest first; failed and unfinished replies left out."""
