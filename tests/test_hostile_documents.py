@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from typing import Any
 
 import httpx
@@ -318,3 +319,33 @@ async def test_lone_surrogates_are_a_bad_request(http_url: str) -> None:
             response = await http.post("/graphql", content=body, headers={"Content-Type": "application/json"})
             assert response.status_code == 400, response.text
             assert "not valid Unicode" in response.json()["errors"][0]["message"]
+
+
+async def test_an_unreachable_database_is_service_unavailable_not_a_500(
+    base_settings: Any, sms: RecordingSms, clock: Any
+) -> None:
+    """Over HTTP a top-level SERVICE_UNAVAILABLE with retryAfter (and Retry-After); a
+    websocket's connection_init is closed with 1013 (try again later)."""
+    from dataclasses import replace
+
+    from gemini_graphql.app import create_app
+    from gemini_graphql.auth.tokens import TokenCodec
+    from tests.live import serve
+    from tests.processes import free_port
+
+    settings = replace(base_settings, database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/gone")
+    token = TokenCodec(settings, clock).issue(uuid.uuid4(), 0).token
+    async with serve(create_app(settings, clock=clock, sms=sms)) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+            response = await http.post(
+                "/graphql", json={"query": "{ me { id } }"}, headers={"Authorization": f"Bearer {token}"}
+            )
+            [error] = response.json()["errors"]
+            assert error["extensions"]["code"] == "SERVICE_UNAVAILABLE", error
+            assert error["extensions"]["retryAfter"] > 0 and response.headers["retry-after"]
+            signup = 'mutation { signup(input: {mobileNumber: "+14155550123"}) { errors { code } } }'
+            body = (await http.post("/graphql", json={"query": signup})).json()
+            assert body["errors"][0]["extensions"]["code"] == "SERVICE_UNAVAILABLE", body
+        socket = await websockets.connect(url.replace("http://", "ws://") + "/graphql", subprotocols=[PROTOCOL])
+        await send(socket, {"type": "connection_init", "payload": {"authorization": f"Bearer {token}"}})
+        assert await closed_with(socket) == 1013

@@ -33,6 +33,7 @@ from gemini_graphql.api.execution import GraphQLParams, InvalidParams, run, subs
 from gemini_graphql.api.subscription_events import FlatEvents
 from gemini_graphql.config import Settings
 from gemini_graphql.errors import Unauthenticated
+from gemini_graphql.outages import is_outage
 from gemini_graphql.web.cors import origin_allowed
 
 log = logging.getLogger(__name__)
@@ -224,6 +225,10 @@ class _Connection:
             await self._context.user()
         except Unauthenticated:
             raise _Close(4403, "Forbidden") from None
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            raise _Close(1013, "Service unavailable; try again shortly") from None  # RFC 6455
         self._acknowledged = True
         await self._write({"type": "connection_ack"})
 
