@@ -28,6 +28,7 @@ from gemini_graphql.web.middleware import (
     WebSocketShortcut,
 )
 from gemini_graphql.web.routes import health, root
+from gemini_graphql.web.security_headers import SecurityHeadersMiddleware
 from gemini_graphql.web.stripe_webhook import stripe_webhook
 
 
@@ -68,8 +69,13 @@ def create_app(
             Middleware(RequestIdMiddleware),
             # The GraphQL websocket skips what follows (CORS, body cap, router): see there.
             Middleware(WebSocketShortcut, path="/graphql", endpoint=graphql_ws),
+            Middleware(SecurityHeadersMiddleware, force_https=settings.force_https),
             cors_middleware(settings),
-            Middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes),
+            Middleware(
+                BodySizeLimitMiddleware,
+                max_bytes=settings.max_body_bytes,
+                timeout_seconds=settings.http_body_timeout_seconds,
+            ),
         ],
         lifespan=lifespan,
     )

@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(settings: Settings, host: str | None, port: int | None, workers: int) -> int:
     import uvicorn
 
+    from gemini_graphql.web.server import uvicorn_options
+
     uvicorn.run(
         "gemini_graphql.asgi:app",
         host=host or settings.host,
@@ -69,10 +71,8 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int)
         workers=workers,
         proxy_headers=True,
         log_level="debug" if settings.debug else "info",
-        log_config=None,  # keep the logging configured above (JSON in production)
-        access_log=False,  # our middleware logs each request with its id
         timeout_graceful_shutdown=30,
-        ws_per_message_deflate=False,
+        **uvicorn_options(settings),
     )
     return 0
 

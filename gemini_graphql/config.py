@@ -6,7 +6,9 @@ operator never has to guess which line of `.env` is wrong.
 
 from __future__ import annotations
 
+import math
 import os
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -19,6 +21,9 @@ KNOWN_DEFAULT_SECRETS = frozenset(
     {DEV_SECRET_KEY, "changeme", "change-me", "secret", "please-change-me-to-32-random-bytes!!"}
 )
 MIN_PRODUCTION_SECRET_BYTES = 32
+MIN_SECRET_ENTROPY_BITS = 128
+MIN_SECRET_DISTINCT_CHARACTERS = 16
+_SECRET_HINT = "use e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
 
 
 class AppEnv(StrEnum):
@@ -82,6 +87,13 @@ class Settings:
     # A subscriber to a reply with no new event for this long gets an error naming the
     # reply's status instead of waiting forever.
     stream_idle_timeout_seconds: float = 300.0
+    # A connection whose request head (request line and headers) is not complete this long
+    # after it opened or finished its previous response is closed (slow-header clients).
+    http_header_timeout_seconds: float = 10.0
+    # A request whose body is not complete this long after its head is answered 408.
+    http_body_timeout_seconds: float = 30.0
+    # Clients reach the service over HTTPS only (a TLS proxy in front): send HSTS.
+    force_https: bool = False
 
     @property
     def is_production(self) -> bool:
@@ -101,11 +113,14 @@ class Settings:
         env = os.environ if env is None else env
         reader = _Reader(env)
         defaults = cls()
+        app_env = reader.get("APP_ENV", AppEnv, defaults.app_env)
+        # Unset in production stays empty rather than the dev key, so problems() can say so.
+        unset_secret = "" if app_env is AppEnv.PRODUCTION else defaults.secret_key
         settings = cls(
-            app_env=reader.get("APP_ENV", AppEnv, defaults.app_env),
+            app_env=app_env,
             database_url=reader.get("DATABASE_URL", _database_url, defaults.database_url),
             redis_url=reader.get("REDIS_URL", _redis_url, defaults.redis_url),
-            secret_key=reader.get("SECRET_KEY", str, defaults.secret_key),
+            secret_key=reader.get("SECRET_KEY", str, unset_secret),
             access_token_expire_minutes=reader.get(
                 "ACCESS_TOKEN_EXPIRE_MINUTES", _positive_int, 60
             ),
@@ -149,6 +164,11 @@ class Settings:
             stream_idle_timeout_seconds=reader.get(
                 "STREAM_IDLE_TIMEOUT_SECONDS", _positive_float, 300.0
             ),
+            http_header_timeout_seconds=reader.get(
+                "HTTP_HEADER_TIMEOUT_SECONDS", _positive_float, 10.0
+            ),
+            http_body_timeout_seconds=reader.get("HTTP_BODY_TIMEOUT_SECONDS", _positive_float, 30.0),
+            force_https=reader.get("FORCE_HTTPS", _bool, False),
         )
         reader.problems.extend(settings.problems())
         if reader.problems:
@@ -159,14 +179,9 @@ class Settings:
         """Combinations that are invalid even when each value parses."""
         found: list[str] = []
         if self.is_production:
-            secret = self.secret_key
-            if secret in KNOWN_DEFAULT_SECRETS:
-                found.append("SECRET_KEY: a known default value; set a random secret")
-            elif len(secret.encode()) < MIN_PRODUCTION_SECRET_BYTES:
-                found.append(
-                    f"SECRET_KEY: must be at least {MIN_PRODUCTION_SECRET_BYTES} bytes "
-                    "in production"
-                )
+            secret_problem = _production_secret_problem(self.secret_key)
+            if secret_problem:
+                found.append(f"SECRET_KEY: {secret_problem}")
             if self.sms_backend == "console":
                 found.append(
                     "SMS_BACKEND: 'console' prints login codes to the log; "
@@ -190,6 +205,49 @@ class Settings:
         if self.pro_daily_limit < self.basic_daily_limit:
             found.append("PRO_DAILY_LIMIT: must not be lower than BASIC_DAILY_LIMIT")
         return found
+
+
+def _production_secret_problem(secret: str) -> str | None:
+    """Why `secret` cannot sign production tokens, or None: anyone who guesses it can mint
+    tokens for any user, so it must be long and look random, not just long."""
+    if not secret:
+        return (
+            f"not set; production needs a random secret of at least "
+            f"{MIN_PRODUCTION_SECRET_BYTES} bytes"
+        )
+    if secret in KNOWN_DEFAULT_SECRETS:
+        return "a known default value; set a random secret"
+    if len(secret.encode()) < MIN_PRODUCTION_SECRET_BYTES:
+        return f"must be at least {MIN_PRODUCTION_SECRET_BYTES} bytes in production"
+    distinct = len(set(secret))
+    if distinct == 1:
+        return f"too predictable (one character repeated); {_SECRET_HINT}"
+    if distinct < MIN_SECRET_DISTINCT_CHARACTERS:
+        return (
+            f"too predictable (only {distinct} distinct characters; need "
+            f"{MIN_SECRET_DISTINCT_CHARACTERS}); {_SECRET_HINT}"
+        )
+    bits = secret_entropy_bits(secret)
+    if bits < MIN_SECRET_ENTROPY_BITS:
+        return (
+            f"too predictable (about {bits:.0f} bits of entropy; need "
+            f"{MIN_SECRET_ENTROPY_BITS}); {_SECRET_HINT}"
+        )
+    return None
+
+
+def secret_entropy_bits(secret: str) -> float:
+    """An estimate of the bits of entropy in `secret`: its length × the Shannon entropy of
+    its characters' frequencies.
+
+    Never above the other usual estimate, length × log2(size of the character classes
+    used), and lower when a few characters are used over and over; blind to a repeated
+    pattern of many characters. Random tokens score well: the 64 characters of
+    `token_urlsafe(48)` about 300 bits.
+    """
+    length = len(secret)
+    counts = Counter(secret).values()
+    return -sum(count * math.log2(count / length) for count in counts)
 
 
 class _Reader:

@@ -20,6 +20,7 @@ from gemini_graphql.app import create_app
 from gemini_graphql.migrate import migrate
 from gemini_graphql.config import AppEnv, ConfigError, Settings
 from gemini_graphql.embedded_redis import EmbeddedRedis
+from gemini_graphql.web.server import uvicorn_options
 from gemini_graphql.worker import build_worker
 
 log = logging.getLogger(__name__)
@@ -70,10 +71,8 @@ async def _serve_with_worker(settings: Settings, host: str, port: int) -> None:
             create_app(settings),
             host=host,
             port=port,
-            access_log=False,
-            log_config=None,
-            ws_per_message_deflate=False,
             timeout_graceful_shutdown=10,
+            **uvicorn_options(settings),
         )
     )
     worker = build_worker(settings, handle_signals=False)

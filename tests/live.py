@@ -9,12 +9,22 @@ from contextlib import asynccontextmanager
 import uvicorn
 from starlette.types import ASGIApp
 
+from gemini_graphql.config import Settings
+from gemini_graphql.web.server import uvicorn_options
+
 
 @asynccontextmanager
-async def serve(app: ASGIApp) -> AsyncIterator[str]:
-    """Run `app` under uvicorn on 127.0.0.1 and yield its base URL (http://host:port)."""
+async def serve(app: ASGIApp, settings: Settings | None = None) -> AsyncIterator[str]:
+    """Run `app` under uvicorn on 127.0.0.1, with the options production uses (from
+    `settings`, default the defaults), and yield its base URL (http://host:port)."""
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", timeout_graceful_shutdown=1
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=1,
+        **uvicorn_options(settings or Settings()),
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import sys
 
 import pytest
 
-from gemini_graphql.config import DEV_SECRET_KEY, AppEnv, ConfigError, Settings
+from gemini_graphql.config import DEV_SECRET_KEY, AppEnv, ConfigError, Settings, secret_entropy_bits
 
-STRONG = "k" * 40
+STRONG = secrets.token_urlsafe(48)
+PRODUCTION = {
+    "APP_ENV": "production",
+    "SMS_BACKEND": "webhook",
+    "SMS_WEBHOOK_URL": "https://sms.internal/",
+    "GEMINI_API_KEY": "key",
+}
+HINT = "use e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
 
 
 def test_defaults() -> None:
@@ -17,6 +25,8 @@ def test_defaults() -> None:
     assert settings.app_env is AppEnv.DEV
     assert settings.access_token_expire_minutes == 60
     assert (settings.basic_daily_limit, settings.pro_daily_limit) == (5, 1000)
+    assert (settings.http_header_timeout_seconds, settings.http_body_timeout_seconds) == (10, 30)
+    assert settings.force_https is False
 
 
 def test_values_are_parsed() -> None:
@@ -28,8 +38,13 @@ def test_values_are_parsed() -> None:
             "DEBUG": "yes",
             "CORS_ORIGINS": "https://a.example, https://b.example",
             "BASIC_DAILY_LIMIT": "7",
+            "HTTP_HEADER_TIMEOUT_SECONDS": "2.5",
+            "HTTP_BODY_TIMEOUT_SECONDS": "60",
+            "FORCE_HTTPS": "true",
         }
     )
+    assert (settings.http_header_timeout_seconds, settings.http_body_timeout_seconds) == (2.5, 60)
+    assert settings.force_https is True
     assert settings.database_url == "postgresql+asyncpg://u:p@db:5432/app"
     assert settings.port == 9000 and settings.debug is True
     assert settings.cors_origins == ("https://a.example", "https://b.example")
@@ -46,24 +61,71 @@ def test_every_bad_variable_is_named() -> None:
                 "DEBUG": "maybe",
                 "REDIS_URL": "http://nope",
                 "DATABASE_URL": "mysql://x",
+                "HTTP_HEADER_TIMEOUT_SECONDS": "0",
+                "HTTP_BODY_TIMEOUT_SECONDS": "soon",
+                "FORCE_HTTPS": "sometimes",
             }
         )
     named = {problem.split(":")[0] for problem in caught.value.problems}
-    assert named == {"APP_ENV", "PORT", "ACCESS_TOKEN_EXPIRE_MINUTES", "DEBUG", "REDIS_URL", "DATABASE_URL"}
-
-
-@pytest.mark.parametrize("secret", ["", "short-secret", DEV_SECRET_KEY, "changeme"])
-def test_production_refuses_weak_secrets(secret: str) -> None:
-    env = {
-        "APP_ENV": "production",
-        "SMS_BACKEND": "webhook",
-        "SMS_WEBHOOK_URL": "https://sms.internal/",
-        "GEMINI_API_KEY": "key",
+    assert named == {
+        "APP_ENV", "PORT", "ACCESS_TOKEN_EXPIRE_MINUTES", "DEBUG", "REDIS_URL", "DATABASE_URL",
+        "HTTP_HEADER_TIMEOUT_SECONDS", "HTTP_BODY_TIMEOUT_SECONDS", "FORCE_HTTPS",
     }
-    with pytest.raises(ConfigError) as caught:
-        Settings.from_env({**env, "SECRET_KEY": secret})
-    assert any(problem.startswith("SECRET_KEY") for problem in caught.value.problems)
-    assert Settings.from_env({**env, "SECRET_KEY": STRONG}).is_production
+
+
+def secret_problems(secret: str | None) -> list[str]:
+    env = PRODUCTION if secret is None else {**PRODUCTION, "SECRET_KEY": secret}
+    try:
+        Settings.from_env(env)
+    except ConfigError as error:
+        return [problem for problem in error.problems if problem.startswith("SECRET_KEY")]
+    return []
+
+
+@pytest.mark.parametrize(
+    "secret, problem",
+    [
+        (None, "SECRET_KEY: not set; production needs a random secret of at least 32 bytes"),
+        ("", "SECRET_KEY: not set; production needs a random secret of at least 32 bytes"),
+        (DEV_SECRET_KEY, "SECRET_KEY: a known default value; set a random secret"),
+        ("changeme", "SECRET_KEY: a known default value; set a random secret"),
+        ("short-secret", "SECRET_KEY: must be at least 32 bytes in production"),
+        ("a" * 64, f"SECRET_KEY: too predictable (one character repeated); {HINT}"),
+        (
+            "0123456789abcde" * 5,
+            f"SECRET_KEY: too predictable (only 15 distinct characters; need 16); {HINT}",
+        ),
+        # 16 distinct characters, but one of them 60 times in 76: about 120 bits.
+        (
+            "a" * 60 + "bcdefghijklmnopq",
+            f"SECRET_KEY: too predictable (about 120 bits of entropy; need 128); {HINT}",
+        ),
+    ],
+    ids=["unset", "empty", "dev default", "known default", "short", "one character", "15 distinct",
+         "low entropy"],
+)
+def test_production_refuses_weak_secrets_with_one_line(secret: str | None, problem: str) -> None:
+    assert secret_problems(secret) == [problem]
+
+
+def test_production_accepts_random_secrets() -> None:
+    for _ in range(50):
+        assert secret_problems(secrets.token_urlsafe(48)) == []
+    assert secret_problems(secrets.token_urlsafe(32)) == []
+    assert Settings.from_env({**PRODUCTION, "SECRET_KEY": STRONG}).is_production
+
+
+def test_entropy_estimate() -> None:
+    assert secret_entropy_bits("a" * 64) == 0
+    assert secret_entropy_bits("ab" * 32) == pytest.approx(64)  # 1 bit a character
+    assert secret_entropy_bits("abcdefghij" * 4) == pytest.approx(40 * 3.3219, rel=1e-4)
+    assert secret_entropy_bits(secrets.token_urlsafe(48)) > 250
+
+
+def test_weak_secrets_are_fine_outside_production() -> None:
+    for env in ("dev", "test"):
+        assert Settings.from_env({"APP_ENV": env, "SECRET_KEY": "a" * 64}).secret_key == "a" * 64
+        assert Settings.from_env({"APP_ENV": env}).secret_key == DEV_SECRET_KEY
 
 
 def test_production_refuses_every_detectable_misconfiguration() -> None:

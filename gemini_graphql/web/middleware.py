@@ -1,8 +1,9 @@
-"""ASGI middleware: request ids with an access log line, a cap on request bodies, and a
-direct way in for long-lived websockets."""
+"""ASGI middleware: request ids with an access log line, caps on request bodies' size and
+time, and a direct way in for long-lived websockets."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import re
@@ -73,11 +74,15 @@ class RequestIdMiddleware:
 
 
 class BodySizeLimitMiddleware:
-    """Refuses bodies over `max_bytes` with 413, by Content-Length or while streaming."""
+    """Refuses bodies over `max_bytes` with 413, by Content-Length or while streaming, and
+    bodies not complete `timeout_seconds` after the request's head with 408: a client
+    trickling a body would otherwise hold a request, and what it buffered, for as long as
+    it likes (the head has its own deadline, in web.server)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_seconds: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_seconds = timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,16 +92,27 @@ class BodySizeLimitMiddleware:
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             await self._refuse(scope, receive, send)
             return
+        deadline = asyncio.get_running_loop().time() + self.timeout_seconds
         received = 0
+        body_done = False
         response_started = False
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # what follows is waiting for a disconnect: no deadline
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise _BodyTimedOut from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise _BodyTooLarge
+                body_done = not message.get("more_body", False)
+            else:
+                body_done = True  # the client went away
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -110,6 +126,9 @@ class BodySizeLimitMiddleware:
         except _BodyTooLarge:
             if not response_started:
                 await self._refuse(scope, receive, send)
+        except _BodyTimedOut:
+            if not response_started:
+                await self._time_out(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = PlainTextResponse(
@@ -117,8 +136,20 @@ class BodySizeLimitMiddleware:
         )
         await response(scope, receive, send)
 
+    async def _time_out(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = PlainTextResponse(
+            f"Request body not received in time (limit {self.timeout_seconds:g} seconds).",
+            status_code=408,
+            headers={"connection": "close"},  # the rest of the body may still be coming
+        )
+        await response(scope, receive, send)
+
 
 class _BodyTooLarge(Exception):
+    pass
+
+
+class _BodyTimedOut(Exception):
     pass
 
 
