@@ -166,6 +166,28 @@ async def traffic_during(stack: Stack, sms: RecordingSms, stop: asyncio.Event) -
     return traffic
 
 
+async def settled(
+    running: Stack,
+    pg: Any,
+    replies: list[tuple[str, str]],
+    seen: list[tuple[str, int]],
+    fault_at: float,
+    stop: asyncio.Event,
+    traffic: asyncio.Task[Traffic],
+) -> tuple[float, Traffic]:
+    """What every outage must leave behind, checked; (seconds from the fault until every
+    reply was final, the traffic meanwhile)."""
+    recovery = await all_final(pg) + (time.monotonic() - fault_at)
+    await asyncio.sleep(1.0)  # traffic after the return shows the recovery
+    stop.set()
+    done = await traffic
+    assert running.worker.popen.poll() is None, "the worker exited"
+    await check_outcome(pg, {reply: text for (_, reply), (text, _) in zip(replies, seen)})
+    assert done.codes <= {"SERVICE_UNAVAILABLE"}, done.codes  # never a masked internal error
+    assert done.last_failure < time.monotonic() - 0.5  # requests succeed again
+    return recovery, done
+
+
 @pytest.fixture
 async def gemini_slowly(fake_gemini: tuple[FakeGemini, str]) -> tuple[FakeGemini, str]:
     fake, _ = fake_gemini
@@ -189,15 +211,8 @@ async def test_a_redis_restart_in_the_middle_of_replies(
             await redis_server.restart(down_for=1.0, keep_data=keep_data)
             back_at = time.monotonic()
             seen = await asyncio.gather(*followers)
-            recovery = await all_final(pg) + (time.monotonic() - outage_started)
-            await asyncio.sleep(1.0)  # traffic after the return shows the recovery
-            stop.set()
-            done = await traffic
-            assert running.worker.popen.poll() is None, "the worker exited"
-            await check_outcome(pg, {reply: text for (_, reply), (text, _) in zip(replies, seen)})
+            recovery, done = await settled(running, pg, replies, seen, outage_started, stop, traffic)
             assert all(text == REPLY_TEXT for text, _ in seen)  # nothing failed: Redis came back
-            assert done.codes <= {"SERVICE_UNAVAILABLE"}, done.codes  # never masked
-            assert done.last_failure < time.monotonic() - 0.5  # requests succeed again
             # The worker takes new work after the restart.
             after = await send_messages(running, sms, users=1, each=1)
             assert (await follow_to_the_end(running.ws_url, *after[0]))[0] == REPLY_TEXT
@@ -240,14 +255,7 @@ async def test_a_postgresql_restart_in_the_middle_of_replies(
         seen = await asyncio.gather(*followers)
         pg = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
         try:
-            recovery = await all_final(pg) + (time.monotonic() - outage_started)
-            await asyncio.sleep(1.0)  # traffic after the return shows the recovery
-            stop.set()
-            done = await traffic
-            assert running.worker.popen.poll() is None, "the worker exited"
-            await check_outcome(pg, {reply: text for (_, reply), (text, _) in zip(replies, seen)})
-            assert done.codes <= {"SERVICE_UNAVAILABLE"}, done.codes  # never a masked INTERNAL_SERVER_ERROR
-            assert done.last_failure < time.monotonic() - 0.5  # requests succeed again
+            recovery, done = await settled(running, pg, replies, seen, outage_started, stop, traffic)
             after = await send_messages(running, sms, users=1, each=1)
             assert (await follow_to_the_end(running.ws_url, *after[0]))[0] == REPLY_TEXT
             webhook = await running.gql.http.post("/webhook/stripe", content=body, headers={"Stripe-Signature": header})
