@@ -29,6 +29,7 @@ NO_STORE_PATHS = frozenset({"/graphql", "/webhook/stripe"})
 _OURS = frozenset(
     {name for name, _ in STATIC_HEADERS} | {b"content-security-policy", HSTS[0], b"server"}
 )
+_OURS_AND_NO_STORE = _OURS | {NO_STORE[0]}
 
 
 class SecurityHeadersMiddleware:
@@ -75,13 +76,18 @@ class SecurityHeadersMiddleware:
             raise
 
     def headers(self, given: Iterable[tuple[bytes, bytes]], no_store: bool) -> Headers:
-        """`given` with our headers in place of any of the same names."""
-        replaced = _OURS | {NO_STORE[0]} if no_store else _OURS
-        kept = [(name, value) for name, value in given if name.lower() not in replaced]
-        html = any(
-            name.lower() == b"content-type" and value.lower().startswith(b"text/html")
-            for name, value in kept
-        )
+        """`given` with our headers in place of any of the same names (one pass: this runs
+        for every response)."""
+        replaced = _OURS_AND_NO_STORE if no_store else _OURS
+        kept: Headers = []
+        html = False
+        for name, value in given:
+            lowered = name.lower()
+            if lowered in replaced:
+                continue
+            if lowered == b"content-type" and value[:9].lower() == b"text/html":
+                html = True
+            kept.append((name, value))
         kept.extend(STATIC_HEADERS)
         kept.append((b"content-security-policy", PAGE_CSP if html else API_CSP))
         if no_store:
