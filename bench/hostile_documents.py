@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from gemini_graphql.api.documents import Documents
+from gemini_graphql.api.transport.documents import Documents
 from gemini_graphql.api.schema import build_schema
 
 ORDINARY = """

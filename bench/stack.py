@@ -16,7 +16,7 @@ import httpx
 import redis.asyncio as aioredis
 
 from gemini_graphql.config import AppEnv, Settings
-from gemini_graphql.migrate import migrate
+from gemini_graphql.infra.migrate import migrate
 from tests.fakes.gemini import API_KEY
 from tests.processes import Process, free_port, start_api, start_worker
 

@@ -29,9 +29,9 @@ import asyncpg
 from bench.stack import Stack, percentile, rss_kb
 from gemini_graphql.ids import new_id
 from gemini_graphql.models import MessageStatus
-from gemini_graphql.streaming import (
+from gemini_graphql.chat.reply_stream import (
     FINISHED_TTL_SECONDS,
-    ReplyEvent,
+    StreamEvent,
     channel_name,
     stream_key,
 )
@@ -133,7 +133,7 @@ async def deliver(
     for seq in range(first_seq, first_seq + DELTAS):
         for batch in batches:
             started = loop.time()
-            await publisher.publish(batch, ReplyEvent(seq, f"{started:.6f}", MessageStatus.STREAMING))
+            await publisher.publish(batch, StreamEvent(seq, f"{started:.6f}", MessageStatus.STREAMING))
             await asyncio.sleep(max(0.0, ROUND_SECONDS / slots - (loop.time() - started)))
     report = await client.ask({"op": "collect", "expect": len(replies) * DELTAS})
     return report["latencies_ms"]
@@ -157,7 +157,7 @@ class Publisher:
         await publisher._send([_command(b"SELECT", (url.path.strip("/") or "0").encode())])
         return publisher
 
-    async def publish(self, ids: list[uuid.UUID], event: ReplyEvent) -> None:
+    async def publish(self, ids: list[uuid.UUID], event: StreamEvent) -> None:
         payload, entry = event.encode().encode(), f"{event.seq}-0".encode()
         ttl = str(FINISHED_TTL_SECONDS).encode()
         commands = []

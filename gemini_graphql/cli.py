@@ -9,7 +9,7 @@ from pathlib import Path
 
 from gemini_graphql.config import ConfigError, Settings
 from gemini_graphql.logs import configure_logging
-from gemini_graphql.migrate import migrate
+from gemini_graphql.infra.migrate import migrate
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gemini-graphql", description=__doc__)
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         migrate(settings.database_url)
         return 0
     if args.command == "dev":
-        from gemini_graphql.dev import run_dev
+        from gemini_graphql.app.dev import run_dev
 
         return run_dev(settings, args.host, args.port)
     if args.command == "export-schema":
@@ -65,7 +65,7 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int)
     from gemini_graphql.web.server import uvicorn_options
 
     uvicorn.run(
-        "gemini_graphql.asgi:app",
+        "gemini_graphql.app.asgi:app",
         host=host or settings.host,
         port=port or settings.port,
         workers=workers,
@@ -80,7 +80,7 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int)
 def _worker(settings: Settings) -> int:
     import uvloop
 
-    from gemini_graphql.worker import build_worker
+    from gemini_graphql.app.worker import build_worker
 
     # uvloop, as the api runs under uvicorn: a reply's socket writes (Redis, PostgreSQL,
     # Gemini) cost a fifth of the worker's CPU on asyncio's own loop.

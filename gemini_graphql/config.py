@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,6 +25,9 @@ MIN_PRODUCTION_SECRET_BYTES = 32
 MIN_SECRET_ENTROPY_BITS = 128
 MIN_SECRET_DISTINCT_CHARACTERS = 16
 _SECRET_HINT = "use e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
+
+# In dev, any page served from this machine may call the API.
+LOCALHOST_ORIGIN = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?"
 
 
 class AppEnv(StrEnum):
@@ -102,6 +106,13 @@ class Settings:
     @property
     def is_dev(self) -> bool:
         return self.app_env == AppEnv.DEV
+
+    def allows_origin(self, origin: str) -> bool:
+        """Whether a browser page from `origin` may call the API: the one rule behind CORS
+        and websocket handshakes alike."""
+        if "*" in self.cors_origins or origin in self.cors_origins:
+            return True
+        return self.is_dev and re.fullmatch(LOCALHOST_ORIGIN, origin) is not None
 
     @property
     def payments_enabled(self) -> bool:

@@ -1,16 +1,20 @@
-"""The domain services of one process, built once from its Resources."""
+"""The domain services of one process, built once from its Resources: the one place that
+knows which service uses which connection."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from gemini_graphql.auth.service import AuthService
+from gemini_graphql.auth.sms import SmsSender, build_sms_sender
+from gemini_graphql.billing.gateway import StripeGateway
+from gemini_graphql.chat.room_cache import RoomListCache
 from gemini_graphql.billing.checkout import Billing
 from gemini_graphql.billing.webhooks import StripeWebhooks
 from gemini_graphql.chat.messages import Messages
 from gemini_graphql.chat.rooms import Rooms
-from gemini_graphql.resources import Resources
-from gemini_graphql.streaming import RESYNC_AFTER_SECONDS, Relay
+from gemini_graphql.infra.resources import Resources
+from gemini_graphql.infra.relay import RESYNC_AFTER_SECONDS, Relay
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,21 +28,46 @@ class Services:
     relay: Relay  # this process's one pub/sub connection for live replies
 
     @classmethod
-    def build(cls, resources: Resources) -> Services:
-        rooms = Rooms(resources)
-        idle_timeout = resources.settings.stream_idle_timeout_seconds
+    def build(cls, resources: Resources, *, sms: SmsSender | None = None) -> Services:
+        """Each service gets the collaborators it uses, and nothing else."""
+        settings, database, redis, users, clock = (
+            resources.settings,
+            resources.database,
+            resources.redis,
+            resources.users,
+            resources.clock,
+        )
+        rooms_cache = RoomListCache(redis, users)
+        idle_timeout = settings.stream_idle_timeout_seconds
         return cls(
             resources=resources,
-            auth=AuthService(resources),
-            rooms=rooms,
-            messages=Messages(resources, rooms.cache),
-            billing=Billing(resources),
-            webhooks=StripeWebhooks(resources),
-            # Quiet subscribers re-check often enough to notice a stalled reply in time.
-            relay=Relay(
-                resources.redis,
-                resync_after=min(RESYNC_AFTER_SECONDS, idle_timeout / 3),
+            auth=AuthService(
+                settings=settings,
+                database=database,
+                redis=redis,
+                users=users,
+                sms=sms or build_sms_sender(settings),
+                clock=clock,
             ),
+            rooms=Rooms(database=database, cache=rooms_cache, clock=clock),
+            messages=Messages(
+                settings=settings,
+                database=database,
+                redis=redis,
+                rooms_cache=rooms_cache,
+                clock=clock,
+            ),
+            billing=Billing(
+                database=database, users=users, gateway=StripeGateway(settings), clock=clock
+            ),
+            webhooks=StripeWebhooks(
+                signing_secret=settings.stripe_webhook_secret,
+                database=database,
+                users=users,
+                clock=clock,
+            ),
+            # Quiet subscribers re-check often enough to notice a stalled reply in time.
+            relay=Relay(redis, resync_after=min(RESYNC_AFTER_SECONDS, idle_timeout / 3)),
         )
 
     async def close(self) -> None:

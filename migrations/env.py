@@ -9,7 +9,7 @@ from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
 import gemini_graphql.models  # noqa: F401  (registers the tables on SQLModel.metadata)
-from gemini_graphql.db import create_engine
+from gemini_graphql.infra.db import create_engine
 
 target_metadata = SQLModel.metadata
 

@@ -16,9 +16,9 @@ import websockets
 from arq.worker import Worker
 from websockets.exceptions import ConnectionClosed
 
-from gemini_graphql.app import create_app
+from gemini_graphql.app.http_app import create_app
 from gemini_graphql.config import Settings
-from gemini_graphql.worker import build_worker
+from gemini_graphql.app.worker import build_worker
 from tests.auth_flows import LoggedIn, login
 from tests.conftest import FakeClock, GraphQLClient, RecordingSms
 from tests.fakes.gemini import API_KEY, FakeGemini

@@ -20,9 +20,9 @@ import pytest
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
 
-from gemini_graphql.app import create_app
+from gemini_graphql.app.http_app import create_app
 from gemini_graphql.config import AppEnv, Settings
-from gemini_graphql.migrate import migrate
+from gemini_graphql.infra.migrate import migrate
 
 # The chat fixtures (fake Gemini, worker, live server) for every test module.
 pytest_plugins = ["tests.chat_harness"]

@@ -197,7 +197,7 @@ async def test_no_n_plus_one_for_messages_of_many_rooms(
 ) -> None:
     user = await login(gql, sms)
     await pg.execute("UPDATE users SET subscription_tier = 'pro' WHERE id = $1", uuid.UUID(user.user_id))
-    engine = client._transport.app.state.resources.engine
+    engine = client._transport.app.state.resources.database.engine
     statements: list[str] = []
 
     def count(conn, cursor, statement, *args) -> None:

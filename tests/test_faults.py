@@ -22,9 +22,9 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from gemini_graphql.app import create_app
+from gemini_graphql.app.http_app import create_app
 from gemini_graphql.config import Settings
-from gemini_graphql.migrate import migrate
+from gemini_graphql.infra.migrate import migrate
 from tests.auth_flows import login
 from tests.chat_harness import SEND, StreamResult, WsClient, create_room
 from tests.conftest import FakeClock, GraphQLClient, RecordingSms

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import websockets
 
-from gemini_graphql.api.documents import BUDGET, MAX_CHARS, Documents
+from gemini_graphql.api.transport.documents import BUDGET, MAX_CHARS, Documents
 from gemini_graphql.api.schema import build_schema
 from tests.chat_harness import PROTOCOL, closed_with
 from tests.conftest import GraphQLClient, RecordingSms
@@ -194,7 +194,7 @@ async def test_bad_frames_close_the_socket_with_a_code(
 async def test_operations_per_connection_are_capped(
     ws_url: str, gql: GraphQLClient, sms: RecordingSms
 ) -> None:
-    from gemini_graphql.api.websocket import MAX_OPERATIONS
+    from gemini_graphql.api.transport.websocket import MAX_OPERATIONS
 
     from tests.auth_flows import login
     from tests.chat_harness import create_room
@@ -228,7 +228,7 @@ async def test_a_client_that_does_not_read_is_disconnected(
     """Large answers to a client that stopped reading: the server's buffer fills, messages
     pile up, and past MAX_WAITING_SENDS the server ends the connection instead of holding
     them all."""
-    from gemini_graphql.api.websocket import MAX_WAITING_SENDS
+    from gemini_graphql.api.transport.websocket import MAX_WAITING_SENDS
     from graphql import get_introspection_query
 
     socket = await acknowledged(ws_url, gql, sms)
@@ -328,7 +328,7 @@ async def test_an_unreachable_database_is_service_unavailable_not_a_500(
     websocket's connection_init is closed with 1013 (try again later)."""
     from dataclasses import replace
 
-    from gemini_graphql.app import create_app
+    from gemini_graphql.app.http_app import create_app
     from gemini_graphql.auth.tokens import TokenCodec
     from tests.live import serve
     from tests.processes import free_port

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel import SQLModel
 
 import gemini_graphql.models  # noqa: F401
-from gemini_graphql.migrate import alembic_config
+from gemini_graphql.infra.migrate import alembic_config
 from tests.conftest import ADMIN_DSN
 
 

@@ -13,7 +13,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from gemini_graphql.app import create_app
+from gemini_graphql.app.http_app import create_app
 from gemini_graphql.config import AppEnv
 from gemini_graphql.logs import JsonFormatter
 from tests.auth_flows import ME, login

@@ -1,4 +1,5 @@
-"""The relay's subscriber mailboxes, and the re-read it asks of quiet subscribers."""
+"""The relay's mailboxes (bytes, as published), the re-read it asks of quiet listeners, and
+a reply's follower on top of it."""
 
 from __future__ import annotations
 
@@ -8,30 +9,34 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
-from gemini_graphql import streaming
+from gemini_graphql.chat import reply_stream
+from gemini_graphql.chat.reply_stream import StreamEvent, channel_name, publish
+from gemini_graphql.infra import relay as relay_module
+from gemini_graphql.infra.relay import RESYNC, Mailbox, Relay
 from gemini_graphql.models import MessageStatus
-from gemini_graphql.streaming import RESYNC, Mailbox, Relay, ReplyEvent, channel_name, publish
 
 
-def event(seq: int) -> ReplyEvent:
-    return ReplyEvent(seq, f"d{seq}", MessageStatus.STREAMING)
+def event(seq: int) -> StreamEvent:
+    return StreamEvent(seq, f"d{seq}", MessageStatus.STREAMING)
 
 
 async def test_a_mailbox_hands_events_over_in_order_and_wakes_its_reader() -> None:
     mailbox = Mailbox(0.0)
     reader = asyncio.create_task(mailbox.get())
     await asyncio.sleep(0)
-    assert mailbox.put(event(1), 1.0)
-    assert mailbox.put(event(2), 1.0)
-    assert (await reader).seq == 1
-    assert (await mailbox.get()).seq == 2
+    assert mailbox.put(b"one", 1.0)
+    assert mailbox.put(RESYNC, 1.0)
+    assert mailbox.put(b"two", 1.0)
+    assert await reader == b"one"
+    assert await mailbox.get() is RESYNC
+    assert await mailbox.get() == b"two"
     assert mailbox.last_put == 1.0
 
 
 def test_a_full_mailbox_refuses_more(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(streaming, "SUBSCRIBER_QUEUE_SIZE", 3)
+    monkeypatch.setattr(relay_module, "MAILBOX_SIZE", 3)
     mailbox = Mailbox(0.0)
-    assert [mailbox.put(event(seq), 0.0) for seq in range(1, 6)] == [True, True, True, False, False]
+    assert [mailbox.put(b"x", 0.0) for _ in range(5)] == [True, True, True, False, False]
 
 
 async def test_live_events_reach_every_listener_of_a_channel(redis_client: aioredis.Redis) -> None:
@@ -43,8 +48,8 @@ async def test_live_events_reach_every_listener_of_a_channel(redis_client: aiore
         ) as second:
             await publish(redis_client, message_id, event(1))
             async with asyncio.timeout(5):
-                assert (await first.get()).seq == 1
-                assert (await second.get()).seq == 1
+                assert await first.get() == event(1).encode().encode()
+                assert await second.get() == event(1).encode().encode()
     finally:
         await relay.close()
 
@@ -67,7 +72,7 @@ async def test_a_reply_written_between_reading_and_checking_the_stream_is_not_lo
     """The stream was empty when read, and the whole reply (final event included) arrived
     before the end was checked: the subscriber must read again, not stop with nothing."""
     message_id = uuid.uuid4()
-    real_history = streaming.history
+    real_history = reply_stream.history
     reads = 0
 
     async def history_written_just_after(redis: aioredis.Redis, reply: uuid.UUID, after: int = 0):
@@ -76,19 +81,19 @@ async def test_a_reply_written_between_reading_and_checking_the_stream_is_not_lo
         if reads == 1:  # the worker writes everything right after this first read
             for seq in range(1, 4):
                 await publish(redis, reply, event(seq))
-            await publish(redis, reply, ReplyEvent(4, "", MessageStatus.COMPLETE))
+            await publish(redis, reply, StreamEvent(4, "", MessageStatus.COMPLETE))
             return []
         return await real_history(redis, reply, after)
 
-    monkeypatch.setattr(streaming, "history", history_written_just_after)
+    monkeypatch.setattr(reply_stream, "history", history_written_just_after)
     relay = Relay(redis_client)
 
-    async def nothing_stored(_: int) -> ReplyEvent | None:
+    async def nothing_stored(_: int) -> StreamEvent | None:
         return None
 
     try:
         async with asyncio.timeout(5):
-            seqs = [e.seq async for e in streaming.follow(redis_client, relay, message_id, 0, nothing_stored)]
+            seqs = [e.seq async for e in reply_stream.follow(redis_client, relay, message_id, 0, nothing_stored)]
     finally:
         await relay.close()
     assert seqs == [1, 2, 3, 4]

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from gemini_graphql.ai.gemini import GeminiModel
 from gemini_graphql.chat.replies import ReplyGenerator
-from gemini_graphql.resources import Resources
+from gemini_graphql.infra.resources import Resources
 from tests.auth_flows import ME
 from tests.chat_harness import Live, send, stream, user_with_room
 from tests.conftest import RecordingSms
@@ -139,7 +139,16 @@ async def test_a_finished_reply_is_never_generated_twice(
     resources = Resources.open(chat_settings, role="test")
     model = GeminiModel(chat_settings)
     try:
-        outcome = await ReplyGenerator(resources, model, job_timeout_seconds=15).generate(uuid.UUID(sent["reply"]["id"]), final_try=False)
+        generator = ReplyGenerator(
+            database=resources.database,
+            redis=resources.redis,
+            users=resources.users,
+            clock=resources.clock,
+            model=model,
+            system_instruction=None,
+            job_timeout_seconds=15,
+        )
+        outcome = await generator.generate(uuid.UUID(sent["reply"]["id"]), final_try=False)
     finally:
         await model.aclose()
         await resources.close()

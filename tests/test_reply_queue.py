@@ -10,7 +10,7 @@ import uuid
 from arq.connections import ArqRedis
 from arq.constants import default_queue_name
 
-from gemini_graphql.reply_queue import WAKE_CHANNEL, enqueue_reply, reply_job_id
+from gemini_graphql.chat.reply_queue import WAKE_CHANNEL, enqueue_reply, reply_job_id
 from tests.chat_harness import Live, running_worker, send, user_with_room
 from tests.conftest import RecordingSms
 from tests.fakes.gemini import Script

@@ -12,11 +12,11 @@ import httpx
 import pytest
 from arq.constants import default_queue_name
 
-from gemini_graphql.app import create_app
+from gemini_graphql.app.http_app import create_app
 from gemini_graphql.chat.replies import LEASE_MARGIN, STRANDED_GIVE_UP_AFTER
 from gemini_graphql.config import Settings
-from gemini_graphql.reply_queue import reply_job_id
-from gemini_graphql.streaming import ReplyEvent, publish
+from gemini_graphql.chat.reply_queue import reply_job_id
+from gemini_graphql.chat.reply_stream import StreamEvent, publish
 from gemini_graphql.models import MessageStatus
 from tests.auth_flows import login
 from tests.chat_harness import Live, WsClient, running_worker, send, stream, user_with_room
@@ -33,7 +33,7 @@ async def strand(live: Live, redis_client, pg, token: str, room_id: str, *, stre
     await redis_client.delete(f"arq:job:{job_id}")
     await redis_client.zrem(default_queue_name, job_id)
     for seq, delta in enumerate(streamed, start=1):
-        await publish(redis_client, uuid.UUID(reply_id), ReplyEvent(seq, delta, MessageStatus.STREAMING))
+        await publish(redis_client, uuid.UUID(reply_id), StreamEvent(seq, delta, MessageStatus.STREAMING))
     await pg.execute(
         "UPDATE messages SET status = 'streaming', content = $2 WHERE id = $1",
         uuid.UUID(reply_id), "".join(streamed),
@@ -105,7 +105,7 @@ async def test_a_subscriber_whose_stream_was_lost_gets_the_stored_end(
     in the database. The subscriber gets the stored end instead of waiting forever."""
     user, room_id = await user_with_room(impatient.http, sms)
     reply_id = (await send(impatient.http, user.token, room_id))["reply"]["id"]
-    await publish(redis_client, uuid.UUID(reply_id), ReplyEvent(1, "Hello ", MessageStatus.STREAMING))
+    await publish(redis_client, uuid.UUID(reply_id), StreamEvent(1, "Hello ", MessageStatus.STREAMING))
     async with WsClient.connect(impatient.ws_url, user.token) as client:
         op = await client.start(reply_id)
         first = await client.collect(op, limit=1)
@@ -128,12 +128,12 @@ async def test_a_stream_restarted_shorter_tells_the_subscriber_to_start_over(
     user, room_id = await user_with_room(impatient.http, sms)
     reply_id = uuid.UUID((await send(impatient.http, user.token, room_id))["reply"]["id"])
     for seq, delta in enumerate(["a ", "b ", "c "], start=1):
-        await publish(redis_client, reply_id, ReplyEvent(seq, delta, MessageStatus.STREAMING))
+        await publish(redis_client, reply_id, StreamEvent(seq, delta, MessageStatus.STREAMING))
     async with WsClient.connect(impatient.ws_url, user.token) as client:
         op = await client.start(str(reply_id))
         await client.collect(op, limit=3)
         await redis_client.delete(f"reply:{reply_id}:events")
-        await publish(redis_client, reply_id, ReplyEvent(1, "a ", MessageStatus.STREAMING))
+        await publish(redis_client, reply_id, StreamEvent(1, "a ", MessageStatus.STREAMING))
         rest = await client.collect(op, timeout=10)
     assert not rest.completed and "from its start" in rest.errors[0]["message"]
 

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Message
 
-from gemini_graphql.app import create_app
+from gemini_graphql.app.http_app import create_app
 from gemini_graphql.config import Settings
 from gemini_graphql.web.middleware import WebSocketShortcut
 from gemini_graphql.web.security_headers import SecurityHeadersMiddleware

@@ -22,7 +22,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from gemini_graphql.app import create_app
+from gemini_graphql.app.http_app import create_app
 from gemini_graphql.config import Settings
 from gemini_graphql.web.server import MAX_HEAD_BYTES
 from tests.conftest import FakeClock, RecordingSms

@@ -10,7 +10,7 @@ from graphql import parse
 from graphql.utilities import get_operation_ast
 
 from gemini_graphql.api.schema import build_schema
-from gemini_graphql.api.subscription_events import FlatEvents
+from gemini_graphql.api.transport.events import FlatEvents
 from tests.chat_harness import Live, WsClient
 from tests.conftest import RecordingSms
 from tests.test_streaming import finished_reply

@@ -18,10 +18,10 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from gemini_graphql import user_cache
+from gemini_graphql.infra import user_cache
 from gemini_graphql.models import User
-from gemini_graphql.resources import Resources
-from gemini_graphql.user_cache import CHANNEL, UserCache
+from gemini_graphql.infra.resources import Resources
+from gemini_graphql.infra.user_cache import CHANNEL, UserCache
 from tests.auth_flows import CHANGE_PASSWORD, ME, LoggedIn, login
 from tests.chat_harness import create_room, send
 from tests.conftest import GraphQLClient, RecordingSms
@@ -291,7 +291,7 @@ async def test_a_notice_reaches_redis_subscribers(cache: UserCache, redis_client
 def test_which_documents_are_answered_from_kept_responses(document: str, cacheable: bool) -> None:
     from graphql import parse
 
-    from gemini_graphql.api.response_cache import reads_only_user_state
+    from gemini_graphql.api.transport.response_cache import reads_only_user_state
     from gemini_graphql.api.schema import build_schema
 
     schema = build_schema()._schema

@@ -17,7 +17,7 @@ from graphql import GraphQLError
 
 from gemini_graphql.errors import DomainError, InvalidArgument, RateLimited, Unauthenticated
 from gemini_graphql.errors import ErrorCode as DomainErrorCode
-from gemini_graphql.outages import RETRY_AFTER_SECONDS, is_outage
+from gemini_graphql.infra.outages import RETRY_AFTER_SECONDS, is_outage
 
 log = logging.getLogger("gemini_graphql.errors")
 

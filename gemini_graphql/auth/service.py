@@ -13,6 +13,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from redis.asyncio import Redis
+from gemini_graphql.auth.sms import SmsSender
+from gemini_graphql.clock import Clock
+from gemini_graphql.config import Settings
+from gemini_graphql.infra.db import Database
+from gemini_graphql.infra.user_cache import UserCache
 from gemini_graphql.auth.otp import IssuedOtp, OtpBook, invalid_code
 from gemini_graphql.auth.passwords import hash_password, validate_new_password, verify_password
 from gemini_graphql.auth.phone import normalize_mobile_number
@@ -20,7 +26,6 @@ from gemini_graphql.auth.throttle import RateLimiter
 from gemini_graphql.auth.tokens import AccessToken, TokenCodec
 from gemini_graphql.errors import DomainError, ErrorCode, Unauthenticated, invalid_input
 from gemini_graphql.models import OtpPurpose, User
-from gemini_graphql.resources import Resources
 from gemini_graphql.text import check_storable
 
 log = logging.getLogger(__name__)
@@ -45,16 +50,25 @@ class Login:
 
 
 class AuthService:
-    def __init__(self, resources: Resources) -> None:
-        self._settings = resources.settings
-        self._sessions = resources.sessions
-        self._autocommit = resources.autocommit
-        self._sms = resources.sms
-        self._clock = resources.clock
-        self._users = resources.users
-        self._otps = OtpBook(resources.settings.secret_key, resources.clock)
-        self._limiter = RateLimiter(resources.redis)
-        self.tokens = TokenCodec(resources.settings, resources.clock)
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        database: Database,
+        redis: Redis,
+        users: UserCache,
+        sms: SmsSender,
+        clock: Clock,
+    ) -> None:
+        self._settings = settings
+        self._sessions = database.sessions
+        self._autocommit = database.autocommit
+        self._sms = sms
+        self._clock = clock
+        self._users = users
+        self._otps = OtpBook(settings.secret_key, clock)
+        self._limiter = RateLimiter(redis)
+        self.tokens = TokenCodec(settings, clock)
 
     async def throttle(self, client_ip: str, subject: str | None) -> None:
         """Count an auth request per client IP and per subject (a number or a user id)."""

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+from gemini_graphql.clock import Clock
+from gemini_graphql.infra.db import Database
+from gemini_graphql.infra.user_cache import UserCache
 from gemini_graphql.billing.gateway import CheckoutSession, PaymentsUnavailable, StripeGateway
 from gemini_graphql.billing.subscriptions import link_customer, status_of
 from gemini_graphql.billing.subscriptions import Status
 from gemini_graphql.errors import DomainError, ErrorCode
 from gemini_graphql.models import Tier, User
-from gemini_graphql.resources import Resources
 
 # A double click within this window gets the same session (Stripe idempotency keys).
 IDEMPOTENCY_WINDOW_SECONDS = 600
 
 
 class Billing:
-    def __init__(self, resources: Resources, gateway: StripeGateway | None = None) -> None:
-        self._sessions = resources.sessions
-        self._clock = resources.clock
-        self._users = resources.users
-        self._gateway = gateway or StripeGateway(resources.settings)
+    def __init__(
+        self, *, database: Database, users: UserCache, gateway: StripeGateway, clock: Clock
+    ) -> None:
+        self._sessions = database.sessions
+        self._clock = clock
+        self._users = users
+        self._gateway = gateway
 
     async def subscribe_pro(self, user: User) -> CheckoutSession:
         if user.tier is Tier.PRO:

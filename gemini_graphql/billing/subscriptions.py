@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
-from gemini_graphql.db import insert_for
+from gemini_graphql.infra.db import insert_for
 from gemini_graphql.ids import new_id
 from gemini_graphql.models import Subscription, Tier, User
 

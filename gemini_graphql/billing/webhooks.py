@@ -13,6 +13,9 @@ from typing import Any
 import stripe
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gemini_graphql.clock import Clock
+from gemini_graphql.infra.db import Database
+from gemini_graphql.infra.user_cache import UserCache
 from gemini_graphql.billing.subscriptions import (
     Snapshot,
     apply_snapshot,
@@ -20,10 +23,9 @@ from gemini_graphql.billing.subscriptions import (
     id_of,
     link_customer,
 )
-from gemini_graphql.db import insert_for
+from gemini_graphql.infra.db import insert_for
 from gemini_graphql.ids import parse_id
 from gemini_graphql.models import StripeEvent
-from gemini_graphql.resources import Resources
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ class BadWebhook(Exception):
     """Missing, malformed, wrongly signed or stale: answered 400, nothing changes."""
 
 
-class Outcome(StrEnum):
+class WebhookOutcome(StrEnum):
     APPLIED = "applied"
     DUPLICATE = "duplicate"
     IGNORED = "ignored"  # a type we do not handle
@@ -44,11 +46,13 @@ Handler = Callable[[AsyncSession, dict[str, Any], int], Awaitable[uuid.UUID | No
 
 
 class StripeWebhooks:
-    def __init__(self, resources: Resources) -> None:
-        self._secret = resources.settings.stripe_webhook_secret
-        self._sessions = resources.sessions
-        self._clock = resources.clock
-        self._users = resources.users
+    def __init__(
+        self, *, signing_secret: str | None, database: Database, users: UserCache, clock: Clock
+    ) -> None:
+        self._secret = signing_secret
+        self._sessions = database.sessions
+        self._clock = clock
+        self._users = users
         # Each returns the user it changed, if any.
         self._handlers: dict[str, Handler] = {
             "checkout.session.completed": self._checkout_completed,
@@ -82,13 +86,13 @@ class StripeWebhooks:
             raise BadWebhook("not an event")
         return event
 
-    async def handle(self, event: dict[str, Any]) -> Outcome:
+    async def handle(self, event: dict[str, Any]) -> WebhookOutcome:
         """Record the event id and apply the event in one transaction: exactly once."""
         handler = self._handlers.get(event["type"])
         now = self._clock()
         async with self._sessions() as session:
             if not await _record(session, event, now):
-                return Outcome.DUPLICATE
+                return WebhookOutcome.DUPLICATE
             changed = None
             if handler is not None:
                 try:
@@ -98,7 +102,7 @@ class StripeWebhooks:
             await session.commit()
         if changed is not None:
             await self._users.changed(changed)
-        return Outcome.APPLIED if handler else Outcome.IGNORED
+        return WebhookOutcome.APPLIED if handler else WebhookOutcome.IGNORED
 
     async def _checkout_completed(
         self, session: AsyncSession, obj: dict[str, Any], as_of: int

@@ -14,16 +14,19 @@ from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel import col, select
 
+from gemini_graphql.clock import Clock
+from gemini_graphql.config import Settings
+from gemini_graphql.infra.db import Database
 from gemini_graphql.chat.pages import Page, decode_id_cursor, encode_cursor, page_size
 from gemini_graphql.chat.quota import Usage, consume_one, give_back_one, utc_day
 from gemini_graphql.chat.room_cache import RoomListCache
 from gemini_graphql.errors import DomainError, ErrorCode, InvalidArgument, invalid_input
 from gemini_graphql.ids import new_id, parse_id
 from gemini_graphql.models import Chatroom, Message, MessageRole, MessageStatus, Subscription
-from gemini_graphql.reply_queue import enqueue_reply
-from gemini_graphql.resources import Resources
+from gemini_graphql.chat.reply_queue import enqueue_reply
 from gemini_graphql.text import check_storable
-from gemini_graphql.streaming import Relay, ReplyEvent, Stored, follow
+from gemini_graphql.chat.reply_stream import Stored, StreamEvent, follow
+from gemini_graphql.infra.relay import Relay
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +72,26 @@ class PageRequest:
 
 
 class Messages:
-    def __init__(self, resources: Resources, rooms_cache: RoomListCache) -> None:
-        self._settings = resources.settings
-        self._sessions = resources.sessions
-        self._engine = resources.engine
-        self._reads = resources.reads
-        self._autocommit = resources.autocommit
-        self._clock = resources.clock
-        self._queue: ArqRedis = resources.redis
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        database: Database,
+        redis: ArqRedis,
+        rooms_cache: RoomListCache,
+        clock: Clock,
+    ) -> None:
+        """`redis` queues replies and holds their streams; `settings` the quota and the
+        streams' idle timeout."""
+        self._settings = settings
+        self._sessions = database.sessions
+        self._engine = database.engine
+        self._reads = database.reads
+        self._autocommit = database.autocommit
+        self._clock = clock
+        self._queue = redis
         self._rooms_cache = rooms_cache  # a new message moves its room to the top
-        self._idle_timeout = resources.settings.stream_idle_timeout_seconds
+        self._idle_timeout = settings.stream_idle_timeout_seconds
 
     async def send(self, user_id: uuid.UUID, raw_room_id: str, content: str) -> Sent:
         """Store the message and a PENDING reply, count it, and queue the reply; never waits for it."""
@@ -142,7 +155,7 @@ class Messages:
             await session.commit()
         await self._rooms_cache.invalidate(user_id)
 
-    async def owned(self, user_id: uuid.UUID, raw_id: str) -> Message | None:
+    async def owned_message(self, user_id: uuid.UUID, raw_id: str) -> Message | None:
         """The message, if it exists and is in one of the user's rooms."""
         message_id = parse_id(raw_id)
         if message_id is None:
@@ -152,7 +165,7 @@ class Messages:
     async def get(self, message_id: uuid.UUID) -> Message | None:
         return await message_by_id(self._autocommit, message_id)
 
-    def follow(self, relay: Relay, reply_id: uuid.UUID, after: int) -> AsyncIterator[ReplyEvent]:
+    def follow(self, relay: Relay, reply_id: uuid.UUID, after: int) -> AsyncIterator[StreamEvent]:
         """The reply's events after `after`; a finished reply whose stream expired is replayed
         from the database as one final event (carrying the whole text when `after` is 0)."""
 
@@ -163,7 +176,7 @@ class Messages:
             if not message.is_finished:
                 return MessageStatus(message.status)
             delta = message.content if last == 0 else ""
-            return ReplyEvent(seq=last + 1, delta=delta, status=MessageStatus(message.status))
+            return StreamEvent(seq=last + 1, delta=delta, status=MessageStatus(message.status))
 
         return follow(self._queue, relay, reply_id, after, stored, idle_timeout=self._idle_timeout)
 

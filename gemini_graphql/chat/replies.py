@@ -21,13 +21,16 @@ from typing import TypeVar
 import sqlalchemy as sa
 from sqlmodel import col, select
 
+from redis.asyncio import Redis
+from gemini_graphql.clock import Clock
+from gemini_graphql.infra.db import Database
+from gemini_graphql.infra.user_cache import UserCache
 from gemini_graphql.ai.model import ChatModel, ModelError, Turn
 from gemini_graphql.chat.messages import message_by_id
 from gemini_graphql.chat.quota import give_back_one, utc_day
 from gemini_graphql.models import Chatroom, Message, MessageRole, MessageStatus
-from gemini_graphql.outages import Outage, is_outage
-from gemini_graphql.resources import Resources
-from gemini_graphql.streaming import ReplyEvent, StreamWriter, history
+from gemini_graphql.infra.outages import Outage, is_outage
+from gemini_graphql.chat.reply_stream import StreamEvent, StreamWriter, history
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +109,7 @@ class RetryLater(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class ReplyOutcome:
     status: MessageStatus
     text: str
 
@@ -124,7 +127,7 @@ class _Started:
     """A reply ready to stream: its row, the events already sent, and the context."""
 
     reply: Message
-    sent: list[ReplyEvent]
+    sent: list[StreamEvent]
     turns: list[Turn]
 
     @property
@@ -134,7 +137,15 @@ class _Started:
 
 class ReplyGenerator:
     def __init__(
-        self, resources: Resources, model: ChatModel, *, job_timeout_seconds: float
+        self,
+        *,
+        database: Database,
+        redis: Redis,
+        users: UserCache,
+        clock: Clock,
+        model: ChatModel,
+        system_instruction: str | None,
+        job_timeout_seconds: float,
     ) -> None:
         """The model's part of a reply ends 5 s before the job's own timeout, so a reply is
         finished (or failed) by us, not cancelled by arq half written."""
@@ -143,15 +154,15 @@ class ReplyGenerator:
         self._database = Outage(log, "PostgreSQL (replies)")
         self._streams = Outage(log, "Redis (reply streams)")
         self._job_timeout_delta = timedelta(seconds=job_timeout_seconds)
-        self._sessions = resources.sessions
-        self._autocommit = resources.autocommit
-        self._redis = resources.redis
-        self._clock = resources.clock
-        self._users = resources.users
+        self._sessions = database.sessions
+        self._autocommit = database.autocommit
+        self._redis = redis
+        self._clock = clock
+        self._users = users
         self._model = model
-        self._system_instruction = resources.settings.gemini_system_instruction
+        self._system_instruction = system_instruction
 
-    async def generate(self, reply_id: uuid.UUID, *, final_try: bool) -> Outcome | None:
+    async def generate(self, reply_id: uuid.UUID, *, final_try: bool) -> ReplyOutcome | None:
         """Stream the reply to completion. Raises RetryLater unless this is the `final_try`.
 
         An unreachable Redis or PostgreSQL in the middle is waited out where that is safe
@@ -169,7 +180,7 @@ class ReplyGenerator:
         if not started.sent and reply.content:  # Redis lost the stream: the row kept the start
             text = reply.content
             await writer.write(
-                ReplyEvent(1, text, MessageStatus.STREAMING), until=persist_until
+                StreamEvent(1, text, MessageStatus.STREAMING), until=persist_until
             )
         if text:
             turns.append(Turn("model", text))  # continue the reply already under way
@@ -181,7 +192,7 @@ class ReplyGenerator:
                 async for chunk in self._model.stream(turns, self._system_instruction):
                     text += chunk.text
                     response_id = chunk.response_id or response_id
-                    event = ReplyEvent(writer.last_seq + 1, chunk.text, MessageStatus.STREAMING)
+                    event = StreamEvent(writer.last_seq + 1, chunk.text, MessageStatus.STREAMING)
                     await writer.write(event, until=stream_until)
                     if time.monotonic() - saved_at >= SAVE_EVERY_SECONDS:
                         await self._save_progress(reply_id, text)
@@ -192,7 +203,7 @@ class ReplyGenerator:
         except ModelError as exc:
             return await self._model_failed(reply, text, writer, exc, final_try, persist_until)
         await self._complete(reply_id, text, writer, response_id, persist_until)
-        return Outcome(MessageStatus.COMPLETE, text)
+        return ReplyOutcome(MessageStatus.COMPLETE, text)
 
     async def stranded(self) -> Stranded:
         """Replies nobody is working on, at any age: PENDING ones that never got a job, and
@@ -214,13 +225,13 @@ class ReplyGenerator:
             give_up=[reply_id for reply_id, created in rows if created < give_up_before],
         )
 
-    async def _start(self, reply_id: uuid.UUID) -> _Started | Outcome | None:
+    async def _start(self, reply_id: uuid.UUID) -> _Started | ReplyOutcome | None:
         claimed = await self._claim(reply_id)
         if claimed is not None:  # the usual case: a new reply
             return _Started(claimed, [], await self._context(claimed))
         return await self._resume(reply_id)
 
-    async def _resume(self, reply_id: uuid.UUID) -> _Started | Outcome | None:
+    async def _resume(self, reply_id: uuid.UUID) -> _Started | ReplyOutcome | None:
         """A rerun: a finished reply is left alone, an unfinished one continues from what
         its subscribers were sent (or, when Redis lost the stream, what the row kept)."""
         reply = await message_by_id(self._autocommit, reply_id)
@@ -230,7 +241,7 @@ class ReplyGenerator:
         sent = await history(self._redis, reply_id)
         if reply.is_finished:
             await self._ensure_final_event(reply, sent)
-            return Outcome(MessageStatus(reply.status), reply.content)
+            return ReplyOutcome(MessageStatus(reply.status), reply.content)
         if sent and sent[-1].is_final:  # cannot happen: the row is written before the event
             log.error("reply %s has a final event but is %s", reply_id, reply.status)
             return None
@@ -247,13 +258,13 @@ class ReplyGenerator:
         exc: ModelError,
         final_try: bool,
         persist_until: float,
-    ) -> Outcome:
+    ) -> ReplyOutcome:
         if exc.retryable and not final_try:
             await self._update(reply.id, content=text)  # _fail below writes the text itself
             raise RetryLater(exc) from exc
         log.warning("reply %s failed: %s", reply.id, exc)
         await self._fail(reply, text, writer, exc.user_message, persist_until)
-        return Outcome(MessageStatus.FAILED, text)
+        return ReplyOutcome(MessageStatus.FAILED, text)
 
     async def fail(self, reply_id: uuid.UUID, user_message: str) -> None:
         """Give up on a reply (too many tries, or stranded too long), keeping what was sent."""
@@ -340,7 +351,7 @@ class ReplyGenerator:
             ),
             until,
         )
-        final = ReplyEvent(writer.last_seq + 1, "", MessageStatus.COMPLETE)
+        final = StreamEvent(writer.last_seq + 1, "", MessageStatus.COMPLETE)
         await writer.write(final, until=until)
 
     async def _fail(
@@ -350,7 +361,7 @@ class ReplyGenerator:
         owner = await self._persisted(lambda: self._mark_failed(reply, text, error), until)
         if owner is not None:
             await self._users.changed(owner)  # the unit given back shows in `usage` at once
-        await writer.write(ReplyEvent(writer.last_seq + 1, "", MessageStatus.FAILED), until=until)
+        await writer.write(StreamEvent(writer.last_seq + 1, "", MessageStatus.FAILED), until=until)
 
     async def _mark_failed(self, reply: Message, text: str, error: str) -> uuid.UUID | None:
         """One transaction: FAILED if still unfinished, and then the unit back; the owner."""
@@ -372,14 +383,14 @@ class ReplyGenerator:
             await session.commit()
         return owner
 
-    async def _ensure_final_event(self, reply: Message, sent: list[ReplyEvent]) -> None:
+    async def _ensure_final_event(self, reply: Message, sent: list[StreamEvent]) -> None:
         """A rerun of a finished reply whose final event was not written (or was lost)."""
         if sent and sent[-1].is_final:
             return
         writer = StreamWriter(self._redis, reply.id, sent, self._streams)
         until = asyncio.get_running_loop().time() + self._job_timeout - PERSIST_MARGIN_SECONDS
         if not sent:  # Redis lost the stream: the whole stored text, as one event
-            await writer.write(ReplyEvent(1, reply.content, MessageStatus.STREAMING), until=until)
+            await writer.write(StreamEvent(1, reply.content, MessageStatus.STREAMING), until=until)
         await writer.write(
-            ReplyEvent(writer.last_seq + 1, "", MessageStatus(reply.status)), until=until
+            StreamEvent(writer.last_seq + 1, "", MessageStatus(reply.status)), until=until
         )

@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gemini_graphql.models import Chatroom
-from gemini_graphql.user_cache import UserCache
+from gemini_graphql.infra.user_cache import UserCache
 
 log = logging.getLogger(__name__)
 

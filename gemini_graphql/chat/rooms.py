@@ -7,6 +7,8 @@ import uuid
 import sqlalchemy as sa
 from sqlmodel import col, select
 
+from gemini_graphql.clock import Clock
+from gemini_graphql.infra.db import Database
 from gemini_graphql.chat.pages import (
     Page,
     decode_time_id_cursor,
@@ -17,7 +19,6 @@ from gemini_graphql.chat.room_cache import CACHED_ROWS, RoomListCache
 from gemini_graphql.errors import invalid_input
 from gemini_graphql.ids import parse_id
 from gemini_graphql.models import Chatroom
-from gemini_graphql.resources import Resources
 from gemini_graphql.text import check_storable
 
 TITLE_MAX = 255
@@ -30,11 +31,11 @@ def room_cursor(room: Chatroom) -> str:
 
 
 class Rooms:
-    def __init__(self, resources: Resources) -> None:
-        self._sessions = resources.sessions
-        self._reads = resources.reads
-        self._clock = resources.clock
-        self.cache = RoomListCache(resources.redis, resources.users)
+    def __init__(self, *, database: Database, cache: RoomListCache, clock: Clock) -> None:
+        self._sessions = database.sessions
+        self._reads = database.reads
+        self._clock = clock
+        self._cache = cache
 
     async def create(self, user_id: uuid.UUID, title: str, description: str | None) -> Chatroom:
         title = title.strip()
@@ -56,10 +57,10 @@ class Rooms:
         async with self._sessions() as session:
             session.add(room)
             await session.commit()
-        await self.cache.invalidate(user_id)
+        await self._cache.invalidate(user_id)
         return room
 
-    async def owned(self, user_id: uuid.UUID, raw_id: str) -> Chatroom | None:
+    async def owned_room(self, user_id: uuid.UUID, raw_id: str) -> Chatroom | None:
         """The room, if it exists and is the user's; anyone else's does not exist."""
         room_id = parse_id(raw_id)
         if room_id is None:
@@ -71,7 +72,7 @@ class Rooms:
     async def page(self, user_id: uuid.UUID, first: int | None, after: str | None) -> Page[Chatroom]:
         size = page_size(first, DEFAULT_PAGE, "first")
         if after is None:
-            cached = await self.cache.first_rows(
+            cached = await self._cache.first_rows(
                 user_id, lambda: self._query(user_id, CACHED_ROWS + 1, None)
             )
             return Page(items=cached[:size], has_next=len(cached) > size, has_previous=False)

@@ -1,22 +1,11 @@
-"""Which browser origins may call the API: one rule for CORS and for websocket handshakes."""
+"""CORS for browsers, on the rule `Settings.allows_origin` states (the websocket applies it too)."""
 
 from __future__ import annotations
-
-import re
 
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
-from gemini_graphql.config import Settings
-
-# In dev, any page served from this machine may call the API.
-LOCALHOST_ORIGIN = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?"
-
-
-def origin_allowed(origin: str, settings: Settings) -> bool:
-    if "*" in settings.cors_origins or origin in settings.cors_origins:
-        return True
-    return settings.is_dev and re.fullmatch(LOCALHOST_ORIGIN, origin) is not None
+from gemini_graphql.config import LOCALHOST_ORIGIN, Settings
 
 
 def cors_middleware(settings: Settings) -> Middleware:

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from gemini_graphql import __version__
-from gemini_graphql.resources import Resources
+from gemini_graphql.infra.resources import Resources
 
 HEALTH_TIMEOUT_SECONDS = 2.0
 
@@ -32,7 +32,7 @@ async def health(request: Request) -> JSONResponse:
     """200 when the database and Redis answer within a couple of seconds; 503 naming what failed."""
     resources: Resources = request.app.state.resources
     database, redis = await asyncio.gather(_check_database(resources), _check_redis(resources))
-    database_name = "sqlite" if resources.engine.dialect.name == "sqlite" else "postgres"
+    database_name = "sqlite" if resources.database.engine.dialect.name == "sqlite" else "postgres"
     checks = {database_name: database, "redis": redis}
     healthy = all(state == "ok" for state in checks.values())
     return JSONResponse(
@@ -43,7 +43,7 @@ async def health(request: Request) -> JSONResponse:
 
 async def _check_database(resources: Resources) -> str:
     async def ping() -> None:
-        async with resources.engine.connect() as connection:
+        async with resources.database.engine.connect() as connection:
             await connection.execute(sa.text("SELECT 1"))
 
     return await _probe(ping())

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from gemini_graphql.billing.webhooks import BadWebhook, StripeWebhooks
-from gemini_graphql.outages import RETRY_AFTER_SECONDS, is_outage
+from gemini_graphql.infra.outages import RETRY_AFTER_SECONDS, is_outage
 
 log = logging.getLogger(__name__)
 

@@ -19,5 +19,5 @@ class ChatQueries:
     @strawberry.field(description="One of your chatrooms; null for an unknown id or anyone else's.")
     async def chatroom(self, info: Info, id: strawberry.ID) -> ChatroomType | None:
         user = await info.context.user()
-        room = await info.context.services.rooms.owned(user.id, id)
+        room = await info.context.services.rooms.owned_room(user.id, id)
         return ChatroomType.of(room) if room else None

@@ -25,7 +25,7 @@ class ChatSubscriptions:
         del info
         user = await context.user()
         messages = context.services.messages
-        reply = await messages.owned(user.id, message_id)
+        reply = await messages.owned_message(user.id, message_id)
         if reply is None or reply.role != MessageRole.ASSISTANT.value:
             raise DomainError(ErrorCode.NOT_FOUND, "No such reply.", "messageId")
         finished = reply if reply.is_finished else None  # a finished reply does not change

@@ -47,7 +47,7 @@ async def enqueue_reply(redis: ArqRedis, reply_id: uuid.UUID) -> bool:
 class Wakeups:
     """A worker's reasons to poll now: a notice on WAKE_CHANNEL, or a retry coming due.
 
-    Watches the channel through a Relay (see streaming.Watcher).
+    Watches the channel through a Relay (see infra.relay.Watcher).
     """
 
     def __init__(self, idle_seconds: float = IDLE_POLL_SECONDS) -> None:

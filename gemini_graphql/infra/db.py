@@ -1,8 +1,9 @@
-"""The async engine and sessions."""
+"""The database: the async engine, its sessions, and the autocommit paths beside them."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import event
@@ -11,6 +12,29 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.ext.asyncio import AsyncSession
 
 SessionFactory = async_sessionmaker[AsyncSession]
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    """One process's way into the database, handed to every service that uses it."""
+
+    engine: AsyncEngine
+    autocommit: AsyncEngine  # for single statements: no BEGIN/COMMIT round trips
+    sessions: SessionFactory
+    reads: SessionFactory  # autocommit sessions for one-statement reads
+
+    @classmethod
+    def open(cls, database_url: str) -> Database:
+        engine = create_engine(database_url)
+        return cls(
+            engine=engine,
+            autocommit=autocommit_engine(engine),
+            sessions=create_session_factory(engine),
+            reads=create_read_session_factory(engine),
+        )
+
+    async def close(self) -> None:
+        await self.engine.dispose()
 
 
 def create_engine(database_url: str, *, pool_size: int = 20) -> AsyncEngine:

@@ -1,6 +1,6 @@
 """The ASGI entry point uvicorn imports: settings from the environment."""
 
-from gemini_graphql.app import create_app
+from gemini_graphql.app.http_app import create_app
 from gemini_graphql.config import Settings
 from gemini_graphql.logs import configure_logging
 

@@ -19,16 +19,16 @@ from gemini_graphql.ai.offline import OfflineModel
 from gemini_graphql.chat.replies import ReplyGenerator, RetryLater
 from gemini_graphql.clock import Clock, utc_now
 from gemini_graphql.config import Settings
-from gemini_graphql.outages import Outage, is_outage
-from gemini_graphql.reply_queue import (
+from gemini_graphql.infra.outages import Outage, is_outage
+from gemini_graphql.chat.reply_queue import (
     GENERATE_REPLY,
     IDLE_POLL_SECONDS,
     WAKE_CHANNEL,
     Wakeups,
     enqueue_reply,
 )
-from gemini_graphql.resources import Resources
-from gemini_graphql.streaming import Relay
+from gemini_graphql.infra.resources import Resources
+from gemini_graphql.infra.relay import Relay
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,13 @@ def build_worker(
         ctx["model"] = chat_model
         ctx["wakeups"] = wakeups
         ctx["generator"] = ReplyGenerator(
-            resources, chat_model, job_timeout_seconds=settings.worker_job_timeout_seconds
+            database=resources.database,
+            redis=resources.redis,
+            users=resources.users,
+            clock=resources.clock,
+            model=chat_model,
+            system_instruction=settings.gemini_system_instruction,
+            job_timeout_seconds=settings.worker_job_timeout_seconds,
         )
 
     async def shutdown(ctx: dict[str, Any]) -> None:

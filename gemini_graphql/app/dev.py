@@ -16,12 +16,12 @@ from pathlib import Path
 
 import uvicorn
 
-from gemini_graphql.app import create_app
-from gemini_graphql.migrate import migrate
+from gemini_graphql.app.http_app import create_app
+from gemini_graphql.infra.migrate import migrate
 from gemini_graphql.config import AppEnv, ConfigError, Settings
-from gemini_graphql.embedded_redis import EmbeddedRedis
+from gemini_graphql.app.embedded_redis import EmbeddedRedis
 from gemini_graphql.web.server import uvicorn_options
-from gemini_graphql.worker import build_worker
+from gemini_graphql.app.worker import build_worker
 
 log = logging.getLogger(__name__)
 DATA_DIR = Path(".gemini-graphql")

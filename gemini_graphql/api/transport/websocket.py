@@ -27,14 +27,13 @@ from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from gemini_graphql.api.context import Context
-from gemini_graphql.api.documents import Documents
+from gemini_graphql.api.transport.documents import Documents
 from gemini_graphql.api.errors import BAD_REQUEST, apply_error_policy
-from gemini_graphql.api.execution import GraphQLParams, InvalidParams, run, subscription_executor
-from gemini_graphql.api.subscription_events import FlatEvents
+from gemini_graphql.api.transport.execution import GraphQLParams, InvalidParams, run, subscription_executor
+from gemini_graphql.api.transport.events import FlatEvents
 from gemini_graphql.config import Settings
 from gemini_graphql.errors import Unauthenticated
-from gemini_graphql.outages import is_outage
-from gemini_graphql.web.cors import origin_allowed
+from gemini_graphql.infra.outages import is_outage
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +85,7 @@ class GraphQLWebSocket:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = WebSocket(scope, receive, send)
         origin = websocket.headers.get("origin")
-        if origin is not None and not origin_allowed(origin, self._settings):
+        if origin is not None and not self._settings.allows_origin(origin):
             await send({"type": "websocket.close", "code": 1008})  # before accept: HTTP 403
             return
         if PROTOCOL not in websocket.scope.get("subprotocols", ()):

@@ -10,16 +10,16 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from gemini_graphql.api.documents import Documents
-from gemini_graphql.api.http import GraphQLOverHTTP
+from gemini_graphql.api.transport.documents import Documents
+from gemini_graphql.api.transport.http import GraphQLOverHTTP
 from gemini_graphql.api.schema import build_schema
-from gemini_graphql.api.view import graphiql
-from gemini_graphql.api.websocket import GraphQLWebSocket
+from gemini_graphql.api.transport.graphiql import graphiql
+from gemini_graphql.api.transport.websocket import GraphQLWebSocket
 from gemini_graphql.auth.sms import SmsSender
 from gemini_graphql.clock import Clock, utc_now
 from gemini_graphql.config import Settings
-from gemini_graphql.resources import Resources
-from gemini_graphql import user_cache
+from gemini_graphql.infra.resources import Resources
+from gemini_graphql.infra import user_cache
 from gemini_graphql.services import Services
 from gemini_graphql.web.cors import cors_middleware
 from gemini_graphql.web.middleware import (
@@ -43,8 +43,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        resources = Resources.open(settings, clock=clock, sms=sms)
-        services = Services.build(resources)
+        resources = Resources.open(settings, clock=clock)
+        services = Services.build(resources, sms=sms)
         # Other processes' changes drop this process's copies of users (see user_cache).
         services.relay.watch(user_cache.CHANNEL, resources.users)
         # Everything built so far lives as long as the process: keep it out of the garbage

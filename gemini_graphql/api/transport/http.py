@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gemini_graphql.api.context import Context
-from gemini_graphql.api.documents import Documents, Prepared
+from gemini_graphql.api.transport.documents import Documents, Prepared
 from gemini_graphql.api.errors import (
     BAD_REQUEST,
     INTERNAL_SERVER_ERROR,
@@ -29,10 +29,10 @@ from gemini_graphql.api.errors import (
     UNAVAILABLE_MESSAGE,
     apply_error_policy,
 )
-from gemini_graphql.api.execution import GraphQLParams, InvalidParams, run
-from gemini_graphql.api.response_cache import response_key
+from gemini_graphql.api.transport.execution import GraphQLParams, InvalidParams, run
+from gemini_graphql.api.transport.response_cache import response_key
 from gemini_graphql.chat.quota import utc_day
-from gemini_graphql.outages import RETRY_AFTER_SECONDS, is_outage
+from gemini_graphql.infra.outages import RETRY_AFTER_SECONDS, is_outage
 
 log = logging.getLogger(__name__)
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"

@@ -1,0 +1,249 @@
+"""A reply's events through Redis: the worker publishes, every api process follows.
+
+Each reply has a Redis Stream of its events (entry id `<seq>-0`, so a seq can be written
+once only) for catching up, and a pub/sub channel for live delivery through the process's
+`Relay`. A follower listens on the channel first, then reads the stream, then forwards
+live events, dropping seqs it already sent: joining late or re-joining with `after` loses
+nothing and repeats nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from gemini_graphql.errors import DomainError, ErrorCode
+from gemini_graphql.infra.outages import Outage, is_outage
+from gemini_graphql.infra.relay import RESYNC, Relay
+from gemini_graphql.models import MessageStatus
+
+log = logging.getLogger(__name__)
+
+LIVE_TTL_SECONDS = 3600  # while a reply streams, refreshed by every event
+FINISHED_TTL_SECONDS = 900  # after the final event; then the database answers
+# A subscriber to a reply with no event for this long is told so (with the reply's status)
+# instead of waiting forever: a rerun after a dead worker or the sweep comes well before.
+IDLE_TIMEOUT_SECONDS = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    seq: int
+    delta: str
+    status: MessageStatus
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in (MessageStatus.COMPLETE, MessageStatus.FAILED)
+
+    def encode(self) -> str:
+        return json.dumps({"seq": self.seq, "delta": self.delta, "status": self.status.value})
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> StreamEvent:
+        data = json.loads(raw)
+        return cls(seq=int(data["seq"]), delta=data["delta"], status=MessageStatus(data["status"]))
+
+
+def stream_key(message_id: uuid.UUID) -> str:
+    return f"reply:{message_id}:events"
+
+
+def channel_name(message_id: uuid.UUID) -> str:
+    return f"reply:{message_id}"
+
+
+async def publish(redis: Redis, message_id: uuid.UUID, event: StreamEvent) -> None:
+    """Append the event to the reply's stream and publish it, atomically (MULTI/EXEC)."""
+    payload = event.encode()
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.xadd(stream_key(message_id), {"e": payload}, id=f"{event.seq}-0")
+        pipe.expire(
+            stream_key(message_id), FINISHED_TTL_SECONDS if event.is_final else LIVE_TTL_SECONDS
+        )
+        pipe.publish(channel_name(message_id), payload)
+        await pipe.execute()
+
+
+class StreamWriter:
+    """One reply's events as its worker writes them, kept until the reply ends.
+
+    A write that fails because Redis is unreachable is tried again (with a capped backoff,
+    until `until` on the loop's clock) and the stream repaired: whatever the stream lacks,
+    even all of it after a restart that lost the data, is written again with the same seqs.
+    So subscribers, who catch up from the stream after the relay reconnects, see the
+    same events in the same order whatever Redis did meanwhile.
+    """
+
+    def __init__(
+        self, redis: Redis, message_id: uuid.UUID, sent: list[StreamEvent], outage: Outage
+    ) -> None:
+        """`sent`: the events already in the stream; `outage`: the process's record of
+        Redis being away (shared by its writers, so an outage is logged once)."""
+        self._redis = redis
+        self._message_id = message_id
+        self._events = list(sent)
+        self._written = len(self._events)
+        self._repair = False
+        self._outage = outage
+
+    @property
+    def last_seq(self) -> int:
+        return self._events[-1].seq if self._events else 0
+
+    async def write(self, event: StreamEvent, *, until: float) -> None:
+        self._events.append(event)
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if self._repair:
+                    newest = await last_event(self._redis, self._message_id)
+                    have = newest.seq if newest is not None else 0
+                    self._written = sum(1 for sent in self._events if sent.seq <= have)
+                    self._repair = False
+                await self._write_missing()
+                self._outage.recovered()
+                return
+            except (RedisError, OSError) as exc:
+                if not is_outage(exc):
+                    raise
+                self._repair = True  # the write may or may not have happened: ask the stream
+                delay = self._outage.failed(exc)
+                if loop.time() + delay > until:
+                    raise
+                await asyncio.sleep(delay)
+
+    async def _write_missing(self) -> None:
+        missing = self._events[self._written :]
+        if not missing:  # the failed write had gone through before the connection dropped
+            return
+        async with self._redis.pipeline(transaction=True) as pipe:
+            key = stream_key(self._message_id)
+            for event in missing:
+                payload = event.encode()
+                pipe.xadd(key, {"e": payload}, id=f"{event.seq}-0")
+                pipe.publish(channel_name(self._message_id), payload)
+            final = missing[-1].is_final
+            pipe.expire(key, FINISHED_TTL_SECONDS if final else LIVE_TTL_SECONDS)
+            await pipe.execute()
+        self._written = len(self._events)
+
+
+async def history(redis: Redis, message_id: uuid.UUID, after: int = 0) -> list[StreamEvent]:
+    """Events with seq > after, in order. Empty when the stream does not exist (any more)."""
+    entries = await redis.xrange(stream_key(message_id), min=f"{after + 1}-0", max="+")
+    return [StreamEvent.decode(fields[b"e"]) for _, fields in entries]
+
+
+async def last_event(redis: Redis, message_id: uuid.UUID) -> StreamEvent | None:
+    entries = await redis.xrevrange(stream_key(message_id), count=1)
+    return StreamEvent.decode(entries[0][1][b"e"]) if entries else None
+
+
+Stored = StreamEvent | MessageStatus | None
+"""What the database says of a reply: its final event when finished, its status while not,
+None when it does not exist (any more)."""
+
+
+async def follow(
+    redis: Redis,
+    relay: Relay,
+    message_id: uuid.UUID,
+    after: int,
+    stored: Callable[[int], Awaitable[Stored]],
+    *,
+    idle_timeout: float = IDLE_TIMEOUT_SECONDS,
+) -> AsyncIterator[StreamEvent]:
+    """Every event of a reply with seq > after, in order, each once, ending with the final one.
+
+    `stored(last_seq)` answers from the database when the stream cannot: the final event
+    of a finished reply (its stream expired or was lost), or the status of one still being
+    made. A reply with no event for `idle_timeout` ends with an error naming its status;
+    losing Redis ends with an error saying where to resume. Neither waits forever.
+    """
+    last = after
+    loop = asyncio.get_running_loop()
+    progressed = loop.time()
+    try:
+        async with relay.listen(channel_name(message_id)) as mailbox:
+            must_read_stream = True
+            while True:
+                if must_read_stream:
+                    must_read_stream = False
+                    caught_up = await history(redis, message_id, last)
+                    for event in caught_up:
+                        if event.seq == last + 1:
+                            last = event.seq
+                            progressed = loop.time()
+                            yield event
+                            if event.is_final:
+                                return
+                    if not caught_up:
+                        newest = await last_event(redis, message_id)
+                        if newest is not None and newest.seq > last:
+                            must_read_stream = True  # written since the read above: read again
+                            continue
+                        if newest is not None and newest.is_final:
+                            return  # `after` is already at (or past) the end
+                        if newest is not None and newest.seq < last:
+                            raise _restarted()
+                        state = await stored(last)
+                        if isinstance(state, StreamEvent):
+                            yield state  # the stream expired or was lost: the database has it
+                            return
+                        if loop.time() - progressed > idle_timeout:
+                            raise _stalled(state, idle_timeout, last)
+                data = await mailbox.get()
+                if data is RESYNC:  # a reconnect, or quiet for a while: was anything missed?
+                    must_read_stream = True
+                    continue
+                try:
+                    event = StreamEvent.decode(data)
+                except (ValueError, KeyError, TypeError):
+                    log.warning("ignored a malformed event for reply %s", message_id)
+                    must_read_stream = True
+                    continue
+                if event.seq <= last:
+                    continue  # already sent from the stream
+                if event.seq > last + 1:
+                    must_read_stream = True  # a gap (a full queue, a reconnect): the stream has it
+                    continue
+                last = event.seq
+                progressed = loop.time()
+                yield event
+                if event.is_final:
+                    return
+    except (RedisError, OSError) as exc:
+        if not is_outage(exc):
+            raise
+        raise DomainError(
+            ErrorCode.SERVICE_UNAVAILABLE,
+            "The reply's live stream was interrupted. Subscribe again with "
+            f"`after: {last}` to continue where you left off.",
+        ) from exc
+
+
+def _restarted() -> DomainError:
+    """The stream holds fewer events than were sent: Redis lost it and a rerun of the reply
+    began a new one from the text the database kept."""
+    return DomainError(
+        ErrorCode.SERVICE_UNAVAILABLE,
+        "The reply's stream was restarted. Subscribe again without `after` to receive the "
+        "reply from its start.",
+    )
+
+
+def _stalled(state: Stored, idle_timeout: float, last: int) -> DomainError:
+    status = state.value.upper() if isinstance(state, MessageStatus) else "unknown"
+    return DomainError(
+        ErrorCode.SERVICE_UNAVAILABLE,
+        f"The reply has made no progress for {idle_timeout:.0f} seconds (status {status}). "
+        f"Subscribe again with `after: {last}` to keep waiting.",
+    )
