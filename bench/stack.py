@@ -23,7 +23,7 @@ from tests.processes import Process, free_port, start_api, start_worker
 ADMIN_DSN = os.environ.get("BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 DB_NAME = "gemini_bench"
-NUMBER = "+15550009999"
+NUMBER = "+14155550109"
 
 
 @dataclass

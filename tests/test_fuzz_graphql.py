@@ -52,8 +52,8 @@ HYPOTHESIS = settings(
     report_multiple_bugs=False,
     print_blob=False,
 )
-USER_NUMBER = "+15550000001"
-OTHER_NUMBER = "+15550000002"
+USER_NUMBER = "+14155550101"
+OTHER_NUMBER = "+14155550102"
 ACCEPTS = ("application/json", "application/graphql-response+json")
 
 
@@ -61,7 +61,7 @@ def fuzz_config(room_ids: list[str]) -> SchemathesisConfig:
     """Values the generator mixes in, so documents get past input checks to the code behind them
     (valid numbers, the logged-in user's own, codes, passwords, real chatroom ids), and
     hostile text for the free-text fields (NUL, a lone surrogate, just over each length limit)."""
-    numbers = [USER_NUMBER, "+1 555-000-0001", OTHER_NUMBER, "+15550000003", "+442079460958", "+1"]
+    numbers = [USER_NUMBER, "+1 415-555-0101", OTHER_NUMBER, "+14155550103", "+442079460958", "+1"]
     return SchemathesisConfig.from_dict(
         {
             "dictionaries": {
