@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
+from gemini_graphql.api.schema import Extension
 from gemini_graphql.api.transport.documents import Documents
+from gemini_graphql.api.transport.extensions import SchemaHooks
 from gemini_graphql.api.transport.http import GraphQLOverHTTP
 from gemini_graphql.api.schema import build_schema
+from gemini_graphql.api.transport.strawberry_seams import graphql_schema
 from gemini_graphql.api.transport.graphiql import graphiql
 from gemini_graphql.api.transport.websocket import GraphQLWebSocket
 from gemini_graphql.auth.sms import SmsSender
@@ -33,13 +36,19 @@ from gemini_graphql.web.stripe_webhook import stripe_webhook
 
 
 def create_app(
-    settings: Settings, *, clock: Clock = utc_now, sms: SmsSender | None = None
+    settings: Settings,
+    *,
+    clock: Clock = utc_now,
+    sms: SmsSender | None = None,
+    extensions: Sequence[Extension] = (),
 ) -> Starlette:
-    """`clock` and `sms` are injectable for tests; production uses the defaults."""
-    schema = build_schema()
-    documents = Documents(schema._schema, introspection=not settings.is_production)
-    graphql = GraphQLOverHTTP(schema, documents, ide=graphiql(schema, settings))
-    graphql_ws = GraphQLWebSocket(schema, documents, settings)
+    """`clock` and `sms` are injectable for tests; production uses the defaults.
+    `extensions`: Strawberry SchemaExtensions (tracing, masking...) run on every operation."""
+    schema = build_schema(extensions)
+    documents = Documents(graphql_schema(schema), introspection=not settings.is_production)
+    hooks = SchemaHooks.of(schema, documents)
+    graphql = GraphQLOverHTTP(schema, documents, hooks, ide=graphiql(schema, settings))
+    graphql_ws = GraphQLWebSocket(schema, documents, hooks, settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

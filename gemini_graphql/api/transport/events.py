@@ -29,6 +29,8 @@ from graphql import (
 )
 from graphql.execution import Executor, execute_subscription_event
 
+from gemini_graphql.api.transport.strawberry_seams import reads_attribute
+
 
 @dataclass(frozen=True, slots=True)
 class _Leaf:
@@ -77,7 +79,7 @@ class FlatEvents:
                 leaves.append(_Leaf(key, None, str, False))
                 continue
             field = event_type.fields.get(node.name.value)
-            if field is None or not getattr(field.resolve, "_is_default", False):
+            if field is None or not reads_attribute(field.resolve):
                 return None  # a resolver of its own: it may need `info`
             field_type, nullable = field.type, True
             if isinstance(field_type, GraphQLNonNull):

@@ -1,6 +1,6 @@
 """What both transports share: the shape of a request's parameters, and running a prepared
 document on graphql-core with Strawberry's execution context (so resolvers get Strawberry's
-`Info`) and its cheaper awaitable check."""
+`Info`) and its cheaper awaitable check (both through `strawberry_seams`)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,18 @@ from dataclasses import dataclass
 from inspect import isawaitable
 from typing import Any
 
-from graphql import DocumentNode, ExecutionResult, GraphQLError, GraphQLSchema, execute
+from graphql import (
+    DocumentNode,
+    ExecutionResult,
+    GraphQLError,
+    GraphQLSchema,
+    MiddlewareManager,
+    execute,
+)
 from graphql.execution import Executor
-from strawberry.execution import optimized_is_awaitable
-from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from gemini_graphql.api.context import Context
+from gemini_graphql.api.transport.strawberry_seams import EXECUTION_CONTEXT_CLASS, is_awaitable
 
 
 # Deeper JSON in `variables` is refused: no input of the schema nests like that, and
@@ -92,17 +98,20 @@ async def run(
     operation_name: str | None,
     *,
     hide_suggestions: bool,
+    middleware: MiddlewareManager | None = None,
 ) -> ExecutionResult:
     """A query or mutation, to its one result. `hide_suggestions` keeps schema names out of
-    variable errors (production: the schema is not public)."""
+    variable errors (production: the schema is not public); `middleware` wraps resolvers
+    (extensions' `resolve`)."""
     result = execute(
         schema,
         document,
         context_value=context,
         variable_values=variables,
         operation_name=operation_name,
-        executor_class=StrawberryGraphQLCoreExecutionContext,
-        is_awaitable=optimized_is_awaitable,
+        middleware=middleware,
+        executor_class=EXECUTION_CONTEXT_CLASS,  # type: ignore[arg-type]
+        is_awaitable=is_awaitable,  # type: ignore[arg-type]
         hide_suggestions=hide_suggestions,
     )
     if isawaitable(result):
@@ -118,14 +127,16 @@ def subscription_executor(
     operation_name: str | None,
     *,
     hide_suggestions: bool,
+    middleware: MiddlewareManager | None = None,
 ) -> Executor | list[GraphQLError]:
     """The executor for a subscription (or the request errors that prevent one)."""
-    return StrawberryGraphQLCoreExecutionContext.build(
+    return EXECUTION_CONTEXT_CLASS.build(  # type: ignore[attr-defined, no-any-return]
         schema,
         document,
         context_value=context,
         raw_variable_values=variables,
         operation_name=operation_name,
-        is_awaitable=optimized_is_awaitable,
+        middleware=middleware,
+        is_awaitable=is_awaitable,
         hide_suggestions=hide_suggestions,
     )

@@ -1,10 +1,11 @@
 """GraphQL over HTTP (the GraphQL-over-HTTP spec), executed on graphql-core directly.
 
-Strawberry's HTTP view runs a pipeline of adapters and extension hooks for every request
-that costs more than our authentication and data access together. Here a request is a
-cached document lookup and one `execute` with Strawberry's own execution context, so
-resolvers see exactly what they see over the websocket (`api.websocket` runs the same
-way). Only the GraphiQL page is still Strawberry's view.
+Strawberry's HTTP view runs a pipeline of adapters for every request that costs more than
+our authentication and data access together (bench/ compares the two on every run). Here
+a request is a cached document lookup and one `execute` with Strawberry's own execution
+context, so resolvers see exactly what they see over the websocket (which runs the same
+way). The schema's extensions, when it has any, run around that (`extensions.py`); the
+GraphiQL page is still Strawberry's view.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 from graphql import ExecutionResult, OperationType
+import strawberry
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -30,6 +32,8 @@ from gemini_graphql.api.errors import (
     apply_error_policy,
 )
 from gemini_graphql.api.transport.execution import GraphQLParams, InvalidParams, run
+from gemini_graphql.api.transport.extensions import Refused, SchemaHooks
+from gemini_graphql.api.transport.strawberry_seams import graphql_schema
 from gemini_graphql.api.transport.response_cache import response_key
 from gemini_graphql.chat.quota import utc_day
 from gemini_graphql.infra.outages import RETRY_AFTER_SECONDS, is_outage
@@ -53,9 +57,17 @@ class BadRequest(Exception):
 class GraphQLOverHTTP:
     """The /graphql endpoint for GET and POST; `ide` serves browsers asking for a page."""
 
-    def __init__(self, schema: Any, documents: Documents, ide: ASGIApp) -> None:
-        self._schema = schema._schema
+    def __init__(
+        self,
+        schema: strawberry.Schema,
+        documents: Documents,
+        hooks: SchemaHooks | None,
+        *,
+        ide: ASGIApp,
+    ) -> None:
+        self._schema = graphql_schema(schema)
         self._documents = documents
+        self._hooks = hooks
         self._ide = ide
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -87,23 +99,36 @@ class GraphQLOverHTTP:
             return _failure_response(exc, request, media_type)
 
     async def _answer(self, request: Request, params: GraphQLParams, media_type: str) -> Response:
+        if self._hooks is not None:
+            return await self._answer_with_hooks(self._hooks, request, params, media_type)
         prepared = self._documents.prepare(params.query)
         if prepared.errors:
             return _request_errors(list(prepared.errors), media_type)
         operation_type = prepared.operation_type(params.operation_name)
-        if request.method != "POST" and operation_type not in (OperationType.QUERY, None):
-            response = _text("Only queries can be sent with GET; use POST.", 405)
-            response.headers["allow"] = "POST"
-            return response
-        if operation_type is OperationType.SUBSCRIPTION:
-            message = "Subscriptions are served over a websocket (graphql-transport-ws) here."
-            return _request_errors([_bad_request(message)], media_type)
+        try:
+            _allow(request.method, operation_type)
+        except _Refusal as refusal:
+            return refusal.response(media_type)
 
         context = Context.of(request)
         if prepared.user_state_only and operation_type is OperationType.QUERY:
             return await self._user_state_query(prepared, params, context, media_type)
         result = await self._execute(prepared, params, context)
         return _execution_response(result, context.request_id, media_type)
+
+    async def _answer_with_hooks(
+        self, hooks: SchemaHooks, request: Request, params: GraphQLParams, media_type: str
+    ) -> Response:
+        """Every operation through the extensions' hooks (and executed, never answered from
+        the response cache: the extensions see each one)."""
+        context = Context.of(request)
+        try:
+            hooked = await hooks.execute(
+                params, context, allow=lambda kind: _allow(request.method, kind)
+            )
+        except _Refusal as refusal:
+            return refusal.response(media_type)
+        return _result_response(hooked.result, media_type, unavailable=hooked.unavailable)
 
     async def _user_state_query(
         self, prepared: Prepared, params: GraphQLParams, context: Context, media_type: str
@@ -211,15 +236,49 @@ async def _body(request: Request) -> bytes:
             return b"".join(chunks)
 
 
+class _Refusal(Refused):
+    """An operation type this method does not serve."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status  # a plain-text answer with this status, else request errors
+
+    def response(self, media_type: str) -> Response:
+        if self.status is None:
+            return _request_errors([_bad_request(self.message)], media_type)
+        response = _text(self.message, self.status)
+        response.headers["allow"] = "POST"
+        return response
+
+
+def _allow(method: str, operation_type: OperationType | None) -> None:
+    """Raises _Refusal for what HTTP does not serve: mutations over GET, subscriptions."""
+    if method != "POST" and operation_type not in (OperationType.QUERY, None):
+        raise _Refusal("Only queries can be sent with GET; use POST.", status=405)
+    if operation_type is OperationType.SUBSCRIPTION:
+        raise _Refusal("Subscriptions are served over a websocket (graphql-transport-ws) here.")
+
+
 def _execution_response(result: ExecutionResult, request_id: str, media_type: str) -> Response:
     if not result.errors:
         return _json({"data": result.data}, media_type, 200)
     unavailable = apply_error_policy(result.errors, request_id)
-    errors = [error.formatted for error in result.errors]
-    if result.data is None and all(not error.path for error in result.errors):
-        response = _request_errors(errors, media_type)  # e.g. variables: nothing was executed
+    return _result_response(result, media_type, unavailable=unavailable)
+
+
+def _result_response(result: ExecutionResult, media_type: str, *, unavailable: bool) -> Response:
+    """`result` with the error policy already applied."""
+    payload: dict[str, Any] = {"data": result.data}
+    if result.errors:
+        payload["errors"] = [error.formatted for error in result.errors]
+    if result.extensions:
+        payload["extensions"] = result.extensions
+    if result.errors and result.data is None and all(not error.path for error in result.errors):
+        del payload["data"]  # e.g. variables: nothing was executed
+        response = _request_errors_payload(payload, media_type)
     else:
-        response = _json({"data": result.data, "errors": errors}, media_type, 200)
+        response = _json(payload, media_type, 200)
     if unavailable:
         response.headers["retry-after"] = str(RETRY_AFTER_SECONDS)
     return response
@@ -251,9 +310,13 @@ def _failure_response(exc: Exception, request: Request, media_type: str) -> Resp
 
 
 def _request_errors(errors: list[dict[str, Any]], media_type: str) -> Response:
+    return _request_errors_payload({"errors": errors}, media_type)
+
+
+def _request_errors_payload(payload: dict[str, Any], media_type: str) -> Response:
     """The spec: no `data`; 400 with the new media type, 200 with plain JSON (legacy clients)."""
     status = 400 if media_type == GRAPHQL_RESPONSE_JSON else 200
-    return _json({"errors": errors}, media_type, status)
+    return _json(payload, media_type, status)
 
 
 def _bad_request(message: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ context alive, and ran each event through several layers before it reached the s
 Here a connection is this object and its operations' tasks; documents come from the same
 `Documents` cache as HTTP; each event is executed by graphql-core (with Strawberry's
 execution context, so resolvers see what they see over HTTP) and written as one frame.
+When the schema has extensions, operations run through their hooks (`extensions.py`).
 
 The protocol: https://github.com/enisdenjo/graphql-ws/blob/master/PROTOCOL.md
 """
@@ -21,7 +22,8 @@ from dataclasses import dataclass
 from inspect import isawaitable
 from typing import Any
 
-from graphql import DocumentNode, ExecutionResult, GraphQLError, OperationType
+import strawberry
+from graphql import DocumentNode, ExecutionResult, GraphQLError, GraphQLSchema, OperationType
 from graphql.execution import Executor, create_source_event_stream, map_source_to_response_event
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -31,6 +33,8 @@ from gemini_graphql.api.transport.documents import Documents
 from gemini_graphql.api.errors import BAD_REQUEST, apply_error_policy
 from gemini_graphql.api.transport.execution import GraphQLParams, InvalidParams, run, subscription_executor
 from gemini_graphql.api.transport.events import FlatEvents
+from gemini_graphql.api.transport.extensions import SchemaHooks
+from gemini_graphql.api.transport.strawberry_seams import graphql_schema
 from gemini_graphql.config import Settings
 from gemini_graphql.errors import Unauthenticated
 from gemini_graphql.infra.outages import is_outage
@@ -77,9 +81,16 @@ class _Subscribe:
 class GraphQLWebSocket:
     """The /graphql websocket endpoint."""
 
-    def __init__(self, schema: Any, documents: Documents, settings: Settings) -> None:
-        self._schema = schema._schema
+    def __init__(
+        self,
+        schema: strawberry.Schema,
+        documents: Documents,
+        hooks: SchemaHooks | None,
+        settings: Settings,
+    ) -> None:
+        self._schema = graphql_schema(schema)
         self._documents = documents
+        self._hooks = hooks
         self._settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -95,7 +106,13 @@ class GraphQLWebSocket:
         await websocket.accept(subprotocol=PROTOCOL)
         context = Context.of(websocket)
         connection = _Connection(
-            self._schema, self._documents, context, receive, send, self._settings.max_body_bytes
+            self._schema,
+            self._documents,
+            self._hooks,
+            context,
+            receive,
+            send,
+            self._settings.max_body_bytes,
         )
         await connection.run()
 
@@ -105,6 +122,7 @@ class _Connection:
         "_acknowledged",
         "_context",
         "_documents",
+        "_hooks",
         "_main",
         "_max_message",
         "_open",
@@ -119,8 +137,9 @@ class _Connection:
 
     def __init__(
         self,
-        schema: Any,
+        schema: GraphQLSchema,
         documents: Documents,
+        hooks: SchemaHooks | None,
         context: Context,
         receive: Receive,
         send: Send,
@@ -128,6 +147,7 @@ class _Connection:
     ) -> None:
         self._schema = schema
         self._documents = documents
+        self._hooks = hooks
         self._context = context
         self._receive = receive
         self._send = send
@@ -259,6 +279,16 @@ class _Connection:
 
     async def _operate(self, request: _Subscribe) -> None:
         params = request.params
+        if self._hooks is not None:
+            async with aclosing(self._hooks.stream(params, self._context)) as results:
+                async for hooked in results:
+                    if hooked.refused:  # the protocol's `error`: the operation ends, no complete
+                        payload = [error.formatted for error in hooked.result.errors or ()]
+                        await self._write({"id": request.id, "type": "error", "payload": payload})
+                        return
+                    await self._send_result(request.id, hooked.result)
+            await self._write({"id": request.id, "type": "complete"})
+            return
         prepared = self._documents.prepare(params.query)
         if prepared.errors:
             await self._write({"id": request.id, "type": "error", "payload": list(prepared.errors)})
@@ -322,10 +352,17 @@ class _Connection:
             await self._next(op_id, ExecutionResult(data=None, errors=[error]))
 
     async def _next(self, op_id: str, result: ExecutionResult) -> None:
-        payload: dict[str, Any] = {"data": result.data}
         if result.errors:
             apply_error_policy(result.errors, self._context.request_id)
+        await self._send_result(op_id, result)
+
+    async def _send_result(self, op_id: str, result: ExecutionResult) -> None:
+        """`result`, the error policy already applied, as a `next` message."""
+        payload: dict[str, Any] = {"data": result.data}
+        if result.errors:
             payload["errors"] = [error.formatted for error in result.errors]
+        if result.extensions:
+            payload["extensions"] = result.extensions
         await self._write({"id": op_id, "type": "next", "payload": payload})
 
     async def _write(self, message: dict[str, Any]) -> None:
