@@ -12,6 +12,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
+from arq.connections import log_redis_info
+from redis.asyncio import Redis
+
+from gemini_graphql.app.embedded_redis import EmbeddedRedis
 
 from tests.auth_flows import ME, SEND_OTP, SIGNUP, VERIFY_OTP
 from tests.chat_harness import CREATE_ROOM, ROOM_MESSAGES, SEND, WsClient
@@ -45,6 +49,20 @@ async def dev_server(directory: Path) -> AsyncIterator[tuple[GraphQLClient, str]
         output = process.communicate(timeout=30)[0].decode()
         assert process.returncode in (0, -signal.SIGTERM), output  # uvicorn re-raises SIGTERM
         assert "GraphiQL at" in output and "Quick start" in output
+
+
+async def test_the_embedded_redis_answers_what_arq_asks_at_start() -> None:
+    """INFO is added to fakeredis through its private API (see embedded_redis): a fakeredis
+    release that moves it fails here first, with a message saying what to do."""
+    embedded = EmbeddedRedis().start()
+    try:
+        redis = Redis.from_url(embedded.url)
+        lines: list[str] = []
+        await log_redis_info(redis, lines.append)
+        await redis.aclose()
+    finally:
+        embedded.stop()
+    assert lines == ["redis_version=8.0.0 mem_usage=? clients_connected=? db_keys=0"]
 
 
 async def test_the_whole_journey_and_a_restart(tmp_path: Path) -> None:

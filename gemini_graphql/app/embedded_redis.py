@@ -8,24 +8,49 @@ is fine: losing Redis loses no user data.
 from __future__ import annotations
 
 import threading
+from importlib.metadata import version
 
 from fakeredis import TcpFakeServer
-from fakeredis._commands import command
-from fakeredis._socket._fakesocket import FakeSocket
+
+SERVER_VERSION = (8, 0)
+# The fakeredis releases _add_info_command was tried with; pyproject.toml allows only these.
+TESTED_FAKEREDIS = "2.39 to 2.41"
 
 
-@command((), (bytes,))
-def info(self: FakeSocket, *sections: bytes) -> bytes:
-    """INFO, which fakeredis lacks and arq's worker asks for once at start."""
-    return b"# Server\r\nredis_version:7.2.0\r\nredis_mode:embedded\r\n"
+def _add_info_command() -> None:
+    """Teach fakeredis INFO, which it lacks and arq's worker sends once at start
+    (arq.connections.log_redis_info: without an answer the worker does not start).
 
+    fakeredis has no public way to add a command, so this is the one use of its private API:
+    the command registry's decorator and the socket class behind each connection (fakeredis
+    2.38 and older keep that class in another module). tests/test_dev_mode.py fails with the
+    message below when a release moves them.
+    """
+    try:
+        from fakeredis._commands import command
+        from fakeredis._socket._fakesocket import FakeSocket
+    except ImportError as error:
+        raise RuntimeError(
+            f"fakeredis {version('fakeredis')} moved the private API the dev mode's embedded "
+            f"Redis uses to add INFO (tried with fakeredis {TESTED_FAKEREDIS}): pin fakeredis "
+            "in pyproject.toml to those releases, or update _add_info_command"
+        ) from error
 
-FakeSocket.info = info  # type: ignore[attr-defined]
+    answer = b"# Server\r\nredis_version:%d.%d.0\r\nredis_mode:embedded\r\n" % SERVER_VERSION
+
+    @command((), (bytes,))
+    def info(self: FakeSocket, *sections: bytes) -> bytes:
+        return answer
+
+    FakeSocket.info = info  # type: ignore[attr-defined]
 
 
 class EmbeddedRedis:
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._server = TcpFakeServer((host, port), server_type="redis")
+        _add_info_command()
+        self._server = TcpFakeServer(
+            (host, port), server_type="redis", server_version=SERVER_VERSION
+        )
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="embedded-redis", daemon=True
