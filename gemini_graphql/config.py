@@ -91,6 +91,10 @@ class Settings:
     # A subscriber to a reply with no new event for this long gets an error naming the
     # reply's status instead of waiting forever.
     stream_idle_timeout_seconds: float = 300.0
+    # Operations running at once on one websocket (each is a task and a Redis channel), and
+    # websockets one user may hold open across all api processes.
+    max_operations_per_connection: int = 100
+    max_websockets_per_user: int = 20
     # A connection whose request head (request line and headers) is not complete this long
     # after it opened or finished its previous response is closed (slow-header clients).
     http_header_timeout_seconds: float = 10.0
@@ -170,6 +174,10 @@ class Settings:
             auth_rate_per_ip=reader.get("AUTH_RATE_PER_IP", _positive_int, 30),
             auth_rate_per_number=reader.get("AUTH_RATE_PER_NUMBER", _positive_int, 10),
             max_body_bytes=reader.get("MAX_BODY_BYTES", _positive_int, 1024 * 1024),
+            max_operations_per_connection=reader.get(
+                "MAX_OPERATIONS_PER_CONNECTION", _positive_int, 100
+            ),
+            max_websockets_per_user=reader.get("MAX_WEBSOCKETS_PER_USER", _positive_int, 20),
             redis_max_connections=reader.get("REDIS_MAX_CONNECTIONS", _positive_int, 32),
             user_cache_seconds=reader.get("USER_CACHE_SECONDS", _non_negative_float, 30.0),
             stream_idle_timeout_seconds=reader.get(

@@ -14,6 +14,8 @@ import websockets
 
 from gemini_graphql.api.transport.documents import BUDGET, MAX_CHARS, Documents
 from gemini_graphql.api.schema import build_schema
+from gemini_graphql.api.transport.strawberry_seams import graphql_schema
+from gemini_graphql.config import Settings
 from tests.chat_harness import PROTOCOL, closed_with
 from tests.conftest import GraphQLClient, RecordingSms
 from tests.test_websocket_protocol import acknowledged, receive, send
@@ -117,7 +119,7 @@ async def test_deep_variables_over_get_are_a_400(http_url: str) -> None:
 def test_the_budget_refuses_before_any_rule_expands_fragments() -> None:
     """The refusal comes from the linear walk (its own message), not from a rule that
     expanded 2**40 spreads; `bench` measures its CPU time."""
-    documents = Documents(build_schema()._schema, introspection=True)
+    documents = Documents(graphql_schema(build_schema()), introspection=True)
     for levels in (10, 40, 60):
         prepared = documents.prepare(fragment_chain(levels))
         assert prepared.document is None
@@ -130,7 +132,7 @@ def test_a_large_legitimate_document_passes_the_budget() -> None:
     """GraphiQL's own introspection query (fragments nested eight deep) is well within it."""
     from graphql import get_introspection_query
 
-    documents = Documents(build_schema()._schema, introspection=True)
+    documents = Documents(graphql_schema(build_schema()), introspection=True)
     query = get_introspection_query(descriptions=True, specified_by_url=True, input_value_deprecation=True)
     assert documents.prepare(query).errors == ()
 
@@ -194,8 +196,6 @@ async def test_bad_frames_close_the_socket_with_a_code(
 async def test_operations_per_connection_are_capped(
     ws_url: str, gql: GraphQLClient, sms: RecordingSms
 ) -> None:
-    from gemini_graphql.api.transport.websocket import MAX_OPERATIONS
-
     from tests.auth_flows import login
     from tests.chat_harness import create_room
     from tests.chat_harness import send as send_message
@@ -208,7 +208,7 @@ async def test_operations_per_connection_are_capped(
     assert (await receive(socket))["type"] == "connection_ack"
     # No worker runs here: subscriptions to the PENDING reply stay open. Fill the connection.
     stream = 'subscription { messageStream(messageId: "%s") { seq } }' % reply
-    for index in range(MAX_OPERATIONS):
+    for index in range(Settings().max_operations_per_connection):  # the default, 100
         await send(socket, {"id": str(index), "type": "subscribe", "payload": {"query": stream}})
     await asyncio.sleep(0.5)
     await send(socket, {"id": "extra", "type": "subscribe", "payload": {"query": "{ __typename }"}})

@@ -10,12 +10,13 @@ from graphql import parse
 from graphql.utilities import get_operation_ast
 
 from gemini_graphql.api.schema import build_schema
+from gemini_graphql.api.transport.strawberry_seams import graphql_schema
 from gemini_graphql.api.transport.events import FlatEvents
 from tests.chat_harness import Live, WsClient
 from tests.conftest import RecordingSms
 from tests.test_streaming import finished_reply
 
-SCHEMA = build_schema()._schema
+SCHEMA = graphql_schema(build_schema())
 
 
 def plan(document: str) -> FlatEvents | None:

@@ -293,8 +293,9 @@ def test_which_documents_are_answered_from_kept_responses(document: str, cacheab
 
     from gemini_graphql.api.transport.response_cache import reads_only_user_state
     from gemini_graphql.api.schema import build_schema
+    from gemini_graphql.api.transport.strawberry_seams import graphql_schema
 
-    schema = build_schema()._schema
+    schema = graphql_schema(build_schema())
     assert reads_only_user_state(schema, parse(document)) is cacheable
 
 

@@ -21,6 +21,7 @@ from gemini_graphql.api.transport.websocket import GraphQLWebSocket
 from gemini_graphql.auth.sms import SmsSender
 from gemini_graphql.clock import Clock, utc_now
 from gemini_graphql.config import Settings
+from gemini_graphql.infra.leases import Leases
 from gemini_graphql.infra.resources import Resources
 from gemini_graphql.infra import user_cache
 from gemini_graphql.services import Services
@@ -61,9 +62,14 @@ def create_app(
         gc.freeze()
         app.state.resources = resources
         app.state.services = services
+        # Websockets one user holds open, counted across every api process.
+        app.state.websocket_leases = Leases(
+            resources.redis, "websockets", limit=settings.max_websockets_per_user
+        )
         try:
             yield
         finally:
+            await app.state.websocket_leases.close()
             await services.close()
 
     return Starlette(

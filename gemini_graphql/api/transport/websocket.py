@@ -37,15 +37,13 @@ from gemini_graphql.api.transport.extensions import SchemaHooks
 from gemini_graphql.api.transport.strawberry_seams import graphql_schema
 from gemini_graphql.config import Settings
 from gemini_graphql.errors import Unauthenticated
+from gemini_graphql.infra.leases import Lease, Leases
 from gemini_graphql.infra.outages import is_outage
 
 log = logging.getLogger(__name__)
 
 PROTOCOL = "graphql-transport-ws"
 CONNECTION_INIT_TIMEOUT_SECONDS = 10.0
-# Operations running at once on one connection (each is a task and a Redis channel); as
-# Strawberry's max_subscriptions_per_connection.
-MAX_OPERATIONS = 100
 # A reader too slow for what it subscribed to: the server's buffer is full and this many
 # messages wait for it to drain, or one has waited this long. The connection is closed.
 MAX_WAITING_SENDS = 64
@@ -70,6 +68,15 @@ class _Close(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    max_message: int  # characters, the same number as the body cap's bytes
+    # Operations running at once (each a task and a Redis channel; as Strawberry's
+    # max_subscriptions_per_connection); the next subscribe gets an `error`.
+    max_operations: int
+    leases: Leases  # one per open connection of a user, across processes (else 4429)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +119,11 @@ class GraphQLWebSocket:
             context,
             receive,
             send,
-            self._settings.max_body_bytes,
+            _Limits(
+                max_message=self._settings.max_body_bytes,
+                max_operations=self._settings.max_operations_per_connection,
+                leases=websocket.app.state.websocket_leases,
+            ),
         )
         await connection.run()
 
@@ -123,8 +134,9 @@ class _Connection:
         "_context",
         "_documents",
         "_hooks",
+        "_lease",
+        "_limits",
         "_main",
-        "_max_message",
         "_open",
         "_operations",
         "_receive",
@@ -143,7 +155,7 @@ class _Connection:
         context: Context,
         receive: Receive,
         send: Send,
-        max_message: int,
+        limits: _Limits,
     ) -> None:
         self._schema = schema
         self._documents = documents
@@ -151,7 +163,8 @@ class _Connection:
         self._context = context
         self._receive = receive
         self._send = send
-        self._max_message = max_message  # characters, the same number as the body cap's bytes
+        self._limits = limits
+        self._lease: Lease | None = None
         self._acknowledged = False
         self._open = True
         self._operations: dict[str, asyncio.Task[None]] = {}
@@ -197,6 +210,8 @@ class _Connection:
                 task.cancel()
             if self._operations:
                 await asyncio.gather(*self._operations.values(), return_exceptions=True)
+            if self._lease is not None:
+                await self._limits.leases.release(self._lease)
 
     async def _receive_before(self, deadline: float) -> Message:
         try:
@@ -209,8 +224,9 @@ class _Connection:
         text = frame.get("text")
         if text is None:  # the protocol's messages are JSON text
             raise _Close(4400, "WebSocket message type must be text")
-        if len(text) > self._max_message:  # the server's own frame cap is the first line
-            raise _Close(1009, f"Message too big (limit {self._max_message} bytes)")
+        limit = self._limits.max_message
+        if len(text) > limit:  # the server's own frame cap is the first line
+            raise _Close(1009, f"Message too big (limit {limit} bytes)")
         try:
             message = json.loads(text)
         except (ValueError, RecursionError):
@@ -241,13 +257,16 @@ class _Connection:
             raise _Close(4400, "The connection_init payload must be an object")
         self._context.connection_params = payload or {}
         try:
-            await self._context.user()
+            user = await self._context.user()
+            self._lease = await self._limits.leases.take(str(user.id))
         except Unauthenticated:
             raise _Close(4403, "Forbidden") from None
         except Exception as exc:
             if not is_outage(exc):
                 raise
             raise _Close(1013, "Service unavailable; try again shortly") from None  # RFC 6455
+        if self._lease is None:
+            raise _Close(4429, "Too many open connections for this user")
         self._acknowledged = True
         await self._write({"type": "connection_ack"})
 
@@ -256,8 +275,8 @@ class _Connection:
             raise _Close(4401, "Unauthorized")
         if request.id in self._operations:
             raise _Close(4409, f"Subscriber for {request.id[:64]} already exists")
-        if len(self._operations) >= MAX_OPERATIONS:
-            message = f"Too many operations on this connection (at most {MAX_OPERATIONS} at once)."
+        if len(self._operations) >= (limit := self._limits.max_operations):
+            message = f"Too many operations on this connection (at most {limit} at once)."
             error = {"message": message, "extensions": {"code": BAD_REQUEST}}
             await self._write({"id": request.id, "type": "error", "payload": [error]})
             return
