@@ -117,11 +117,24 @@ async def redis_client(base_settings: Settings) -> AsyncIterator[aioredis.Redis]
     await client.aclose()
 
 
+# The fixtures that stand for the shared PostgreSQL database and Redis: every other fixture
+# that uses them (make_client, client, gql, live, worker, ...) stands on one of these.
+SERVICE_FIXTURES = frozenset({"database_url", "base_settings", "pg", "redis_client"})
+
+
 @pytest.fixture(autouse=True)
-async def clean_state(pg: asyncpg.Pool, redis_client: aioredis.Redis) -> AsyncIterator[None]:
+def clean_state(request: pytest.FixtureRequest) -> None:
+    """Every test that uses the shared services starts with empty tables and an empty Redis
+    database. A test that uses neither runs without them: PostgreSQL and Redis may be down."""
+    if not SERVICE_FIXTURES.isdisjoint(request.fixturenames):
+        request.getfixturevalue("emptied_services")
+
+
+@pytest.fixture
+async def emptied_services(pg: asyncpg.Pool, redis_client: aioredis.Redis) -> None:
+    """The shared database's tables and the run's Redis database, emptied (see clean_state)."""
     await pg.execute(f"TRUNCATE {', '.join(TABLES)} CASCADE")
     await redis_client.flushdb()
-    yield
 
 
 @pytest.fixture
