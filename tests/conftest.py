@@ -1,5 +1,6 @@
-"""The test harness: a fresh PostgreSQL database per run, a Redis database index of its own,
-and the app driven through its real ASGI interface (and a real uvicorn server where needed)."""
+"""The test harness: a fresh PostgreSQL database per run, a Redis database index of its own
+(claimed, see tests/redis_claim.py), and the app driven through its real ASGI interface (and a
+real uvicorn server where needed). Tests that use neither service run without them."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import re
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -23,13 +24,15 @@ from starlette.applications import Starlette
 from gemini_graphql.app.http_app import create_app
 from gemini_graphql.config import AppEnv, Settings
 from gemini_graphql.infra.migrate import migrate
+from tests.redis_claim import RedisClaim
 
 # The chat fixtures (fake Gemini, worker, live server) for every test module.
 pytest_plugins = ["tests.chat_harness"]
 
 ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
-REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "13"))
+# Set: that Redis database, used unclaimed. Unset: a free one, claimed for the run.
+REDIS_DB = os.environ.get("TEST_REDIS_DB")
 TABLES = ("messages", "chatrooms", "subscriptions", "otps", "stripe_events", "users")
 # Whatever a response says, it must never show one of these.
 LEAK_PATTERNS = re.compile(
@@ -80,21 +83,36 @@ async def database_url() -> AsyncIterator[str]:
         await admin.close()
     base = ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
     url = f"{base}/{name}"
-    await asyncio.to_thread(migrate, url)
-    yield url
-    admin = await asyncpg.connect(ADMIN_DSN)
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await asyncio.to_thread(migrate, url)
+        yield url
     finally:
-        await admin.close()
+        admin = await asyncpg.connect(ADMIN_DSN)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
 
 
 @pytest.fixture(scope="session")
-def base_settings(database_url: str) -> Settings:
+def redis_claim() -> Iterator[RedisClaim | None]:
+    """The run's Redis database: claimed from the free ones, or None with TEST_REDIS_DB set."""
+    if REDIS_DB is not None:
+        yield None
+        return
+    claim = RedisClaim.take(REDIS_BASE)
+    try:
+        yield claim
+    finally:
+        claim.release()
+
+
+@pytest.fixture(scope="session")
+def base_settings(database_url: str, redis_claim: RedisClaim | None) -> Settings:
     return Settings(
         app_env=AppEnv.TEST,
         database_url=database_url,
-        redis_url=f"{REDIS_BASE}/{REDIS_DB}",
+        redis_url=redis_claim.url if redis_claim else f"{REDIS_BASE}/{REDIS_DB}",
         secret_key=secrets.token_urlsafe(48),
         auth_rate_per_ip=1000,
         auth_rate_per_number=1000,
@@ -119,7 +137,7 @@ async def redis_client(base_settings: Settings) -> AsyncIterator[aioredis.Redis]
 
 # The fixtures that stand for the shared PostgreSQL database and Redis: every other fixture
 # that uses them (make_client, client, gql, live, worker, ...) stands on one of these.
-SERVICE_FIXTURES = frozenset({"database_url", "base_settings", "pg", "redis_client"})
+SERVICE_FIXTURES = frozenset({"database_url", "redis_claim", "base_settings", "pg", "redis_client"})
 
 
 @pytest.fixture(autouse=True)
@@ -131,10 +149,15 @@ def clean_state(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture
-async def emptied_services(pg: asyncpg.Pool, redis_client: aioredis.Redis) -> None:
+async def emptied_services(
+    pg: asyncpg.Pool, redis_client: aioredis.Redis, redis_claim: RedisClaim | None
+) -> None:
     """The shared database's tables and the run's Redis database, emptied (see clean_state)."""
     await pg.execute(f"TRUNCATE {', '.join(TABLES)} CASCADE")
-    await redis_client.flushdb()
+    if redis_claim is None:
+        await redis_client.flushdb()
+    elif redis_claim.lost or not await redis_client.eval(*redis_claim.empty_args):
+        pytest.fail(f"lost the claim on Redis database {redis_claim.index} (stopped too long?)")
 
 
 @pytest.fixture

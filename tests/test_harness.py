@@ -19,6 +19,7 @@ def test_tests_that_use_no_service_pass_with_the_services_unreachable() -> None:
     modules = ["tests/test_config.py", "tests/test_deployment_files.py"]
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *modules],
+        check=False,
         cwd=ROOT,
         env={**os.environ, **UNREACHABLE},
         capture_output=True,
