@@ -4,7 +4,7 @@ and count against the time to first word."""
 
 from __future__ import annotations
 
-from tests.fakes.gemini import FakeGemini, Script
+from gemini_graphql.testing.fakes.gemini import FakeGemini, Script
 
 CHUNKS = ["Hello ", "there, ", "friend."]
 

@@ -26,7 +26,7 @@ from google.genai import types
 
 from bench.cpu import CpuMeter, CpuUse
 from bench.stack import Stack
-from tests.fakes.gemini import API_KEY
+from gemini_graphql.testing.fakes.gemini import API_KEY
 
 SEND = 'mutation($r: ID!) { sendMessage(input: {chatroomId: $r, content: "hello"}) { reply { id } errors { code } } }'
 STREAM = "subscription($id: ID!) { messageStream(messageId: $id) { seq status } }"

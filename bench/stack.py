@@ -17,8 +17,8 @@ import redis.asyncio as aioredis
 
 from gemini_graphql.config import AppEnv, Settings
 from gemini_graphql.infra.migrate import migrate
-from tests.fakes.gemini import API_KEY
-from tests.processes import Process, free_port, start_api, start_worker
+from gemini_graphql.testing.fakes.gemini import API_KEY
+from gemini_graphql.testing.processes import Process, free_port, start_api, start_worker
 
 ADMIN_DSN = os.environ.get("BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")

@@ -21,7 +21,7 @@ from gemini_graphql.config import Settings
 from gemini_graphql.app.worker import build_worker
 from tests.auth_flows import LoggedIn, login
 from tests.conftest import FakeClock, GraphQLClient, RecordingSms
-from tests.fakes.gemini import API_KEY, FakeGemini
+from gemini_graphql.testing.fakes.gemini import API_KEY, FakeGemini
 from tests.live import serve
 
 CREATE_ROOM = """

@@ -32,7 +32,7 @@ from typing import ClassVar, Literal, Self
 import asyncpg
 import pytest
 
-from tests.processes import free_port
+from gemini_graphql.testing.processes import free_port
 
 LOOPBACK = "127.0.0.1"
 StopMode = Literal["smart", "fast", "immediate"]

@@ -17,7 +17,7 @@ from gemini_graphql.config import Settings
 from tests.auth_flows import ME, LoggedIn, login
 from tests.chat_harness import create_room, send
 from tests.conftest import GraphQLClient, RecordingSms
-from tests.fakes.stripe import PRICE_ID, SECRET_KEY, WEBHOOK_SECRET, FakeStripe, sign
+from gemini_graphql.testing.fakes.stripe import PRICE_ID, SECRET_KEY, WEBHOOK_SECRET, FakeStripe, sign
 from tests.live import serve
 
 SUBSCRIBE = "mutation { subscribePro { checkoutUrl sessionId errors { code field message } } }"

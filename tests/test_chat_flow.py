@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tests.chat_harness import ROOM_MESSAGES, Live, send, stream, user_with_room
 from tests.conftest import RecordingSms
-from tests.fakes.gemini import Script
+from gemini_graphql.testing.fakes.gemini import Script
 
 
 async def test_send_subscribe_and_read_back(live: Live, worker, sms: RecordingSms, fake_gemini) -> None:

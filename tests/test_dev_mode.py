@@ -20,7 +20,7 @@ from gemini_graphql.app.embedded_redis import EmbeddedRedis
 from tests.auth_flows import ME, SEND_OTP, SIGNUP, VERIFY_OTP
 from tests.chat_harness import CREATE_ROOM, ROOM_MESSAGES, SEND, WsClient
 from tests.conftest import GraphQLClient
-from tests.processes import free_port
+from gemini_graphql.testing.processes import free_port
 
 
 @asynccontextmanager

@@ -6,7 +6,7 @@ import pytest
 from google import genai
 from google.genai import errors, types
 
-from tests.fakes.gemini import API_KEY, Script
+from gemini_graphql.testing.fakes.gemini import API_KEY, Script
 
 
 def client(url: str, key: str = API_KEY) -> genai.Client:

@@ -28,10 +28,10 @@ from gemini_graphql.infra.migrate import migrate
 from tests.auth_flows import login
 from tests.chat_harness import SEND, StreamResult, WsClient, create_room
 from tests.conftest import FakeClock, GraphQLClient, RecordingSms
-from tests.fakes.gemini import FakeGemini, Script
-from tests.fakes.stripe import WEBHOOK_SECRET, FakeStripe, sign
+from gemini_graphql.testing.fakes.gemini import FakeGemini, Script
+from gemini_graphql.testing.fakes.stripe import WEBHOOK_SECRET, FakeStripe, sign
 from tests.live import serve
-from tests.processes import Process, spawn_worker, start_worker
+from gemini_graphql.testing.processes import Process, spawn_worker, start_worker
 from tests.servers import PostgresCluster, RedisServer
 
 CHUNKS = [f"w{i} " for i in range(24)]

@@ -37,7 +37,7 @@ from gemini_graphql.api.schema import build_schema
 from tests.auth_flows import VERIFY_OTP, LoggedIn, login, send_code, signup
 from tests.chat_harness import create_room, send
 from tests.conftest import LEAK_PATTERNS, FakeClock, GraphQLClient, RecordingSms
-from tests.fakes.stripe import PRICE_ID, SECRET_KEY, WEBHOOK_SECRET, FakeStripe
+from gemini_graphql.testing.fakes.stripe import PRICE_ID, SECRET_KEY, WEBHOOK_SECRET, FakeStripe
 from tests.live import serve
 
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "15"))

@@ -331,7 +331,7 @@ async def test_an_unreachable_database_is_service_unavailable_not_a_500(
     from gemini_graphql.app.http_app import create_app
     from gemini_graphql.auth.tokens import TokenCodec
     from tests.live import serve
-    from tests.processes import free_port
+    from gemini_graphql.testing.processes import free_port
 
     settings = replace(base_settings, database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/gone")
     token = TokenCodec(settings, clock).issue(uuid.uuid4(), 0).token

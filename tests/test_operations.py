@@ -19,9 +19,9 @@ from gemini_graphql.logs import JsonFormatter
 from tests.auth_flows import ME, login
 from tests.chat_harness import WsClient, send, user_with_room
 from tests.conftest import GraphQLClient, RecordingSms
-from tests.fakes.gemini import Script
+from gemini_graphql.testing.fakes.gemini import Script
 from tests.live import serve
-from tests.processes import start_api, start_worker
+from gemini_graphql.testing.processes import start_api, start_worker
 
 
 async def preflight(client, origin: str):

@@ -11,8 +11,8 @@ import httpx
 
 from tests.chat_harness import WsClient, send, stream, user_with_room
 from tests.conftest import GraphQLClient
-from tests.fakes.gemini import Script
-from tests.processes import start_api, start_worker
+from gemini_graphql.testing.fakes.gemini import Script
+from gemini_graphql.testing.processes import start_api, start_worker
 
 
 async def test_two_apis_and_two_workers(chat_settings, fake_gemini, redis_client, pg, make_client, sms) -> None:

@@ -12,7 +12,7 @@ from gemini_graphql.infra.resources import Resources
 from tests.auth_flows import ME
 from tests.chat_harness import Live, send, stream, user_with_room
 from tests.conftest import RecordingSms
-from tests.fakes.gemini import Script
+from gemini_graphql.testing.fakes.gemini import Script
 
 
 async def wait_finished(pg, reply_id: str, timeout: float = 15) -> dict:

@@ -13,7 +13,7 @@ from arq.constants import default_queue_name
 from gemini_graphql.chat.reply_queue import WAKE_CHANNEL, enqueue_reply, reply_job_id
 from tests.chat_harness import Live, running_worker, send, user_with_room
 from tests.conftest import RecordingSms
-from tests.fakes.gemini import Script
+from gemini_graphql.testing.fakes.gemini import Script
 from tests.test_replies import wait_finished
 
 NEVER = 3600.0  # an idle interval no test waits for

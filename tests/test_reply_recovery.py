@@ -21,7 +21,7 @@ from gemini_graphql.models import MessageStatus
 from tests.auth_flows import login
 from tests.chat_harness import Live, WsClient, running_worker, send, stream, user_with_room
 from tests.conftest import FakeClock, GraphQLClient, RecordingSms
-from tests.fakes.gemini import Script
+from gemini_graphql.testing.fakes.gemini import Script
 from tests.live import serve
 from tests.test_replies import wait_finished
 

@@ -17,7 +17,7 @@ from tests.chat_harness import (
     user_with_room,
 )
 from tests.conftest import RecordingSms
-from tests.fakes.gemini import Script
+from gemini_graphql.testing.fakes.gemini import Script
 
 CHUNKS = ["The ", "quick ", "brown ", "fox ", "jumps"]
 

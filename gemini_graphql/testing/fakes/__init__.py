@@ -1,0 +1,1 @@
+"""Fake Gemini and Stripe servers for tests and benchmarks."""

@@ -1,0 +1,140 @@
+"""A fake Gemini API speaking the REST wire protocol google-genai uses, scriptable per test.
+
+`POST /{version}/models/{model}:streamGenerateContent?alt=sse` answers with
+server-sent events (`data: {GenerateContentResponse}`), `:generateContent`
+with one JSON body. Errors use Google's error body. The API key header is
+checked; every request is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+API_KEY = "fake-gemini-key-for-tests"
+_STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+}
+
+
+@dataclass
+class Script:
+    """What the fake does for one request."""
+
+    chunks: list[str] | None = None  # None: echo the last user message in a few chunks
+    delay: float = 0.0  # seconds before each chunk
+    status: int | None = None  # answer with this HTTP error instead of a stream
+    error_after: int | None = None  # send this many chunks, then an error event (status 503)
+    drop_after: int | None = None  # send this many chunks, then cut the connection
+    hang: bool = False  # never answer
+    hang_after: int | None = None  # send this many chunks, then stall
+
+
+@dataclass
+class GeminiRequest:
+    path: str
+    model: str
+    method: str  # streamGenerateContent | generateContent
+    api_key: str | None
+    body: dict[str, Any]
+
+
+def echo_chunks(body: dict[str, Any]) -> list[str]:
+    """The default answer: deterministic, in several pieces."""
+    contents = body.get("contents") or []
+    user_texts = [
+        part.get("text", "")
+        for content in contents
+        if content.get("role") == "user"
+        for part in content.get("parts", [])
+    ]
+    words = f"Echo: {user_texts[-1] if user_texts else ''}".split(" ")
+    return [word + " " for word in words[:-1]] + [words[-1]]
+
+
+@dataclass
+class FakeGemini:
+    scripts: deque[Script] = field(default_factory=deque)
+    requests: list[GeminiRequest] = field(default_factory=list)
+    default: Script = field(default_factory=Script)
+    _ids: itertools.count = field(default_factory=itertools.count)
+
+    def script(self, *scripts: Script) -> None:
+        """The next requests follow these scripts, in order; then `default`."""
+        self.scripts.extend(scripts)
+
+    @property
+    def app(self) -> Starlette:
+        return Starlette(routes=[Route("/{version}/models/{target}", self._handle, methods=["POST"])])
+
+    async def _handle(self, request: Request) -> Response:
+        model, _, method = request.path_params["target"].partition(":")
+        body = await request.json()
+        api_key = request.headers.get("x-goog-api-key")
+        self.requests.append(GeminiRequest(request.url.path, model, method, api_key, body))
+        if api_key != API_KEY:
+            return _error(403, "Method doesn't allow unregistered callers.")
+        script = self.scripts.popleft() if self.scripts else self.default
+        if script.hang:
+            await asyncio.sleep(3600)
+        if script.status is not None:
+            return _error(script.status, "Scripted failure.")
+        chunks = script.chunks if script.chunks is not None else echo_chunks(body)
+        response_id = f"fake-response-{next(self._ids)}"
+        if method == "generateContent":
+            return JSONResponse(_response("".join(chunks), response_id, model, final=True))
+        if method != "streamGenerateContent":
+            return _error(404, f"Unknown method {method}.")
+        return StreamingResponse(
+            self._events(script, chunks, response_id, model), media_type="text/event-stream"
+        )
+
+    async def _events(self, script: Script, chunks: list[str], response_id: str, model: str):
+        for index, chunk in enumerate(chunks):
+            if index == script.error_after:
+                yield _sse({"error": {"code": 503, "message": "Scripted mid-stream failure.", "status": "UNAVAILABLE"}})
+                return
+            if index == script.drop_after:
+                raise ConnectionResetError("scripted drop")
+            if index == script.hang_after:
+                await asyncio.sleep(3600)
+            if script.delay:
+                await asyncio.sleep(script.delay)
+            yield _sse(_response(chunk, response_id, model, final=index == len(chunks) - 1))
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(payload)}\r\n\r\n".encode()
+
+
+def _response(text: str, response_id: str, model: str, *, final: bool) -> dict[str, Any]:
+    candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
+    if final:
+        candidate["finishReason"] = "STOP"
+    return {
+        "candidates": [candidate],
+        "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 3, "totalTokenCount": 8},
+        "modelVersion": model,
+        "responseId": response_id,
+    }
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": status, "message": message, "status": _STATUS_NAMES.get(status, "UNKNOWN")}},
+        status_code=status,
+    )
