@@ -19,6 +19,7 @@ from bench.first_word import time_to_first_word
 from bench.hostile_documents import refusal_cpu
 from bench.http_overhead import graphql_overhead, send_message
 from bench.stack import percentile, running_stack
+from bench.stock_strawberry import http_rows, idle_rows
 from bench.streams import live_streams
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -96,6 +97,22 @@ async def measure() -> list[tuple[str, str, str, str]]:
             "2. `sendMessage`, 32 clients (one user, one room)",
             f"{many.rps:,.0f} req/s, p50 {many.p50_ms:.1f} ms, p99 {many.p99_ms:.1f} ms",
             f"errors {many.errors}", "–",
+        ))
+        for name, (ours, stock) in (await http_rows(stack)).items():
+            ratio = ours.rps / stock.rps
+            rows.append((
+                f"5. `{name}` on our transport vs Strawberry's stock `GraphQL` view, 32 connections",
+                f"ours {ours.rps:,.0f} req/s (p50 {ours.p50_ms:.1f} ms); stock {stock.rps:,.0f} req/s (p50 {stock.p50_ms:.1f} ms)",
+                f"ratio ours/stock **{ratio:.2f}×**",
+                f"> 1 {'✅' if ratio > 1 else '❌'} (else drop our transport)",
+            ))
+    async with running_stack(worker=False) as stack:
+        ours_kb, stock_kb = await idle_rows(stack)
+        rows.append((
+            "5. RSS per idle subscription at 1,000, our transport vs Strawberry's stock view",
+            f"ours {ours_kb:.1f} KB; stock {stock_kb:.1f} KB",
+            f"ratio stock/ours **{stock_kb / ours_kb:.2f}×**" if ours_kb > 0 else "–",
+            f"ours smaller {'✅' if ours_kb < stock_kb else '❌'}",
         ))
     async with running_stack(worker=False) as stack:
         streams = await live_streams(stack)

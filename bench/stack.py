@@ -76,6 +76,8 @@ async def running_stack(*, worker: bool = True) -> AsyncIterator[Stack]:
             auth_rate_per_ip=1_000_000,
             auth_rate_per_number=1_000_000,
             pro_daily_limit=1_000_000_000,
+            # One user holds every benchmark subscription, each on its own socket.
+            max_websockets_per_user=100_000,
         )
         started = [start_api(settings)] + ([start_worker(settings, redis)] if worker else [])
         (api, url), *workers = await asyncio.gather(*started)

@@ -32,6 +32,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "WORKER_JOB_TIMEOUT_SECONDS": str(settings.worker_job_timeout_seconds),
         "AUTH_RATE_PER_IP": str(settings.auth_rate_per_ip),
         "AUTH_RATE_PER_NUMBER": str(settings.auth_rate_per_number),
+        "MAX_WEBSOCKETS_PER_USER": str(settings.max_websockets_per_user),
     }
     return env
 
