@@ -31,8 +31,8 @@ from gemini_graphql.ids import new_id
 from gemini_graphql.models import MessageStatus
 from gemini_graphql.chat.reply_stream import (
     FINISHED_TTL_SECONDS,
+    ReplyChannels,
     StreamEvent,
-    channel_name,
     stream_key,
 )
 
@@ -94,7 +94,7 @@ async def live_streams(stack: Stack) -> dict[str, object]:
     replies = await make_pending_replies(stack, max(sizes))
     pid = stack.api.pid
     client = await Client.start(stack)
-    publisher = await Publisher.open(stack.settings.redis_url)
+    publisher = await Publisher.open(stack.settings.redis_url, stack.settings.channel_prefix)
     try:
         await client.ask({"op": "subscribe", "ids": replies[:5]})  # warm the process up
         await client.ask({"op": "close_all"})
@@ -146,14 +146,17 @@ def _command(*args: bytes) -> bytes:
 class Publisher:
     """streaming.publish's commands for a batch of streams, in one write and one read."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, channels: ReplyChannels
+    ) -> None:
         self._reader, self._writer = reader, writer
+        self._channels = channels
 
     @classmethod
-    async def open(cls, redis_url: str) -> Publisher:
+    async def open(cls, redis_url: str, channel_prefix: str) -> Publisher:
         url = urlparse(redis_url)
         reader, writer = await asyncio.open_connection(url.hostname, url.port or 6379)
-        publisher = cls(reader, writer)
+        publisher = cls(reader, writer, ReplyChannels(channel_prefix))
         await publisher._send([_command(b"SELECT", (url.path.strip("/") or "0").encode())])
         return publisher
 
@@ -165,7 +168,7 @@ class Publisher:
             key = stream_key(message_id).encode()
             commands.append(_command(b"XADD", key, entry, b"e", payload))
             commands.append(_command(b"EXPIRE", key, ttl))
-            commands.append(_command(b"PUBLISH", channel_name(message_id).encode(), payload))
+            commands.append(_command(b"PUBLISH", self._channels.of(message_id).encode(), payload))
         await self._send(commands)
 
     async def _send(self, commands: list[bytes]) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
 
 T = TypeVar("T")
 
@@ -85,6 +86,10 @@ class Settings:
     auth_rate_per_number: int = 10
     max_body_bytes: int = 1024 * 1024
     redis_max_connections: int = 32
+    # Put before every Redis pub/sub channel name. Keys are per database but channels are
+    # per server, so deployments sharing a server would hear each other's notices; empty
+    # means "db<N>:" for REDIS_URL's database N (see `channel_prefix`).
+    redis_channel_prefix: str = ""
     # How long a process may keep a user's row and room list between change notices
     # (bounds changes made outside the service, e.g. by hand in SQL); 0 keeps nothing.
     user_cache_seconds: float = 30.0
@@ -117,6 +122,14 @@ class Settings:
         if "*" in self.cors_origins or origin in self.cors_origins:
             return True
         return self.is_dev and re.fullmatch(LOCALHOST_ORIGIN, origin) is not None
+
+    @property
+    def channel_prefix(self) -> str:
+        """What every pub/sub channel name of this deployment starts with: the chosen prefix,
+        or "db<N>:" for REDIS_URL's database N, so that deployments on different databases
+        of one server are apart with no configuration. Worked out here, not stored, so a
+        `replace(settings, redis_url=...)` gets its own."""
+        return self.redis_channel_prefix or f"db{redis_database(self.redis_url)}:"
 
     @property
     def payments_enabled(self) -> bool:
@@ -179,6 +192,7 @@ class Settings:
             ),
             max_websockets_per_user=reader.get("MAX_WEBSOCKETS_PER_USER", _positive_int, 20),
             redis_max_connections=reader.get("REDIS_MAX_CONNECTIONS", _positive_int, 32),
+            redis_channel_prefix=reader.get("REDIS_CHANNEL_PREFIX", str, ""),
             user_cache_seconds=reader.get("USER_CACHE_SECONDS", _non_negative_float, 30.0),
             stream_idle_timeout_seconds=reader.get(
                 "STREAM_IDLE_TIMEOUT_SECONDS", _positive_float, 300.0
@@ -351,7 +365,26 @@ def _sms_backend(raw: str) -> str:
 def _redis_url(raw: str) -> str:
     if not raw.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError("expected a redis://, rediss:// or unix:// URL")
+    redis_database(raw)
     return raw
+
+
+def redis_database(url: str) -> int:
+    """The database number a Redis URL selects, as redis-py reads it: `?db=N`, else (not for
+    unix:// sockets, whose path is the socket's) the path `/N`, else 0."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query).get("db")
+    if query and query[0]:
+        raw = unquote(query[0])
+    elif parts.scheme == "unix":
+        raw = ""
+    else:
+        raw = unquote(parts.path).replace("/", "")
+    if not raw:
+        return 0
+    if not raw.isascii() or not raw.isdigit():
+        raise ValueError(f"the database must be a number, got {raw!r}")
+    return int(raw)
 
 
 def _database_url(raw: str) -> str:

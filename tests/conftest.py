@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from starlette.applications import Starlette
 
 from gemini_graphql.app.http_app import create_app
+from gemini_graphql.chat.reply_stream import ReplyChannels
 from gemini_graphql.config import AppEnv, Settings
 from gemini_graphql.infra.migrate import migrate
 from tests.redis_claim import RedisClaim
@@ -109,14 +110,24 @@ def redis_claim() -> Iterator[RedisClaim | None]:
 
 @pytest.fixture(scope="session")
 def base_settings(database_url: str, redis_claim: RedisClaim | None) -> Settings:
+    # Pub/sub channels are per server, not per database: a prefix of the run's own keeps
+    # other runs' (and other deployments') notices away even on a shared database.
+    run_id = redis_claim.run_id if redis_claim else f"{os.getpid()}:{secrets.token_hex(4)}"
     return Settings(
         app_env=AppEnv.TEST,
         database_url=database_url,
         redis_url=redis_claim.url if redis_claim else f"{REDIS_BASE}/{REDIS_DB}",
+        redis_channel_prefix=f"test:{run_id}:",
         secret_key=secrets.token_urlsafe(48),
         auth_rate_per_ip=1000,
         auth_rate_per_number=1000,
     )
+
+
+@pytest.fixture(scope="session")
+def reply_channels(base_settings: Settings) -> ReplyChannels:
+    """The run's reply channels, for tests that publish or follow replies directly."""
+    return ReplyChannels(base_settings.channel_prefix)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gemini_graphql.chat import reply_stream
-from gemini_graphql.chat.reply_stream import StreamEvent, channel_name, publish
+from gemini_graphql.chat.reply_stream import ReplyChannels, StreamEvent, publish
 from gemini_graphql.infra import relay as relay_module
 from gemini_graphql.infra.relay import RESYNC, Mailbox, Relay
 from gemini_graphql.models import MessageStatus
@@ -39,14 +39,16 @@ def test_a_full_mailbox_refuses_more(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [mailbox.put(b"x", 0.0) for _ in range(5)] == [True, True, True, False, False]
 
 
-async def test_live_events_reach_every_listener_of_a_channel(redis_client: aioredis.Redis) -> None:
+async def test_live_events_reach_every_listener_of_a_channel(
+    redis_client: aioredis.Redis, reply_channels: ReplyChannels
+) -> None:
     relay = Relay(redis_client)
     message_id = uuid.uuid4()
     try:
-        async with relay.listen(channel_name(message_id)) as first, relay.listen(
-            channel_name(message_id)
+        async with relay.listen(reply_channels.of(message_id)) as first, relay.listen(
+            reply_channels.of(message_id)
         ) as second:
-            await publish(redis_client, message_id, event(1))
+            await publish(redis_client, reply_channels, message_id, event(1))
             async with asyncio.timeout(5):
                 assert await first.get() == event(1).encode().encode()
                 assert await second.get() == event(1).encode().encode()
@@ -55,11 +57,11 @@ async def test_live_events_reach_every_listener_of_a_channel(redis_client: aiore
 
 
 async def test_quiet_listeners_are_asked_to_reread(
-    redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+    redis_client: aioredis.Redis, reply_channels: ReplyChannels
 ) -> None:
     relay = Relay(redis_client, resync_after=0.3)
     try:
-        async with relay.listen(channel_name(uuid.uuid4())) as mailbox:
+        async with relay.listen(reply_channels.of(uuid.uuid4())) as mailbox:
             async with asyncio.timeout(5):
                 assert await mailbox.get() is RESYNC
     finally:
@@ -67,7 +69,7 @@ async def test_quiet_listeners_are_asked_to_reread(
 
 
 async def test_a_reply_written_between_reading_and_checking_the_stream_is_not_lost(
-    redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+    redis_client: aioredis.Redis, reply_channels: ReplyChannels, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The stream was empty when read, and the whole reply (final event included) arrived
     before the end was checked: the subscriber must read again, not stop with nothing."""
@@ -80,8 +82,8 @@ async def test_a_reply_written_between_reading_and_checking_the_stream_is_not_lo
         reads += 1
         if reads == 1:  # the worker writes everything right after this first read
             for seq in range(1, 4):
-                await publish(redis, reply, event(seq))
-            await publish(redis, reply, StreamEvent(4, "", MessageStatus.COMPLETE))
+                await publish(redis, reply_channels, reply, event(seq))
+            await publish(redis, reply_channels, reply, StreamEvent(4, "", MessageStatus.COMPLETE))
             return []
         return await real_history(redis, reply, after)
 
@@ -93,7 +95,10 @@ async def test_a_reply_written_between_reading_and_checking_the_stream_is_not_lo
 
     try:
         async with asyncio.timeout(5):
-            seqs = [e.seq async for e in reply_stream.follow(redis_client, relay, message_id, 0, nothing_stored)]
+            followed = reply_stream.follow(
+                redis_client, relay, reply_channels, message_id, 0, nothing_stored
+            )
+            seqs = [e.seq async for e in followed]
     finally:
         await relay.close()
     assert seqs == [1, 2, 3, 4]

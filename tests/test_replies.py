@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from gemini_graphql.ai.gemini import GeminiModel
 from gemini_graphql.chat.replies import ReplyGenerator
+from gemini_graphql.chat.reply_stream import ReplyChannels
 from gemini_graphql.infra.resources import Resources
 from tests.auth_flows import ME
 from tests.chat_harness import Live, send, stream, user_with_room
@@ -142,6 +143,7 @@ async def test_a_finished_reply_is_never_generated_twice(
         generator = ReplyGenerator(
             database=resources.database,
             redis=resources.redis,
+            channels=ReplyChannels(chat_settings.channel_prefix),
             users=resources.users,
             clock=resources.clock,
             model=model,

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from dataclasses import replace
 
 from arq.connections import ArqRedis
 from arq.constants import default_queue_name
 
 from gemini_graphql.chat.reply_queue import WAKE_CHANNEL, enqueue_reply, reply_job_id
+from gemini_graphql.config import Settings
 from tests.chat_harness import Live, running_worker, send, user_with_room
 from tests.conftest import RecordingSms
 from gemini_graphql.testing.fakes.gemini import Script
@@ -19,9 +21,11 @@ from tests.test_replies import wait_finished
 NEVER = 3600.0  # an idle interval no test waits for
 
 
-async def listening_for_notices(redis_client) -> None:
+async def listening_for_notices(redis_client, settings: Settings) -> None:
+    """Until a worker of `settings`' deployment listens (another run's worker does not count)."""
+    channel = settings.channel_prefix + WAKE_CHANNEL
     async with asyncio.timeout(10):
-        while (await redis_client.pubsub_numsub(WAKE_CHANNEL))[0][1] < 1:
+        while (await redis_client.pubsub_numsub(channel))[0][1] < 1:
             await asyncio.sleep(0.02)
 
 
@@ -30,11 +34,29 @@ async def test_a_queued_reply_wakes_an_idle_worker(
 ) -> None:
     user, room_id = await user_with_room(live.http, sms)
     async with running_worker(chat_settings, clock, idle_poll_seconds=NEVER):
-        await listening_for_notices(redis_client)
+        await listening_for_notices(redis_client, chat_settings)
         await asyncio.sleep(0.2)  # past its first polls: idle, waiting
         for _ in range(3):
             sent = await send(live.http, user.token, room_id)
             assert (await wait_finished(pg, sent["reply"]["id"], timeout=10))["status"] == "complete"
+
+
+async def test_a_worker_wakes_only_for_its_own_deployment(
+    live: Live, chat_settings, clock, sms: RecordingSms, redis_client, pg
+) -> None:
+    """A worker of another deployment on the same Redis server (here even the same database,
+    so it sees the job) is not woken by this one's notices: channels are per server."""
+    other = replace(chat_settings, redis_channel_prefix=chat_settings.channel_prefix + "other:")
+    user, room_id = await user_with_room(live.http, sms)
+    async with running_worker(other, clock, idle_poll_seconds=NEVER):
+        await listening_for_notices(redis_client, other)
+        await asyncio.sleep(0.2)  # past its first polls: idle, waiting
+        reply_id = (await send(live.http, user.token, room_id))["reply"]["id"]  # our notice
+        await asyncio.sleep(0.5)
+        row = await pg.fetchrow("SELECT status FROM messages WHERE id = $1", uuid.UUID(reply_id))
+        assert row["status"] == "pending"
+        await redis_client.publish(other.channel_prefix + WAKE_CHANNEL, b"")  # its own
+        assert (await wait_finished(pg, reply_id, timeout=10))["status"] == "complete"
 
 
 async def test_a_deferred_retry_wakes_its_worker_when_due(
@@ -44,7 +66,7 @@ async def test_a_deferred_retry_wakes_its_worker_when_due(
     fake.script(Script(status=503), Script(status=503), Script(chunks=["third ", "time"]))
     user, room_id = await user_with_room(live.http, sms)
     async with running_worker(chat_settings, clock, idle_poll_seconds=NEVER):
-        await listening_for_notices(redis_client)
+        await listening_for_notices(redis_client, chat_settings)
         sent = await send(live.http, user.token, room_id)
         reply = await wait_finished(pg, sent["reply"]["id"], timeout=10)
     assert (reply["status"], reply["content"]) == ("complete", "third time")
@@ -64,20 +86,24 @@ async def test_a_job_nobody_announced_is_found_by_the_idle_poll(
         assert (await wait_finished(pg, reply_id, timeout=10))["status"] == "complete"
 
 
-async def test_enqueue_announces_each_new_job_once(redis_client) -> None:
+async def test_enqueue_announces_each_new_job_once(redis_client, base_settings: Settings) -> None:
+    """On the deployment's channel only: another one's, differing by its prefix, hears nothing."""
     queue = ArqRedis(connection_pool=redis_client.connection_pool)
+    ours = base_settings.channel_prefix + WAKE_CHANNEL
+    theirs = base_settings.channel_prefix + "other:" + WAKE_CHANNEL
     pubsub = redis_client.pubsub()
-    await pubsub.subscribe(WAKE_CHANNEL)
-    await pubsub.get_message(timeout=1)  # the subscribe confirmation
+    await pubsub.subscribe(ours, theirs)
+    for _ in range(2):
+        await pubsub.get_message(timeout=1)  # the subscribe confirmations
     reply_id = uuid.uuid4()
 
-    assert await enqueue_reply(queue, reply_id) is True
-    assert await enqueue_reply(queue, reply_id) is False  # one job per reply
+    assert await enqueue_reply(queue, reply_id, wake_channel=ours) is True
+    assert await enqueue_reply(queue, reply_id, wake_channel=ours) is False  # one job per reply
 
     notices = []
     while (message := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)) is not None:
         notices.append(message["channel"])
-    assert notices == [WAKE_CHANNEL.encode()]
+    assert notices == [ours.encode()]
     assert await redis_client.zscore(default_queue_name, reply_job_id(reply_id)) is not None
     await pubsub.aclose()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -20,6 +21,8 @@ import redis.asyncio as aioredis
 
 from gemini_graphql.infra import user_cache
 from gemini_graphql.models import User
+from gemini_graphql.config import Settings
+from gemini_graphql.infra.relay import Relay
 from gemini_graphql.infra.resources import Resources
 from gemini_graphql.infra.user_cache import CHANNEL, UserCache
 from tests.auth_flows import CHANGE_PASSWORD, ME, LoggedIn, login
@@ -181,7 +184,7 @@ async def test_no_copies_are_used_while_notices_may_be_missed(
     await kept_by(gql, cache, user)
 
     # The pub/sub connection drops (Redis restarts, a network blip): notices are lost.
-    await redis_client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    await kill_pubsub_connections(redis_client, f"gemini-graphql:api:{os.getpid()}")
     await eventually(lambda: not cache.live)
     assert len(cache) == 0
     await pg.execute("UPDATE users SET subscription_tier = 'pro' WHERE id = $1", uuid.UUID(user.user_id))
@@ -193,9 +196,23 @@ async def test_no_copies_are_used_while_notices_may_be_missed(
     await kept_by(gql, cache, user)
 
 
+async def kill_pubsub_connections(redis_client: aioredis.Redis, name: str) -> None:
+    """Drop the pub/sub connections of the clients called `name` (this process's apps),
+    and only those: the server's other ones may be another test run's or deployment's."""
+    killed = 0
+    for client in await redis_client.client_list():
+        subscribed = int(client.get("sub", 0)) + int(client.get("psub", 0)) > 0
+        if client.get("name") == name and subscribed:
+            await redis_client.execute_command("CLIENT", "KILL", "ID", client["id"])
+            killed += 1
+    assert killed, f"no pub/sub connection named {name}"
+
+
 @pytest.fixture
-def cache(redis_client: aioredis.Redis) -> UserCache:
-    cache = UserCache(redis_client, ttl_seconds=30, max_users=3)
+def cache(redis_client: aioredis.Redis, base_settings: Settings) -> UserCache:
+    cache = UserCache(
+        redis_client, ttl_seconds=30, channel=base_settings.channel_prefix + CHANNEL, max_users=3
+    )
     cache.resume()
     return cache
 
@@ -252,15 +269,18 @@ def test_the_copies_are_bounded(cache: UserCache) -> None:
 
 
 def test_nothing_is_kept_before_the_subscription_is_confirmed(redis_client: aioredis.Redis) -> None:
-    cache = UserCache(redis_client, ttl_seconds=30)
+    cache = UserCache(redis_client, ttl_seconds=30, channel="unused:" + CHANNEL)
     user_id = uuid.uuid4()
     cache.keep_user(_user(user_id), cache.ticket())
     assert cache.user(user_id) is None and len(cache) == 0
 
 
-async def test_a_notice_reaches_redis_subscribers(cache: UserCache, redis_client: aioredis.Redis) -> None:
+async def test_a_notice_reaches_redis_subscribers(
+    cache: UserCache, redis_client: aioredis.Redis, base_settings: Settings
+) -> None:
+    assert cache.channel == base_settings.channel_prefix + CHANNEL
     pubsub = redis_client.pubsub()
-    await pubsub.subscribe(CHANNEL)
+    await pubsub.subscribe(cache.channel)
     await pubsub.get_message(timeout=1)  # the confirmation
     user_id = uuid.uuid4()
     await cache.changed(user_id)
@@ -269,6 +289,38 @@ async def test_a_notice_reaches_redis_subscribers(cache: UserCache, redis_client
         message = await pubsub.get_message(timeout=2)
     assert message is not None and message["data"] == user_id.hex.encode()
     await pubsub.aclose()
+
+
+async def test_deployments_on_one_redis_server_do_not_hear_each_other(
+    redis_client: aioredis.Redis, base_settings: Settings
+) -> None:
+    """Two processes of deployment A and one of B, on one Redis database even: a change in A
+    reaches A's other process, never B (whose channels differ by their prefix alone)."""
+    prefix_a, prefix_b = (base_settings.channel_prefix + name for name in ("a:", "b:"))
+    a1, a2, b = (
+        UserCache(redis_client, ttl_seconds=30, channel=prefix + CHANNEL)
+        for prefix in (prefix_a, prefix_a, prefix_b)
+    )
+    relays = [Relay(redis_client) for _ in range(3)]
+    try:
+        for relay, cache in zip(relays, (a1, a2, b), strict=True):
+            relay.watch(cache.channel, cache)
+        await eventually(lambda: a1.live and a2.live and b.live)
+        user_id, marker = uuid.uuid4(), uuid.uuid4()
+        for cache in (a2, b):
+            cache.keep_user(_user(user_id), cache.ticket())
+            cache.keep_user(_user(marker), cache.ticket())
+
+        await a1.changed(user_id)
+        await eventually(lambda: a2.user(user_id) is None)
+        # B's own notice, published after A's: once it has arrived, so would A's have.
+        await redis_client.publish(b.channel, marker.hex)
+        await eventually(lambda: b.user(marker) is None)
+        assert b.user(user_id) is not None
+        assert a2.user(marker) is not None
+    finally:
+        for relay in relays:
+            await relay.close()
 
 
 # Whole responses of queries that read only the user's own row and rooms.

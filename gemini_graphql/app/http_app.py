@@ -23,7 +23,6 @@ from gemini_graphql.clock import Clock, utc_now
 from gemini_graphql.config import Settings
 from gemini_graphql.infra.leases import Leases
 from gemini_graphql.infra.resources import Resources
-from gemini_graphql.infra import user_cache
 from gemini_graphql.services import Services
 from gemini_graphql.web.cors import cors_middleware
 from gemini_graphql.web.middleware import (
@@ -56,7 +55,7 @@ def create_app(
         resources = Resources.open(settings, clock=clock)
         services = Services.build(resources, sms=sms)
         # Other processes' changes drop this process's copies of users (see user_cache).
-        services.relay.watch(user_cache.CHANNEL, resources.users)
+        services.relay.watch(resources.users.channel, resources.users)
         # Everything built so far lives as long as the process: keep it out of the garbage
         # collector's scans, whose full passes otherwise stall every request for tens of ms.
         gc.freeze()

@@ -17,6 +17,7 @@ from gemini_graphql.ai.gemini import GeminiModel
 from gemini_graphql.ai.model import ChatModel
 from gemini_graphql.ai.offline import OfflineModel
 from gemini_graphql.chat.replies import ReplyGenerator, RetryLater
+from gemini_graphql.chat.reply_stream import ReplyChannels
 from gemini_graphql.clock import Clock, utc_now
 from gemini_graphql.config import Settings
 from gemini_graphql.infra.outages import Outage, is_outage
@@ -142,7 +143,9 @@ async def requeue_stranded_replies(ctx: dict[str, Any]) -> int:
         await generator.fail(reply_id, "The assistant could not finish this reply.")
     requeued = 0
     for reply_id in stranded.resume:
-        requeued += await enqueue_reply(ctx["resources"].redis, reply_id)
+        requeued += await enqueue_reply(
+            ctx["resources"].redis, reply_id, wake_channel=ctx["wake_channel"]
+        )
     if requeued or stranded.give_up:
         log.warning(
             "queued %d stranded replies again, failed %d older ones",
@@ -172,7 +175,9 @@ def build_worker(
         resources = resources_holder["resources"]
         chat_model = model if model is not None else default_model(settings)
         relay = ctx["relay"] = Relay(resources.redis)
-        relay.watch(WAKE_CHANNEL, wakeups)
+        # This deployment's notices only: channels are shared by every database of the server.
+        wake_channel = ctx["wake_channel"] = settings.channel_prefix + WAKE_CHANNEL
+        relay.watch(wake_channel, wakeups)
         ctx["settings"] = settings
         ctx["resources"] = resources
         ctx["model"] = chat_model
@@ -180,6 +185,7 @@ def build_worker(
         ctx["generator"] = ReplyGenerator(
             database=resources.database,
             redis=resources.redis,
+            channels=ReplyChannels(settings.channel_prefix),
             users=resources.users,
             clock=resources.clock,
             model=chat_model,

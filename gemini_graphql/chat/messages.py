@@ -23,9 +23,9 @@ from gemini_graphql.chat.room_cache import RoomListCache
 from gemini_graphql.errors import DomainError, ErrorCode, InvalidArgument, invalid_input
 from gemini_graphql.ids import new_id, parse_id
 from gemini_graphql.models import Chatroom, Message, MessageRole, MessageStatus, Subscription
-from gemini_graphql.chat.reply_queue import enqueue_reply
+from gemini_graphql.chat.reply_queue import WAKE_CHANNEL, enqueue_reply
 from gemini_graphql.text import check_storable
-from gemini_graphql.chat.reply_stream import Stored, StreamEvent, follow
+from gemini_graphql.chat.reply_stream import ReplyChannels, Stored, StreamEvent, follow
 from gemini_graphql.infra.relay import Relay
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,8 @@ class Messages:
         rooms_cache: RoomListCache,
         clock: Clock,
     ) -> None:
-        """`redis` queues replies and holds their streams; `settings` the quota and the
-        streams' idle timeout."""
+        """`redis` queues replies and holds their streams; `settings` the quota, the streams'
+        idle timeout and the deployment's channel prefix."""
         self._settings = settings
         self._sessions = database.sessions
         self._engine = database.engine
@@ -92,6 +92,8 @@ class Messages:
         self._queue = redis
         self._rooms_cache = rooms_cache  # a new message moves its room to the top
         self._idle_timeout = settings.stream_idle_timeout_seconds
+        self._wake_channel = settings.channel_prefix + WAKE_CHANNEL
+        self._channels = ReplyChannels(settings.channel_prefix)
 
     async def send(self, user_id: uuid.UUID, raw_room_id: str, content: str) -> Sent:
         """Store the message and a PENDING reply, count it, and queue the reply; never waits for it."""
@@ -124,7 +126,7 @@ class Messages:
             await connection.execute(_INSERT_MESSAGES, [_row(message), _row(reply)])
         await self._rooms_cache.invalidate(user_id)
         try:
-            if not await enqueue_reply(self._queue, reply.id):
+            if not await enqueue_reply(self._queue, reply.id, wake_channel=self._wake_channel):
                 raise RuntimeError("a job for this reply already exists")
         except Exception:
             log.exception("could not queue the reply %s; undoing the send", reply.id)
@@ -178,7 +180,10 @@ class Messages:
             delta = message.content if last == 0 else ""
             return StreamEvent(seq=last + 1, delta=delta, status=MessageStatus(message.status))
 
-        return follow(self._queue, relay, reply_id, after, stored, idle_timeout=self._idle_timeout)
+        return follow(
+            self._queue, relay, self._channels, reply_id, after, stored,
+            idle_timeout=self._idle_timeout,
+        )
 
     async def pages(
         self, room_ids: Sequence[uuid.UUID], request: PageRequest

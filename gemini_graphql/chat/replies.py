@@ -30,7 +30,7 @@ from gemini_graphql.chat.messages import message_by_id
 from gemini_graphql.chat.quota import give_back_one, utc_day
 from gemini_graphql.models import Chatroom, Message, MessageRole, MessageStatus
 from gemini_graphql.infra.outages import Outage, is_outage
-from gemini_graphql.chat.reply_stream import StreamEvent, StreamWriter, history
+from gemini_graphql.chat.reply_stream import ReplyChannels, StreamEvent, StreamWriter, history
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,7 @@ class ReplyGenerator:
         *,
         database: Database,
         redis: Redis,
+        channels: ReplyChannels,
         users: UserCache,
         clock: Clock,
         model: ChatModel,
@@ -157,6 +158,7 @@ class ReplyGenerator:
         self._sessions = database.sessions
         self._autocommit = database.autocommit
         self._redis = redis
+        self._channels = channels
         self._clock = clock
         self._users = users
         self._model = model
@@ -176,7 +178,7 @@ class ReplyGenerator:
             return started
         reply, turns = started.reply, started.turns
         text = started.text
-        writer = StreamWriter(self._redis, reply_id, started.sent, self._streams)
+        writer = StreamWriter(self._redis, self._channels, reply_id, started.sent, self._streams)
         if not started.sent and reply.content:  # Redis lost the stream: the row kept the start
             text = reply.content
             await writer.write(
@@ -274,7 +276,7 @@ class ReplyGenerator:
         sent = await history(self._redis, reply_id)
         text = "".join(event.delta for event in sent) if sent else reply.content
         until = asyncio.get_running_loop().time() + self._job_timeout - PERSIST_MARGIN_SECONDS
-        writer = StreamWriter(self._redis, reply_id, sent, self._streams)
+        writer = StreamWriter(self._redis, self._channels, reply_id, sent, self._streams)
         await self._fail(reply, text, writer, user_message, until)
 
     async def _context(self, reply: Message) -> list[Turn]:

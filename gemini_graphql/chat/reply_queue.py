@@ -5,6 +5,9 @@ about a tenth of a CPU doing it, and a reply still waited half a poll on average
 started. Instead sendMessage publishes a notice after queueing a job, and workers poll when
 woken (or every IDLE_POLL_SECONDS, which also finds retries and jobs of dead workers, and
 covers a lost notice).
+
+The notice goes to the deployment's prefix + WAKE_CHANNEL (Settings.channel_prefix): pub/sub
+channels are per Redis server, so another deployment's notices must not wake these workers.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from redis.exceptions import RedisError
 log = logging.getLogger(__name__)
 
 GENERATE_REPLY = "generate_reply"
-WAKE_CHANNEL = "replies:queued"
+WAKE_CHANNEL = "replies:queued"  # after the deployment's prefix
 IDLE_POLL_SECONDS = 0.5  # arq's own default poll interval
 
 
@@ -28,8 +31,9 @@ def reply_job_id(reply_id: uuid.UUID) -> str:
     return f"reply:{reply_id}"
 
 
-async def enqueue_reply(redis: ArqRedis, reply_id: uuid.UUID) -> bool:
-    """Queue the reply's job and wake the workers; False when a job for it already exists.
+async def enqueue_reply(redis: ArqRedis, reply_id: uuid.UUID, *, wake_channel: str) -> bool:
+    """Queue the reply's job and wake the workers listening on `wake_channel` (the
+    deployment's prefix + WAKE_CHANNEL); False when a job for it already exists.
 
     Raises when the job could not be queued. A lost wake-up only delays the reply until
     the next idle poll, so it is logged, not raised.
@@ -38,14 +42,14 @@ async def enqueue_reply(redis: ArqRedis, reply_id: uuid.UUID) -> bool:
     if job is None:
         return False
     try:
-        await redis.publish(WAKE_CHANNEL, b"")
+        await redis.publish(wake_channel, b"")
     except RedisError:
         log.warning("queued the reply %s but could not wake the workers", reply_id, exc_info=True)
     return True
 
 
 class Wakeups:
-    """A worker's reasons to poll now: a notice on WAKE_CHANNEL, or a retry coming due.
+    """A worker's reasons to poll now: a notice on its wake channel, or a retry coming due.
 
     Watches the channel through a Relay (see infra.relay.Watcher).
     """

@@ -5,6 +5,9 @@ once only) for catching up, and a pub/sub channel for live delivery through the 
 `Relay`. A follower listens on the channel first, then reads the stream, then forwards
 live events, dropping seqs it already sent: joining late or re-joining with `after` loses
 nothing and repeats nothing.
+
+Stream keys live in the deployment's Redis database; channels are per server, so their
+names start with the deployment's prefix (ReplyChannels, Settings.channel_prefix).
 """
 
 from __future__ import annotations
@@ -56,11 +59,20 @@ def stream_key(message_id: uuid.UUID) -> str:
     return f"reply:{message_id}:events"
 
 
-def channel_name(message_id: uuid.UUID) -> str:
-    return f"reply:{message_id}"
+@dataclass(frozen=True, slots=True)
+class ReplyChannels:
+    """The names of one deployment's reply channels: `prefix` (Settings.channel_prefix)
+    keeps them apart from other deployments' on the same Redis server."""
+
+    prefix: str
+
+    def of(self, message_id: uuid.UUID) -> str:
+        return f"{self.prefix}reply:{message_id}"
 
 
-async def publish(redis: Redis, message_id: uuid.UUID, event: StreamEvent) -> None:
+async def publish(
+    redis: Redis, channels: ReplyChannels, message_id: uuid.UUID, event: StreamEvent
+) -> None:
     """Append the event to the reply's stream and publish it, atomically (MULTI/EXEC)."""
     payload = event.encode()
     async with redis.pipeline(transaction=True) as pipe:
@@ -68,7 +80,7 @@ async def publish(redis: Redis, message_id: uuid.UUID, event: StreamEvent) -> No
         pipe.expire(
             stream_key(message_id), FINISHED_TTL_SECONDS if event.is_final else LIVE_TTL_SECONDS
         )
-        pipe.publish(channel_name(message_id), payload)
+        pipe.publish(channels.of(message_id), payload)
         await pipe.execute()
 
 
@@ -83,12 +95,18 @@ class StreamWriter:
     """
 
     def __init__(
-        self, redis: Redis, message_id: uuid.UUID, sent: list[StreamEvent], outage: Outage
+        self,
+        redis: Redis,
+        channels: ReplyChannels,
+        message_id: uuid.UUID,
+        sent: list[StreamEvent],
+        outage: Outage,
     ) -> None:
         """`sent`: the events already in the stream; `outage`: the process's record of
         Redis being away (shared by its writers, so an outage is logged once)."""
         self._redis = redis
         self._message_id = message_id
+        self._channel = channels.of(message_id)
         self._events = list(sent)
         self._written = len(self._events)
         self._repair = False
@@ -129,7 +147,7 @@ class StreamWriter:
             for event in missing:
                 payload = event.encode()
                 pipe.xadd(key, {"e": payload}, id=f"{event.seq}-0")
-                pipe.publish(channel_name(self._message_id), payload)
+                pipe.publish(self._channel, payload)
             final = missing[-1].is_final
             pipe.expire(key, FINISHED_TTL_SECONDS if final else LIVE_TTL_SECONDS)
             await pipe.execute()
@@ -155,6 +173,7 @@ None when it does not exist (any more)."""
 async def follow(
     redis: Redis,
     relay: Relay,
+    channels: ReplyChannels,
     message_id: uuid.UUID,
     after: int,
     stored: Callable[[int], Awaitable[Stored]],
@@ -172,7 +191,7 @@ async def follow(
     loop = asyncio.get_running_loop()
     progressed = loop.time()
     try:
-        async with relay.listen(channel_name(message_id)) as mailbox:
+        async with relay.listen(channels.of(message_id)) as mailbox:
             must_read_stream = True
             while True:
                 if must_read_stream:

@@ -11,6 +11,7 @@ from redis.asyncio import BlockingConnectionPool
 from gemini_graphql.clock import Clock, utc_now
 from gemini_graphql.config import Settings
 from gemini_graphql.infra.db import Database
+from gemini_graphql.infra.user_cache import CHANNEL as USERS_CHANGED
 from gemini_graphql.infra.user_cache import UserCache
 
 
@@ -38,7 +39,11 @@ class Resources:
             settings=settings,
             database=Database.open(settings.database_url),
             redis=redis,
-            users=UserCache(redis, ttl_seconds=settings.user_cache_seconds),
+            users=UserCache(
+                redis,
+                ttl_seconds=settings.user_cache_seconds,
+                channel=settings.channel_prefix + USERS_CHANGED,
+            ),
             clock=clock,
         )
 

@@ -33,7 +33,7 @@ from gemini_graphql.models import Chatroom, User
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "users:changed"
+CHANNEL = "users:changed"  # after the deployment's prefix (Settings.channel_prefix)
 RESPONSES_PER_USER = 16
 # A read slower than this is not kept; notices are remembered this long to check reads.
 MAX_READ_SECONDS = 5.0
@@ -55,8 +55,12 @@ class _Entry:
 
 
 class UserCache:
-    def __init__(self, redis: Redis, *, ttl_seconds: float, max_users: int = 10_000) -> None:
+    def __init__(
+        self, redis: Redis, *, ttl_seconds: float, channel: str, max_users: int = 10_000
+    ) -> None:
+        """`channel`: where this deployment's change notices go (its prefix + CHANNEL)."""
         self._redis = redis
+        self._channel = channel
         self._ttl = ttl_seconds
         self._max_users = max_users
         self._entries: OrderedDict[uuid.UUID, _Entry] = OrderedDict()
@@ -64,6 +68,11 @@ class UserCache:
         self._dropped: OrderedDict[uuid.UUID, tuple[int, float]] = OrderedDict()  # last drops
         self._forgot_all = 0  # the generation of the last suspension
         self._live = False  # the notice subscription is confirmed
+
+    @property
+    def channel(self) -> str:
+        """The channel to watch for other processes' notices (Relay.watch)."""
+        return self._channel
 
     @property
     def live(self) -> bool:
@@ -113,10 +122,10 @@ class UserCache:
         """
         self.drop(user_id)
         if pipe is not None:
-            pipe.publish(CHANNEL, user_id.hex)
+            pipe.publish(self._channel, user_id.hex)
             return
         try:
-            await self._redis.publish(CHANNEL, user_id.hex)
+            await self._redis.publish(self._channel, user_id.hex)
         except RedisError:
             log.warning("could not announce a change of user %s", user_id, exc_info=True)
 
