@@ -7,6 +7,7 @@ machine those are queueing: the sum of every process's work per message decides 
 from __future__ import annotations
 
 import os
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,10 +83,8 @@ class CpuMeter:
     def _sample(self) -> dict[int, float]:
         samples = {}
         for pid in self._processes:
-            try:
+            with suppress(OSError):  # ended (e.g. a PostgreSQL backend): its time is not counted
                 samples[pid] = _cpu_seconds(pid)
-            except OSError:  # ended (e.g. a PostgreSQL backend): its time is not counted
-                pass
         return samples
 
     def stop(self) -> CpuUse:

@@ -30,19 +30,22 @@ from gemini_graphql.testing.fakes.gemini import API_KEY
 
 SEND = 'mutation($r: ID!) { sendMessage(input: {chatroomId: $r, content: "hello"}) { reply { id } errors { code } } }'
 STREAM = "subscription($id: ID!) { messageStream(messageId: $id) { seq status } }"
-ROOM = 'mutation($t: String!) { createChatroom(input: {title: $t}) { chatroom { id } } }'
+ROOM = "mutation($t: String!) { createChatroom(input: {title: $t}) { chatroom { id } } }"
 PEOPLE = (3.0, 9.0)  # seconds between a reply and the next message
 HURRIED = (0.5, 1.5)
 
 
 async def sdk_first_chunk(stack: Stack, rounds: int) -> list[float]:
     client = genai.Client(
-        api_key=API_KEY, http_options=types.HttpOptions(base_url=stack.gemini_url, api_version="v1beta")
+        api_key=API_KEY,
+        http_options=types.HttpOptions(base_url=stack.gemini_url, api_version="v1beta"),
     )
     timings = []
     for _ in range(rounds):
         started = time.perf_counter()
-        stream = await client.aio.models.generate_content_stream(model="gemini-2.5-flash", contents="hi")
+        stream = await client.aio.models.generate_content_stream(
+            model="gemini-2.5-flash", contents="hi"
+        )
         first = True
         async for _chunk in stream:
             if first:
@@ -58,7 +61,11 @@ async def conversation(
     room = (await stack.gql(http, ROOM, {"t": "conversation"}))["createChatroom"]["chatroom"]["id"]
     first_delta, final_event = [], []
     async with websockets.connect(stack.ws_url, subprotocols=["graphql-transport-ws"]) as ws:
-        await ws.send(json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {stack.token}"}}))
+        await ws.send(
+            json.dumps(
+                {"type": "connection_init", "payload": {"authorization": f"Bearer {stack.token}"}}
+            )
+        )
         await ws.recv()
         for index in range(messages):
             if pause:
@@ -68,8 +75,18 @@ async def conversation(
             if sent["sendMessage"]["reply"] is None:
                 raise RuntimeError(f"sendMessage refused: {sent['sendMessage']['errors']}")
             op = str(index)
-            await ws.send(json.dumps({"id": op, "type": "subscribe", "payload": {
-                "query": STREAM, "variables": {"id": sent["sendMessage"]["reply"]["id"]}}}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "id": op,
+                        "type": "subscribe",
+                        "payload": {
+                            "query": STREAM,
+                            "variables": {"id": sent["sendMessage"]["reply"]["id"]},
+                        },
+                    }
+                )
+            )
             got_first = False
             while True:
                 message = json.loads(await ws.recv())
@@ -103,13 +120,18 @@ RUNS = {  # name: (conversations, pause)
 async def time_to_first_word(stack: Stack, total: int = 200) -> tuple[dict[str, Run], list[float]]:
     """The RUNS by name, and google-genai's own time to the first chunk."""
     runs: dict[str, Run] = {}
-    async with httpx.AsyncClient(base_url=stack.url, timeout=60, limits=httpx.Limits(max_connections=100)) as http:
+    async with httpx.AsyncClient(
+        base_url=stack.url, timeout=60, limits=httpx.Limits(max_connections=100)
+    ) as http:
         await conversation(stack, http, 5)  # warm up
         for name, (conversations, pause) in RUNS.items():
             meter, started = CpuMeter(), time.perf_counter()
-            results = await asyncio.gather(*(
-                conversation(stack, http, total // conversations, pause) for _ in range(conversations)
-            ))
+            results = await asyncio.gather(
+                *(
+                    conversation(stack, http, total // conversations, pause)
+                    for _ in range(conversations)
+                )
+            )
             runs[name] = Run(
                 first=[t for first, _ in results for t in first],
                 final=[t for _, final in results for t in final],

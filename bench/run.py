@@ -35,24 +35,31 @@ async def measure() -> list[tuple[str, str, str, str]]:
     ordinary = refusals.pop("ordinary")
     for name, cpu in refusals.items():
         target = f"< 10 ms {'✅' if cpu < 10 else '❌'}" if name == "chain 40" else "–"
-        rows.append((
-            f"0. refusing a fragment {name.replace('chain', 'chain of')} (2^n fields expanded), uncached",
-            f"{cpu:.2f} ms CPU",
-            f"checking an ordinary `sendMessage` document: {ordinary:.2f} ms: ratio {cpu / ordinary:.2f}",
-            target,
-        ))
+        rows.append(
+            (
+                f"0. refusing a fragment {name.replace('chain', 'chain of')} (2^n fields expanded), uncached",
+                f"{cpu:.2f} ms CPU",
+                f"checking an ordinary `sendMessage` document: {ordinary:.2f} ms: ratio {cpu / ordinary:.2f}",
+                target,
+            )
+        )
     async with running_stack() as stack:
         http = await graphql_overhead(stack)
         raw = http["raw"]
-        for name, label, target in (("me", "(a) `me` query", 0.25), ("chatrooms", "(b) `chatrooms(first: 20)`, cached", 0.15)):
+        for name, label, target in (
+            ("me", "(a) `me` query", 0.25),
+            ("chatrooms", "(b) `chatrooms(first: 20)`, cached", 0.15),
+        ):
             load = http[name]
             ratio = load.rps / raw.rps
-            rows.append((
-                f"1. {label}, 32 connections",
-                f"{load.rps:,.0f} req/s, p50 {load.p50_ms:.1f} ms, p99 {load.p99_ms:.1f} ms",
-                f"raw Starlette {raw.rps:,.0f} req/s (p50 {raw.p50_ms:.1f} ms): ratio **{ratio:.3f}**",
-                f"≥ {target} {'✅' if ratio >= target else '❌'}",
-            ))
+            rows.append(
+                (
+                    f"1. {label}, 32 connections",
+                    f"{load.rps:,.0f} req/s, p50 {load.p50_ms:.1f} ms, p99 {load.p99_ms:.1f} ms",
+                    f"raw Starlette {raw.rps:,.0f} req/s (p50 {raw.p50_ms:.1f} ms): ratio **{ratio:.3f}**",
+                    f"≥ {target} {'✅' if ratio >= target else '❌'}",
+                )
+            )
         runs, sdk = await time_to_first_word(stack)
         sdk_p50 = statistics.median(sdk) * 1000
         labels = {
@@ -69,79 +76,101 @@ async def measure() -> list[tuple[str, str, str, str]]:
             if key == "50 people":
                 ok = added_p50 <= 25 and added_p99 <= 100
                 target = f"added p50 ≤ 25 ms, p99 ≤ 100 ms {'✅' if ok else '❌'}"
-            rows.append((
-                f"3. first delta, {label}, {len(first)} messages",
-                f"p50 {ms(first, 0.5):.1f} ms, p99 {ms(first, 0.99):.1f} ms; final event p50 {ms(final, 0.5):.1f} ms",
-                f"google-genai first chunk p50 {sdk_p50:.1f} ms: added p50 **{added_p50:.1f} ms**, p99 **{added_p99:.1f} ms**",
-                target,
-            ))
+            rows.append(
+                (
+                    f"3. first delta, {label}, {len(first)} messages",
+                    f"p50 {ms(first, 0.5):.1f} ms, p99 {ms(first, 0.99):.1f} ms; final event p50 {ms(final, 0.5):.1f} ms",
+                    f"google-genai first chunk p50 {sdk_p50:.1f} ms: added p50 **{added_p50:.1f} ms**, p99 **{added_p99:.1f} ms**",
+                    target,
+                )
+            )
         for key, run in runs.items():
-            rows.append((
-                f"3. CPU per message, {key}",
-                run.cpu.per_message_ms(len(run.first)),
-                f"{len(run.first) / run.seconds:.0f} messages/s; machine busy {run.cpu.busy_share:.0%} "
-                f"of {os.cpu_count()} CPUs (other tenants took {run.cpu.steal_share:.0%})",
-                "(where the time goes)",
-            ))
+            rows.append(
+                (
+                    f"3. CPU per message, {key}",
+                    run.cpu.per_message_ms(len(run.first)),
+                    f"{len(run.first) / run.seconds:.0f} messages/s; machine busy {run.cpu.busy_share:.0%} "
+                    f"of {os.cpu_count()} CPUs (other tenants took {run.cpu.steal_share:.0%})",
+                    "(where the time goes)",
+                )
+            )
         send = await send_message(stack)
         one, many, me_one = send["send_1"], send["send_32"], send["me_1"]
         me_32 = http["me"]
-        rows.append((
-            "2. `sendMessage`, 1 client",
-            f"{one.rps:,.0f} req/s, p50 {one.p50_ms:.1f} ms, p99 {one.p99_ms:.1f} ms",
-            f"(a) `me` p50 {me_32.p50_ms:.1f} ms (measure 1): ratio **{one.p50_ms / me_32.p50_ms:.2f}×**; "
-            f"`me` at 1 client p50 {me_one.p50_ms:.2f} ms: {one.p50_ms / me_one.p50_ms:.0f}×",
-            f"≤ 3× {'✅' if one.p50_ms <= 3 * me_32.p50_ms else '❌'}",
-        ))
-        rows.append((
-            "2. `sendMessage`, 32 clients (one user, one room)",
-            f"{many.rps:,.0f} req/s, p50 {many.p50_ms:.1f} ms, p99 {many.p99_ms:.1f} ms",
-            f"errors {many.errors}", "–",
-        ))
+        rows.append(
+            (
+                "2. `sendMessage`, 1 client",
+                f"{one.rps:,.0f} req/s, p50 {one.p50_ms:.1f} ms, p99 {one.p99_ms:.1f} ms",
+                f"(a) `me` p50 {me_32.p50_ms:.1f} ms (measure 1): ratio **{one.p50_ms / me_32.p50_ms:.2f}×**; "
+                f"`me` at 1 client p50 {me_one.p50_ms:.2f} ms: {one.p50_ms / me_one.p50_ms:.0f}×",
+                f"≤ 3× {'✅' if one.p50_ms <= 3 * me_32.p50_ms else '❌'}",
+            )
+        )
+        rows.append(
+            (
+                "2. `sendMessage`, 32 clients (one user, one room)",
+                f"{many.rps:,.0f} req/s, p50 {many.p50_ms:.1f} ms, p99 {many.p99_ms:.1f} ms",
+                f"errors {many.errors}",
+                "–",
+            )
+        )
         for name, (ours, stock) in (await http_rows(stack)).items():
             ratio = ours.rps / stock.rps
-            rows.append((
-                f"5. `{name}` on our transport vs Strawberry's stock `GraphQL` view, 32 connections",
-                f"ours {ours.rps:,.0f} req/s (p50 {ours.p50_ms:.1f} ms); stock {stock.rps:,.0f} req/s (p50 {stock.p50_ms:.1f} ms)",
-                f"ratio ours/stock **{ratio:.2f}×**",
-                f"> 1 {'✅' if ratio > 1 else '❌'} (else drop our transport)",
-            ))
+            rows.append(
+                (
+                    f"5. `{name}` on our transport vs Strawberry's stock `GraphQL` view, 32 connections",
+                    f"ours {ours.rps:,.0f} req/s (p50 {ours.p50_ms:.1f} ms); stock {stock.rps:,.0f} req/s (p50 {stock.p50_ms:.1f} ms)",
+                    f"ratio ours/stock **{ratio:.2f}×**",
+                    f"> 1 {'✅' if ratio > 1 else '❌'} (else drop our transport)",
+                )
+            )
     async with running_stack(worker=False) as stack:
         ours_kb, stock_kb = await idle_rows(stack)
-        rows.append((
-            "5. RSS per idle subscription at 1,000, our transport vs Strawberry's stock view",
-            f"ours {ours_kb:.1f} KB; stock {stock_kb:.1f} KB",
-            f"ratio stock/ours **{stock_kb / ours_kb:.2f}×**" if ours_kb > 0 else "–",
-            f"ours smaller {'✅' if ours_kb < stock_kb else '❌'}",
-        ))
+        rows.append(
+            (
+                "5. RSS per idle subscription at 1,000, our transport vs Strawberry's stock view",
+                f"ours {ours_kb:.1f} KB; stock {stock_kb:.1f} KB",
+                f"ratio stock/ours **{stock_kb / ours_kb:.2f}×**" if ours_kb > 0 else "–",
+                f"ours smaller {'✅' if ours_kb < stock_kb else '❌'}",
+            )
+        )
     async with running_stack(worker=False) as stack:
         streams = await live_streams(stack)
         for size, kb in streams["kb_per_subscription"].items():
-            rows.append((
-                f"4. {size:,} idle subscriptions held",
-                f"{kb:.1f} KB RSS per subscription",
-                f"process baseline {streams['baseline_kb'] / 1024:.0f} MB",
-                f"≤ 40 KB {'✅' if kb <= 40 else '❌'}",
-            ))
+            rows.append(
+                (
+                    f"4. {size:,} idle subscriptions held",
+                    f"{kb:.1f} KB RSS per subscription",
+                    f"process baseline {streams['baseline_kb'] / 1024:.0f} MB",
+                    f"≤ 40 KB {'✅' if kb <= 40 else '❌'}",
+                )
+            )
         latencies = streams["delta_latency_ms"]
         p99 = percentile(latencies, 0.99) if latencies else float("nan")
-        rows.append((
-            "4. 10 deltas to each of 1,000 active streams (a delta per stream every 100 ms, streams not in step)",
-            f"{len(latencies):,} delivered; p50 {percentile(latencies, 0.5):.1f} ms, p99 {p99:.1f} ms",
-            "publish → client", f"p99 ≤ 50 ms {'✅' if p99 <= 50 else '❌'}",
-        ))
+        rows.append(
+            (
+                "4. 10 deltas to each of 1,000 active streams (a delta per stream every 100 ms, streams not in step)",
+                f"{len(latencies):,} delivered; p50 {percentile(latencies, 0.5):.1f} ms, p99 {p99:.1f} ms",
+                "publish → client",
+                f"p99 ≤ 50 ms {'✅' if p99 <= 50 else '❌'}",
+            )
+        )
         burst = streams["in_step_latency_ms"]
-        rows.append((
-            "4. the same, all 1,000 streams' deltas at the same instant",
-            f"{len(burst):,} delivered; p50 {percentile(burst, 0.5):.1f} ms, p99 {percentile(burst, 0.99):.1f} ms",
-            "publish → client", "(worst case, for information)",
-        ))
+        rows.append(
+            (
+                "4. the same, all 1,000 streams' deltas at the same instant",
+                f"{len(burst):,} delivered; p50 {percentile(burst, 0.5):.1f} ms, p99 {percentile(burst, 0.99):.1f} ms",
+                "publish → client",
+                "(worst case, for information)",
+            )
+        )
     return rows
 
 
 def render(rows: list[tuple[str, str, str, str]]) -> str:
     versions = ", ".join(
-        f"{name} {version(name)}" for name in ("strawberry-graphql", "starlette", "uvicorn", "sqlalchemy", "redis", "arq")
+        f"{name} {version(name)}"
+        for name in ("strawberry-graphql", "starlette", "uvicorn", "sqlalchemy", "redis", "arq")
     )
     lines = [
         "# Benchmark results",

@@ -55,7 +55,11 @@ async def fresh_database() -> str:
         await admin.execute(f'CREATE DATABASE "{DB_NAME}"')
     finally:
         await admin.close()
-    url = ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + "/" + DB_NAME
+    url = (
+        ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+        + "/"
+        + DB_NAME
+    )
     await asyncio.to_thread(migrate, url)
     return url
 
@@ -88,10 +92,22 @@ async def running_stack(*, worker: bool = True) -> AsyncIterator[Stack]:
             conn = await asyncpg.connect(dsn)
             await conn.execute("UPDATE users SET subscription_tier = 'pro'")
             await conn.close()
-            stack = Stack(url, url.replace("http://", "ws://") + "/graphql", api, token, user_id, "",
-                          settings, gemini_url, redis, dsn)
+            stack = Stack(
+                url,
+                url.replace("http://", "ws://") + "/graphql",
+                api,
+                token,
+                user_id,
+                "",
+                settings,
+                gemini_url,
+                redis,
+                dsn,
+            )
             async with httpx.AsyncClient(base_url=url, timeout=60) as http:
-                room = await stack.gql(http, 'mutation { createChatroom(input: {title: "bench"}) { chatroom { id } } }')
+                room = await stack.gql(
+                    http, 'mutation { createChatroom(input: {title: "bench"}) { chatroom { id } } }'
+                )
             stack.room_id = room["createChatroom"]["chatroom"]["id"]
             yield stack
         finally:
@@ -102,10 +118,17 @@ async def running_stack(*, worker: bool = True) -> AsyncIterator[Stack]:
 
 async def _log_in(http: httpx.AsyncClient) -> tuple[str, str]:
     async def call(query: str, variables: dict) -> dict:
-        return (await http.post("/graphql", json={"query": query, "variables": variables})).json()["data"]
+        return (await http.post("/graphql", json={"query": query, "variables": variables})).json()[
+            "data"
+        ]
 
-    await call("mutation($n: String!) { signup(input: {mobileNumber: $n}) { errors { code } } }", {"n": NUMBER})
-    sent = await call("mutation($n: String!) { sendOtp(input: {mobileNumber: $n}) { devCode } }", {"n": NUMBER})
+    await call(
+        "mutation($n: String!) { signup(input: {mobileNumber: $n}) { errors { code } } }",
+        {"n": NUMBER},
+    )
+    sent = await call(
+        "mutation($n: String!) { sendOtp(input: {mobileNumber: $n}) { devCode } }", {"n": NUMBER}
+    )
     verified = await call(
         "mutation($n: String!, $c: String!) { verifyOtp(input: {mobileNumber: $n, code: $c}) { accessToken user { id } } }",
         {"n": NUMBER, "c": sent["sendOtp"]["devCode"]},
@@ -114,12 +137,25 @@ async def _log_in(http: httpx.AsyncClient) -> tuple[str, str]:
 
 
 @asynccontextmanager
-async def uvicorn_process(app: str, probe: str, env: dict[str, str] | None = None) -> AsyncIterator[str]:
+async def uvicorn_process(
+    app: str, probe: str, env: dict[str, str] | None = None
+) -> AsyncIterator[str]:
     """`app` under the same uvicorn flags as `serve`, in its own process; yields its URL."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", app, "--port", str(port), "--no-access-log",
-         "--log-level", "warning", "--ws-per-message-deflate", "false"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            app,
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--ws-per-message-deflate",
+            "false",
+        ],
         env={**os.environ, **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"

@@ -44,7 +44,9 @@ async def stock_api(stack: Stack) -> AsyncIterator[Stack]:
                         break
                 except httpx.TransportError:
                     await asyncio.sleep(0.1)
-        yield replace(stack, url=url, ws_url=url.replace("http://", "ws://") + "/graphql", api=process)
+        yield replace(
+            stack, url=url, ws_url=url.replace("http://", "ws://") + "/graphql", api=process
+        )
     finally:
         await process.stop()
 
@@ -55,8 +57,20 @@ async def http_rows(stack: Stack) -> dict[str, tuple[Load, Load]]:
     async with stock_api(stack) as stock:
         for name, query in (("me", ME), ("__typename", TYPENAME)):
             body = {"query": query}
-            ours = await run_wrk(stack.url + "/graphql", connections=32, seconds=SECONDS, body=body, token=stack.token)
-            theirs = await run_wrk(stock.url + "/graphql", connections=32, seconds=SECONDS, body=body, token=stack.token)
+            ours = await run_wrk(
+                stack.url + "/graphql",
+                connections=32,
+                seconds=SECONDS,
+                body=body,
+                token=stack.token,
+            )
+            theirs = await run_wrk(
+                stock.url + "/graphql",
+                connections=32,
+                seconds=SECONDS,
+                body=body,
+                token=stack.token,
+            )
             results[name] = (ours, theirs)
     return results
 

@@ -19,7 +19,9 @@ from gemini_graphql.web.middleware import WebSocketShortcut
 
 
 class StockGraphQL(GraphQL):
-    async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:  # type: ignore[override]
+    async def get_context(
+        self, request: Request | WebSocket, response: Response | WebSocket
+    ) -> Context:  # type: ignore[override]
         return Context.of(request)
 
 
@@ -27,7 +29,9 @@ def stock_app(settings: Settings):  # type: ignore[no-untyped-def]
     app = create_app(settings)
     view = StockGraphQL(build_schema(), graphql_ide=None)
     # Our websocket endpoint is a middleware in front of the router: take it out.
-    app.user_middleware = [entry for entry in app.user_middleware if entry.cls is not WebSocketShortcut]
+    app.user_middleware = [
+        entry for entry in app.user_middleware if entry.cls is not WebSocketShortcut
+    ]
     routes = [route for route in app.router.routes if getattr(route, "path", None) != "/graphql"]
     app.router.routes = [
         Route("/graphql", view, methods=["GET", "POST"]),

@@ -127,9 +127,17 @@ async def main(url: str, token: str) -> None:
         subscription._transport.write(upgrade.replace("{key}", key).encode())  # type: ignore[union-attr]
         async with asyncio.timeout(120):
             await subscription.upgraded
-            subscription.send_json({"type": "connection_init", "payload": {"authorization": f"Bearer {token}"}})
+            subscription.send_json(
+                {"type": "connection_init", "payload": {"authorization": f"Bearer {token}"}}
+            )
             await subscription.acknowledged
-        subscription.send_json({"id": "1", "type": "subscribe", "payload": {"query": STREAM, "variables": {"id": reply_id}}})
+        subscription.send_json(
+            {
+                "id": "1",
+                "type": "subscribe",
+                "payload": {"query": STREAM, "variables": {"id": reply_id}},
+            }
+        )
         subscriptions.append(subscription)
 
     while True:
@@ -139,7 +147,7 @@ async def main(url: str, token: str) -> None:
         if op == "subscribe":
             ids = command["ids"]
             for start in range(0, len(ids), 50):
-                await asyncio.gather(*(open_one(reply) for reply in ids[start:start + 50]))
+                await asyncio.gather(*(open_one(reply) for reply in ids[start : start + 50]))
             answer["open"] = len(subscriptions)
         elif op == "close_all":
             for subscription in subscriptions:

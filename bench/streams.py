@@ -27,14 +27,14 @@ from urllib.parse import urlparse
 import asyncpg
 
 from bench.stack import Stack, percentile, rss_kb
-from gemini_graphql.ids import new_id
-from gemini_graphql.models import MessageStatus
 from gemini_graphql.chat.reply_stream import (
     FINISHED_TTL_SECONDS,
     ReplyChannels,
     StreamEvent,
     stream_key,
 )
+from gemini_graphql.ids import new_id
+from gemini_graphql.models import MessageStatus
 
 DELTAS = 10
 ACTIVE = 1000
@@ -54,8 +54,18 @@ async def make_pending_replies(stack: Stack, count: int) -> list[str]:
     conn = await asyncpg.connect(stack.dsn)
     try:
         await conn.copy_records_to_table(
-            "messages", records=rows,
-            columns=["id", "chatroom_id", "role", "reply_to_id", "content", "status", "created_at", "updated_at"],
+            "messages",
+            records=rows,
+            columns=[
+                "id",
+                "chatroom_id",
+                "role",
+                "reply_to_id",
+                "content",
+                "status",
+                "created_at",
+                "updated_at",
+            ],
         )
     finally:
         await conn.close()
@@ -71,8 +81,14 @@ class Client:
     @classmethod
     async def start(cls, stack: Stack) -> Client:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.stream_client", stack.ws_url, stack.token,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=2**24,
+            sys.executable,
+            "-m",
+            "bench.stream_client",
+            stack.ws_url,
+            stack.token,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=2**24,
         )
         return cls(process)
 
@@ -114,8 +130,11 @@ async def live_streams(stack: Stack) -> dict[str, object]:
                     publisher, client, replies[:ACTIVE], in_step=True, first_seq=DELTAS + 1
                 )
         return {
-            "baseline_kb": baseline, "kb_per_subscription": held, "sizes": sizes,
-            "delta_latency_ms": latencies, "in_step_latency_ms": in_step,
+            "baseline_kb": baseline,
+            "kb_per_subscription": held,
+            "sizes": sizes,
+            "delta_latency_ms": latencies,
+            "in_step_latency_ms": in_step,
         }
     finally:
         await client.close()
@@ -133,7 +152,9 @@ async def deliver(
     for seq in range(first_seq, first_seq + DELTAS):
         for batch in batches:
             started = loop.time()
-            await publisher.publish(batch, StreamEvent(seq, f"{started:.6f}", MessageStatus.STREAMING))
+            await publisher.publish(
+                batch, StreamEvent(seq, f"{started:.6f}", MessageStatus.STREAMING)
+            )
             await asyncio.sleep(max(0.0, ROUND_SECONDS / slots - (loop.time() - started)))
     report = await client.ask({"op": "collect", "expect": len(replies) * DELTAS})
     return report["latencies_ms"]

@@ -25,7 +25,9 @@ def ensure_wrk() -> str:
         subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=False, capture_output=True)
         if shutil.which("wrk") is None:
             subprocess.run(["apt-get", "update", "-q"], check=False, capture_output=True)
-            subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, capture_output=True)
+            subprocess.run(
+                ["apt-get", "install", "-y", "-q", "wrk"], check=True, capture_output=True
+            )
         path = shutil.which("wrk")
     assert path, "wrk is needed for the HTTP benchmarks"
     return path
@@ -45,8 +47,16 @@ async def run_wrk(
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as file:
         file.write(script)
     process = await asyncio.create_subprocess_exec(
-        ensure_wrk(), "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", file.name, url,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        ensure_wrk(),
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--latency",
+        "-s",
+        file.name,
+        url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     output = (await process.communicate())[0].decode()
     return _parse(output)

@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 from gemini_graphql.config import ConfigError, Settings
-from gemini_graphql.logs import configure_logging
 from gemini_graphql.infra.migrate import migrate
+from gemini_graphql.logs import configure_logging
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gemini-graphql", description=__doc__)

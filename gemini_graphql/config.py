@@ -69,7 +69,9 @@ class Settings:
     stripe_webhook_secret: str | None = None
     stripe_price_id: str | None = None
     stripe_api_base: str | None = None
-    stripe_success_url: str = "http://localhost:3000/billing/success?session_id={CHECKOUT_SESSION_ID}"
+    stripe_success_url: str = (
+        "http://localhost:3000/billing/success?session_id={CHECKOUT_SESSION_ID}"
+    )
     stripe_cancel_url: str = "http://localhost:3000/billing/cancel"
     stripe_timeout_seconds: float = 5.0
     debug: bool = False
@@ -162,9 +164,7 @@ class Settings:
                 "GEMINI_SYSTEM_INSTRUCTION", str, defaults.gemini_system_instruction
             ),
             gemini_timeout_seconds=reader.get("GEMINI_TIMEOUT_SECONDS", _positive_float, 30.0),
-            gemini_retry_base_seconds=reader.get(
-                "GEMINI_RETRY_BASE_SECONDS", _positive_float, 1.0
-            ),
+            gemini_retry_base_seconds=reader.get("GEMINI_RETRY_BASE_SECONDS", _positive_float, 1.0),
             worker_job_timeout_seconds=reader.get("WORKER_JOB_TIMEOUT_SECONDS", _positive_int, 45),
             stripe_secret_key=reader.optional("STRIPE_SECRET_KEY"),
             stripe_publishable_key=reader.optional("STRIPE_PUBLISHABLE_KEY"),
@@ -200,7 +200,9 @@ class Settings:
             http_header_timeout_seconds=reader.get(
                 "HTTP_HEADER_TIMEOUT_SECONDS", _positive_float, 10.0
             ),
-            http_body_timeout_seconds=reader.get("HTTP_BODY_TIMEOUT_SECONDS", _positive_float, 30.0),
+            http_body_timeout_seconds=reader.get(
+                "HTTP_BODY_TIMEOUT_SECONDS", _positive_float, 30.0
+            ),
             force_https=reader.get("FORCE_HTTPS", _bool, False),
         )
         reader.problems.extend(settings.problems())

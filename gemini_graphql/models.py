@@ -16,7 +16,6 @@ from sqlmodel import Field, SQLModel
 from gemini_graphql.ids import new_id
 
 
-
 class UTCDateTime(sa.TypeDecorator[datetime]):
     """Aware UTC datetimes on every database (SQLite keeps no zone: naive values are UTC)."""
 
@@ -191,7 +190,9 @@ class Subscription(SQLModel, table=True):
     stripe_customer_id: str | None = Field(default=None, max_length=255)
     status: str = Field(max_length=32)
     # `created` of the Stripe event this state came from: an older event never overwrites it.
-    state_as_of: int = Field(default=0, sa_type=sa.BigInteger, sa_column_kwargs={"server_default": "0"})
+    state_as_of: int = Field(
+        default=0, sa_type=sa.BigInteger, sa_column_kwargs={"server_default": "0"}
+    )
     current_period_start: datetime | None = Field(default=None, sa_type=TIMESTAMP)
     current_period_end: datetime | None = Field(default=None, sa_type=TIMESTAMP)
     cancel_at_period_end: bool = Field(

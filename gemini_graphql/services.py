@@ -7,14 +7,14 @@ from dataclasses import dataclass
 
 from gemini_graphql.auth.service import AuthService
 from gemini_graphql.auth.sms import SmsSender, build_sms_sender
-from gemini_graphql.billing.gateway import StripeGateway
-from gemini_graphql.chat.room_cache import RoomListCache
 from gemini_graphql.billing.checkout import Billing
+from gemini_graphql.billing.gateway import StripeGateway
 from gemini_graphql.billing.webhooks import StripeWebhooks
 from gemini_graphql.chat.messages import Messages
+from gemini_graphql.chat.room_cache import RoomListCache
 from gemini_graphql.chat.rooms import Rooms
-from gemini_graphql.infra.resources import Resources
 from gemini_graphql.infra.relay import RESYNC_AFTER_SECONDS, Relay
+from gemini_graphql.infra.resources import Resources
 
 
 @dataclass(frozen=True, slots=True)

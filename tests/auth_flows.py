@@ -58,7 +58,9 @@ async def send_code(gql: GraphQLClient, number: str, purpose: str = "LOGIN") -> 
     return body["data"]["sendOtp"]
 
 
-async def login(gql: GraphQLClient, sms: RecordingSms, number: str | None = None, **fields: str) -> LoggedIn:
+async def login(
+    gql: GraphQLClient, sms: RecordingSms, number: str | None = None, **fields: str
+) -> LoggedIn:
     """Sign up (when `number` is None) and log in with a code, as a user would."""
     if number is None:
         number = await signup(gql, **fields)

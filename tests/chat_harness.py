@@ -17,11 +17,11 @@ from arq.worker import Worker
 from websockets.exceptions import ConnectionClosed
 
 from gemini_graphql.app.http_app import create_app
-from gemini_graphql.config import Settings
 from gemini_graphql.app.worker import build_worker
+from gemini_graphql.config import Settings
+from gemini_graphql.testing.fakes.gemini import API_KEY, FakeGemini
 from tests.auth_flows import LoggedIn, login
 from tests.conftest import FakeClock, GraphQLClient, RecordingSms
-from gemini_graphql.testing.fakes.gemini import API_KEY, FakeGemini
 from tests.live import serve
 
 CREATE_ROOM = """
@@ -77,7 +77,9 @@ def chat_settings(base_settings: Settings, fake_gemini: tuple[FakeGemini, str]) 
 async def running_worker(
     settings: Settings, clock: FakeClock | None = None, **options: Any
 ) -> AsyncIterator[Worker]:
-    worker = build_worker(settings, handle_signals=False, **({"clock": clock} if clock else {}), **options)
+    worker = build_worker(
+        settings, handle_signals=False, **({"clock": clock} if clock else {}), **options
+    )
     task = asyncio.create_task(worker.async_run())
     try:
         yield worker
@@ -104,9 +106,12 @@ class Live:
 @pytest.fixture
 async def live(chat_settings: Settings, sms: RecordingSms, clock: FakeClock) -> AsyncIterator[Live]:
     app = create_app(chat_settings, clock=clock, sms=sms)
-    async with serve(app) as url:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-            yield Live(http=GraphQLClient(http), ws_url=url.replace("http://", "ws://") + "/graphql", app=app)
+    async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+        yield Live(
+            http=GraphQLClient(http),
+            ws_url=url.replace("http://", "ws://") + "/graphql",
+            app=app,
+        )
 
 
 @dataclass
@@ -131,7 +136,11 @@ class WsClient:
     @contextlib.asynccontextmanager
     async def connect(cls, url: str, token: str) -> AsyncIterator[WsClient]:
         async with websockets.connect(url, subprotocols=["graphql-transport-ws"]) as socket:
-            await socket.send(json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {token}"}}))
+            await socket.send(
+                json.dumps(
+                    {"type": "connection_init", "payload": {"authorization": f"Bearer {token}"}}
+                )
+            )
             ack = json.loads(await asyncio.wait_for(socket.recv(), 5))
             assert ack["type"] == "connection_ack", ack
             yield cls(socket)
@@ -143,11 +152,19 @@ class WsClient:
         if after is not None:
             variables["after"] = after
         await self.socket.send(
-            json.dumps({"id": op_id, "type": "subscribe", "payload": {"query": STREAM, "variables": variables}})
+            json.dumps(
+                {
+                    "id": op_id,
+                    "type": "subscribe",
+                    "payload": {"query": STREAM, "variables": variables},
+                }
+            )
         )
         return op_id
 
-    async def collect(self, op_id: str, *, limit: int | None = None, timeout: float = 15) -> StreamResult:
+    async def collect(
+        self, op_id: str, *, limit: int | None = None, timeout: float = 15
+    ) -> StreamResult:
         """Messages of one operation until it completes (or `limit` events arrived)."""
         events: list[dict[str, Any]] = []
         async with asyncio.timeout(timeout):
@@ -200,7 +217,9 @@ async def create_room(gql: GraphQLClient, token: str, title: str = "Room") -> st
     return payload["chatroom"]["id"]
 
 
-async def send(gql: GraphQLClient, token: str, room_id: str, content: str = "Hello there") -> dict[str, Any]:
+async def send(
+    gql: GraphQLClient, token: str, room_id: str, content: str = "Hello there"
+) -> dict[str, Any]:
     body = await gql(SEND, {"input": {"chatroomId": room_id, "content": content}}, token=token)
     return body["data"]["sendMessage"]
 
@@ -214,7 +233,9 @@ PROTOCOL = "graphql-transport-ws"
 
 
 @pytest.fixture
-async def ws_url(base_settings: Settings, sms: RecordingSms, clock: FakeClock) -> AsyncIterator[str]:
+async def ws_url(
+    base_settings: Settings, sms: RecordingSms, clock: FakeClock
+) -> AsyncIterator[str]:
     """An app without a worker, behind a real uvicorn server: its websocket URL."""
     async with serve(create_app(base_settings, clock=clock, sms=sms)) as base:
         yield base.replace("http://", "ws://") + "/graphql"

@@ -203,7 +203,10 @@ async def test_send_limit_holds_in_parallel(gql: GraphQLClient, pg: asyncpg.Pool
     number = await signup(gql)
     results = await asyncio.gather(*(send_code(gql, number) for _ in range(10)))
     assert sum(1 for payload in results if payload["sent"]) == 5
-    assert sum(1 for payload in results if error_codes(payload) == [("OTP_THROTTLED", "mobileNumber")]) == 5
+    assert (
+        sum(1 for payload in results if error_codes(payload) == [("OTP_THROTTLED", "mobileNumber")])
+        == 5
+    )
     assert await pg.fetchval("SELECT count(*) FROM otps WHERE mobile_number = $1", number) == 5
 
 

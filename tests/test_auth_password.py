@@ -27,12 +27,23 @@ async def test_signup_stores_a_normalised_profile(gql: GraphQLClient, pg) -> Non
     number = new_number()
     body = await gql(
         SIGNUP,
-        {"input": {"mobileNumber": number, "name": "  Ada  ", "email": " Ada@Example.COM ", "password": "s3cret-pass"}},
+        {
+            "input": {
+                "mobileNumber": number,
+                "name": "  Ada  ",
+                "email": " Ada@Example.COM ",
+                "password": "s3cret-pass",
+            }
+        },
     )
     user = body["data"]["signup"]["user"]
     assert user == {
-        "id": user["id"], "mobileNumber": number, "name": "Ada", "email": "ada@example.com",
-        "tier": "BASIC", "hasPassword": True,
+        "id": user["id"],
+        "mobileNumber": number,
+        "name": "Ada",
+        "email": "ada@example.com",
+        "tier": "BASIC",
+        "hasPassword": True,
     }
     stored = await pg.fetchval("SELECT password_hash FROM users WHERE mobile_number = $1", number)
     assert stored.startswith("$argon2id$") and "s3cret-pass" not in stored
@@ -50,7 +61,9 @@ async def test_parallel_signups_of_one_number_create_one_account(gql: GraphQLCli
     import asyncio
 
     number = new_number()
-    bodies = await asyncio.gather(*(gql(SIGNUP, {"input": {"mobileNumber": number}}) for _ in range(5)))
+    bodies = await asyncio.gather(
+        *(gql(SIGNUP, {"input": {"mobileNumber": number}}) for _ in range(5))
+    )
     created = [b for b in bodies if b["data"]["signup"]["user"]]
     assert len(created) == 1
     assert await pg.fetchval("SELECT count(*) FROM users") == 1
@@ -104,14 +117,18 @@ async def test_password_login_failures_look_alike(gql: GraphQLClient, sms: Recor
 
 async def test_change_password_needs_the_current_one(gql: GraphQLClient, sms: RecordingSms) -> None:
     user = await login(gql, sms, password="s3cret-pass")
-    missing = await gql(CHANGE_PASSWORD, {"input": {"newPassword": "new-pass-123"}}, token=user.token)
+    missing = await gql(
+        CHANGE_PASSWORD, {"input": {"newPassword": "new-pass-123"}}, token=user.token
+    )
     assert error_codes(missing["data"]["changePassword"]) == [("INVALID_INPUT", "currentPassword")]
     wrong = await gql(
         CHANGE_PASSWORD,
         {"input": {"currentPassword": "nope-nope", "newPassword": "new-pass-123"}},
         token=user.token,
     )
-    assert error_codes(wrong["data"]["changePassword"]) == [("INVALID_CREDENTIALS", "currentPassword")]
+    assert error_codes(wrong["data"]["changePassword"]) == [
+        ("INVALID_CREDENTIALS", "currentPassword")
+    ]
     assert wrong["data"]["changePassword"]["ok"] is False
     # Nothing changed: the old token and the old password still work.
     assert (await gql(ME, token=user.token))["data"]["me"]["id"] == user.user_id
@@ -123,7 +140,9 @@ async def test_change_password_needs_the_current_one(gql: GraphQLClient, sms: Re
         token=user.token,
     )
     assert ok["data"]["changePassword"]["ok"] is True
-    assert error_codes(await password_login(gql, user.number, "s3cret-pass")) == [("INVALID_CREDENTIALS", "password")]
+    assert error_codes(await password_login(gql, user.number, "s3cret-pass")) == [
+        ("INVALID_CREDENTIALS", "password")
+    ]
     assert (await password_login(gql, user.number, "new-pass-123"))["errors"] == []
 
 
@@ -149,16 +168,25 @@ async def test_reset_password_flow(gql: GraphQLClient, sms: RecordingSms) -> Non
     assert body["data"]["forgotPassword"]["sent"] is True
     code = sms.last_code(user.number)
 
-    bad = await gql(RESET_PASSWORD, {"input": {"mobileNumber": user.number, "code": code, "newPassword": "short"}})
+    bad = await gql(
+        RESET_PASSWORD,
+        {"input": {"mobileNumber": user.number, "code": code, "newPassword": "short"}},
+    )
     assert error_codes(bad["data"]["resetPassword"]) == [("INVALID_INPUT", "newPassword")]
 
-    body = await gql(RESET_PASSWORD, {"input": {"mobileNumber": user.number, "code": code, "newPassword": "brand-new-pass"}})
+    body = await gql(
+        RESET_PASSWORD,
+        {"input": {"mobileNumber": user.number, "code": code, "newPassword": "brand-new-pass"}},
+    )
     payload = body["data"]["resetPassword"]
     assert payload["errors"] == [] and payload["user"]["hasPassword"] is True
     assert (await gql(ME, token=user.token))["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
     assert (await gql(ME, token=payload["accessToken"]))["data"]["me"]["id"] == user.user_id
     assert (await password_login(gql, user.number, "brand-new-pass"))["errors"] == []
-    again = await gql(RESET_PASSWORD, {"input": {"mobileNumber": user.number, "code": code, "newPassword": "another-pass"}})
+    again = await gql(
+        RESET_PASSWORD,
+        {"input": {"mobileNumber": user.number, "code": code, "newPassword": "another-pass"}},
+    )
     assert error_codes(again["data"]["resetPassword"]) == [("OTP_INVALID", "code")]
 
 
@@ -170,23 +198,42 @@ async def test_login_code_cannot_reset_password(gql: GraphQLClient, sms: Recordi
     assert body["data"]["sendOtp"]["sent"]
     reset = await gql(
         RESET_PASSWORD,
-        {"input": {"mobileNumber": user.number, "code": sms.last_code(user.number), "newPassword": "brand-new-pass"}},
+        {
+            "input": {
+                "mobileNumber": user.number,
+                "code": sms.last_code(user.number),
+                "newPassword": "brand-new-pass",
+            }
+        },
     )
     assert error_codes(reset["data"]["resetPassword"]) == [("OTP_INVALID", "code")]
 
 
-async def test_forgot_password_answers_alike_for_unknown_numbers(gql: GraphQLClient, sms: RecordingSms) -> None:
+async def test_forgot_password_answers_alike_for_unknown_numbers(
+    gql: GraphQLClient, sms: RecordingSms
+) -> None:
     user = await login(gql, sms)
     sent_before = len(sms.sent)
-    known = (await gql(FORGOT_PASSWORD, {"input": {"mobileNumber": user.number}}))["data"]["forgotPassword"]
-    unknown = (await gql(FORGOT_PASSWORD, {"input": {"mobileNumber": new_number()}}))["data"]["forgotPassword"]
+    known = (await gql(FORGOT_PASSWORD, {"input": {"mobileNumber": user.number}}))["data"][
+        "forgotPassword"
+    ]
+    unknown = (await gql(FORGOT_PASSWORD, {"input": {"mobileNumber": new_number()}}))["data"][
+        "forgotPassword"
+    ]
     assert known.keys() == unknown.keys()
-    assert (known["sent"], known["devCode"], known["errors"]) == (unknown["sent"], unknown["devCode"], unknown["errors"])
+    assert (known["sent"], known["devCode"], known["errors"]) == (
+        unknown["sent"],
+        unknown["devCode"],
+        unknown["errors"],
+    )
     assert len(sms.sent) == sent_before + 1
 
 
 async def test_reset_for_unknown_number_is_invalid(gql: GraphQLClient) -> None:
     number = new_number()
     await gql(FORGOT_PASSWORD, {"input": {"mobileNumber": number}})
-    body = await gql(RESET_PASSWORD, {"input": {"mobileNumber": number, "code": "123456", "newPassword": "brand-new-pass"}})
+    body = await gql(
+        RESET_PASSWORD,
+        {"input": {"mobileNumber": number, "code": "123456", "newPassword": "brand-new-pass"}},
+    )
     assert error_codes(body["data"]["resetPassword"]) == [("OTP_INVALID", "code")]

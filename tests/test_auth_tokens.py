@@ -43,10 +43,13 @@ async def test_no_token(gql: GraphQLClient) -> None:
 
 
 @pytest.mark.parametrize(
-    "header", ["Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "Bearer not.a.jwt", "Bearer ....", "x" * 5000]
+    "header",
+    ["Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "Bearer not.a.jwt", "Bearer ....", "x" * 5000],
 )
 async def test_garbage_authorization_headers(gql: GraphQLClient, header: str) -> None:
-    response = await gql.http.post("/graphql", json={"query": ME}, headers={"Authorization": header})
+    response = await gql.http.post(
+        "/graphql", json={"query": ME}, headers={"Authorization": header}
+    )
     assert response.status_code == 200
     assert_unauthenticated(response.json())
 
@@ -57,7 +60,9 @@ async def test_valid_token_of_existing_user(
     user = await login(gql, sms)
     assert (await gql(ME, token=user.token))["data"]["me"]["id"] == user.user_id
     # The forge helper makes a valid token: it is the changes below that break it.
-    assert (await gql(ME, token=forge(base_settings, sub=user.user_id)))["data"]["me"]["id"] == user.user_id
+    assert (await gql(ME, token=forge(base_settings, sub=user.user_id)))["data"]["me"][
+        "id"
+    ] == user.user_id
 
 
 @pytest.mark.parametrize(
@@ -82,7 +87,9 @@ async def test_bad_tokens(
     gql: GraphQLClient, sms: RecordingSms, base_settings: Settings, change: dict
 ) -> None:
     user = await login(gql, sms)
-    assert_unauthenticated(await gql(ME, token=forge(base_settings, **{"sub": user.user_id, **change})))
+    assert_unauthenticated(
+        await gql(ME, token=forge(base_settings, **{"sub": user.user_id, **change}))
+    )
 
 
 async def test_alg_none_is_refused(gql: GraphQLClient, sms: RecordingSms) -> None:

@@ -14,10 +14,16 @@ import httpx
 import pytest
 
 from gemini_graphql.config import Settings
+from gemini_graphql.testing.fakes.stripe import (
+    PRICE_ID,
+    SECRET_KEY,
+    WEBHOOK_SECRET,
+    FakeStripe,
+    sign,
+)
 from tests.auth_flows import ME, LoggedIn, login
 from tests.chat_harness import create_room, send
 from tests.conftest import GraphQLClient, RecordingSms
-from gemini_graphql.testing.fakes.stripe import PRICE_ID, SECRET_KEY, WEBHOOK_SECRET, FakeStripe, sign
 from tests.live import serve
 
 SUBSCRIBE = "mutation { subscribePro { checkoutUrl sessionId errors { code field message } } }"
@@ -46,9 +52,17 @@ def billing_settings(base_settings: Settings, fake_stripe) -> Settings:
 
 @pytest.fixture
 async def http(make_client, billing_settings: Settings) -> httpx.AsyncClient:
-    overrides = {k: getattr(billing_settings, k) for k in (
-        "stripe_secret_key", "stripe_publishable_key", "stripe_webhook_secret", "stripe_price_id",
-        "stripe_api_base", "stripe_timeout_seconds")}
+    overrides = {
+        k: getattr(billing_settings, k)
+        for k in (
+            "stripe_secret_key",
+            "stripe_publishable_key",
+            "stripe_webhook_secret",
+            "stripe_price_id",
+            "stripe_api_base",
+            "stripe_timeout_seconds",
+        )
+    }
     return await make_client(**overrides)
 
 
@@ -84,7 +98,9 @@ async def test_the_upgrade_story(gql: GraphQLClient, http, sms: RecordingSms, fa
     assert "subscribePro" in refused["errors"][0]["message"]
 
     payload = (await gql(SUBSCRIBE, token=user.token))["data"]["subscribePro"]
-    assert payload["checkoutUrl"].startswith("https://checkout.stripe.com/") and payload["sessionId"]
+    assert (
+        payload["checkoutUrl"].startswith("https://checkout.stripe.com/") and payload["sessionId"]
+    )
     for event in fake.complete_checkout(payload["sessionId"]):
         assert (await deliver(http, event)).status_code == 200
     assert await tier(gql, user) == ("PRO", 1000)
@@ -95,14 +111,20 @@ async def test_the_upgrade_story(gql: GraphQLClient, http, sms: RecordingSms, fa
     assert accepted["errors"] == [] and accepted["usage"]["limit"] == 1000
 
     [subscription_id] = fake.subscriptions
-    deleted = fake.change_subscription(subscription_id, "customer.subscription.deleted", int(time.time()) + 5, status="canceled")
+    deleted = fake.change_subscription(
+        subscription_id, "customer.subscription.deleted", int(time.time()) + 5, status="canceled"
+    )
     assert (await deliver(http, deleted)).status_code == 200
     assert await tier(gql, user) == ("BASIC", 5)
-    assert (await gql(STATUS, token=user.token))["data"]["subscriptionStatus"]["status"] == "canceled"
+    assert (await gql(STATUS, token=user.token))["data"]["subscriptionStatus"][
+        "status"
+    ] == "canceled"
     assert (await send(gql, user.token, room_id))["errors"][0]["code"] == "DAILY_LIMIT_REACHED"
 
 
-async def test_checkout_session_parameters(gql: GraphQLClient, sms: RecordingSms, fake_stripe, billing_settings) -> None:
+async def test_checkout_session_parameters(
+    gql: GraphQLClient, sms: RecordingSms, fake_stripe, billing_settings
+) -> None:
     fake, _ = fake_stripe
     user = await login(gql, sms, email="ada@example.com")
     await checkout(gql, user)
@@ -122,7 +144,9 @@ async def test_checkout_session_parameters(gql: GraphQLClient, sms: RecordingSms
     assert session_call.idempotency_key
 
 
-async def test_double_click_gives_one_session_and_one_customer(gql: GraphQLClient, sms: RecordingSms, fake_stripe, clock) -> None:
+async def test_double_click_gives_one_session_and_one_customer(
+    gql: GraphQLClient, sms: RecordingSms, fake_stripe, clock
+) -> None:
     fake, _ = fake_stripe
     user = await login(gql, sms)
     first, second = await asyncio.gather(checkout(gql, user), checkout(gql, user))
@@ -134,7 +158,9 @@ async def test_double_click_gives_one_session_and_one_customer(gql: GraphQLClien
     assert fake.requests[-1].params["customer"] == next(iter(fake.customers))
 
 
-async def test_pro_user_is_already_subscribed(gql: GraphQLClient, http, sms: RecordingSms, fake_stripe) -> None:
+async def test_pro_user_is_already_subscribed(
+    gql: GraphQLClient, http, sms: RecordingSms, fake_stripe
+) -> None:
     fake, _ = fake_stripe
     user = await login(gql, sms)
     for event in fake.complete_checkout(await checkout(gql, user)):
@@ -167,14 +193,23 @@ async def test_stripe_not_configured(make_client, sms: RecordingSms) -> None:
     payload = (await gql(SUBSCRIBE, token=user.token))["data"]["subscribePro"]
     assert [e["code"] for e in payload["errors"]] == ["PAYMENTS_UNAVAILABLE"]
     body, header = sign({"id": "evt_1", "type": "x", "created": 1, "data": {"object": {}}})
-    response = await gql.http.post("/webhook/stripe", content=body, headers={"Stripe-Signature": header})
+    response = await gql.http.post(
+        "/webhook/stripe", content=body, headers={"Stripe-Signature": header}
+    )
     assert response.status_code == 503
 
 
-async def test_subscription_status_before_any_subscription(gql: GraphQLClient, sms: RecordingSms) -> None:
+async def test_subscription_status_before_any_subscription(
+    gql: GraphQLClient, sms: RecordingSms
+) -> None:
     user = await login(gql, sms)
     status = (await gql(STATUS, token=user.token))["data"]["subscriptionStatus"]
-    assert status == {"tier": "BASIC", "status": "none", "currentPeriodEnd": None, "cancelAtPeriodEnd": False}
+    assert status == {
+        "tier": "BASIC",
+        "status": "none",
+        "currentPeriodEnd": None,
+        "cancelAtPeriodEnd": False,
+    }
 
 
 async def test_billing_needs_a_login(gql: GraphQLClient) -> None:
@@ -197,7 +232,15 @@ def a_valid_event(fake: FakeStripe) -> dict:
         lambda body, header: {"Stripe-Signature": header[:-4] + "0000"},  # wrong signature
         lambda body, header: {"Stripe-Signature": sign(json.loads(body), secret="whsec_other")[1]},
     ],
-    ids=["missing", "empty", "garbage", "bad-timestamp", "no-v1", "wrong-signature", "wrong-secret"],
+    ids=[
+        "missing",
+        "empty",
+        "garbage",
+        "bad-timestamp",
+        "no-v1",
+        "wrong-signature",
+        "wrong-secret",
+    ],
 )
 async def test_bad_signatures_are_400_and_change_nothing(http, fake_stripe, pg, headers_of) -> None:
     body, header = sign(a_valid_event(fake_stripe[0]))
@@ -210,7 +253,9 @@ async def test_tampered_body_is_400(http, fake_stripe, pg) -> None:
     event = a_valid_event(fake_stripe[0])
     body, header = sign(event)
     tampered = body.replace(b'"customer.created"', b'"customer.deleted"')
-    response = await http.post("/webhook/stripe", content=tampered, headers={"Stripe-Signature": header})
+    response = await http.post(
+        "/webhook/stripe", content=tampered, headers={"Stripe-Signature": header}
+    )
     assert response.status_code == 400
     assert await pg.fetchval("SELECT count(*) FROM stripe_events") == 0
 
@@ -222,18 +267,32 @@ async def test_stale_signature_is_400(http, fake_stripe, pg) -> None:
     assert (await deliver(http, event, timestamp=int(time.time()) - 250)).status_code == 200
 
 
-@pytest.mark.parametrize("body", [b"not json", b"[]", b'{"id": "evt_1"}', b'{"id": 5, "type": "x", "created": 1, "data": {"object": {}}}'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[]",
+        b'{"id": "evt_1"}',
+        b'{"id": 5, "type": "x", "created": 1, "data": {"object": {}}}',
+    ],
+)
 async def test_signed_but_malformed_events_are_400(http, pg, body: bytes) -> None:
     import stripe
 
     header = stripe.WebhookSignature.generate_signature_header(body.decode(), WEBHOOK_SECRET)
-    response = await http.post("/webhook/stripe", content=body, headers={"Stripe-Signature": header})
+    response = await http.post(
+        "/webhook/stripe", content=body, headers={"Stripe-Signature": header}
+    )
     assert response.status_code == 400
     assert await pg.fetchval("SELECT count(*) FROM stripe_events") == 0
 
 
 async def test_oversized_webhook_is_413(http) -> None:
-    response = await http.post("/webhook/stripe", content=b"x" * (1024 * 1024 + 1), headers={"Stripe-Signature": "t=1,v1=x"})
+    response = await http.post(
+        "/webhook/stripe",
+        content=b"x" * (1024 * 1024 + 1),
+        headers={"Stripe-Signature": "t=1,v1=x"},
+    )
     assert response.status_code == 413
 
 
@@ -270,22 +329,42 @@ async def test_parallel_different_events_of_one_subscription(
     assert await tier(gql, user) == ("PRO", 1000)
 
 
-async def lifecycle(gql: GraphQLClient, sms: RecordingSms, fake: FakeStripe, ending: str) -> tuple[LoggedIn, list[dict]]:
+async def lifecycle(
+    gql: GraphQLClient, sms: RecordingSms, fake: FakeStripe, ending: str
+) -> tuple[LoggedIn, list[dict]]:
     user = await login(gql, sms)
     t = int(time.time())
     events = fake.complete_checkout(await checkout(gql, user), at=t)
-    [subscription_id] = [e["data"]["object"]["id"] for e in events if e["type"] == "customer.subscription.created"]
+    [subscription_id] = [
+        e["data"]["object"]["id"] for e in events if e["type"] == "customer.subscription.created"
+    ]
     change = fake.change_subscription
     if ending == "canceled":
         events += [
-            change(subscription_id, "customer.subscription.updated", t + 10, cancel_at_period_end=True),
+            change(
+                subscription_id, "customer.subscription.updated", t + 10, cancel_at_period_end=True
+            ),
             change(subscription_id, "customer.subscription.deleted", t + 20, status="canceled"),
         ]
     else:
         events += [
-            fake.event("invoice.payment_failed", {"id": "in_f", "object": "invoice", "customer": events[1]["data"]["object"]["customer"]}, t + 9),
+            fake.event(
+                "invoice.payment_failed",
+                {
+                    "id": "in_f",
+                    "object": "invoice",
+                    "customer": events[1]["data"]["object"]["customer"],
+                },
+                t + 9,
+            ),
             change(subscription_id, "customer.subscription.updated", t + 10, status="past_due"),
-            change(subscription_id, "customer.subscription.updated", t + 20, status="active", cancel_at_period_end=True),
+            change(
+                subscription_id,
+                "customer.subscription.updated",
+                t + 20,
+                status="active",
+                cancel_at_period_end=True,
+            ),
         ]
     return user, events
 
@@ -303,8 +382,17 @@ async def test_any_delivery_order_ends_in_the_same_state(
         for event in order:
             assert (await deliver(http, event)).status_code == 200
         status = (await gql(STATUS, token=user.token))["data"]["subscriptionStatus"]
-        finals.add((status["tier"], status["status"], status["cancelAtPeriodEnd"], status["currentPeriodEnd"] is not None))
-    expected = ("BASIC", "canceled", True, True) if ending == "canceled" else ("PRO", "active", True, True)
+        finals.add(
+            (
+                status["tier"],
+                status["status"],
+                status["cancelAtPeriodEnd"],
+                status["currentPeriodEnd"] is not None,
+            )
+        )
+    expected = (
+        ("BASIC", "canceled", True, True) if ending == "canceled" else ("PRO", "active", True, True)
+    )
     assert finals == {expected}
 
 
@@ -316,7 +404,9 @@ async def test_deleted_before_created_never_leaves_the_user_pro(
     t = int(time.time())
     completed, created, paid = fake.complete_checkout(await checkout(gql, user), at=t)
     subscription_id = created["data"]["object"]["id"]
-    deleted = fake.change_subscription(subscription_id, "customer.subscription.deleted", t, status="canceled")
+    deleted = fake.change_subscription(
+        subscription_id, "customer.subscription.deleted", t, status="canceled"
+    )
     for event in (deleted, created, completed, paid):
         await deliver(http, event)
     assert await tier(gql, user) == ("BASIC", 5)
@@ -332,16 +422,28 @@ async def test_past_due_is_basic_and_says_why(
     for event in events:
         await deliver(http, event)
     subscription_id = events[1]["data"]["object"]["id"]
-    await deliver(http, fake.change_subscription(subscription_id, "customer.subscription.updated", t + 5, status="past_due"))
+    await deliver(
+        http,
+        fake.change_subscription(
+            subscription_id, "customer.subscription.updated", t + 5, status="past_due"
+        ),
+    )
     assert await tier(gql, user) == ("BASIC", 5)
-    assert (await gql(STATUS, token=user.token))["data"]["subscriptionStatus"]["status"] == "past_due"
+    assert (await gql(STATUS, token=user.token))["data"]["subscriptionStatus"][
+        "status"
+    ] == "past_due"
     room_id = await create_room(gql, user.token)
     for _ in range(5):
         await send(gql, user.token, room_id)
     refused = await send(gql, user.token, room_id)
     assert refused["errors"][0]["code"] == "DAILY_LIMIT_REACHED"
     assert "payment" in refused["errors"][0]["message"]
-    await deliver(http, fake.change_subscription(subscription_id, "customer.subscription.updated", t + 9, status="active"))
+    await deliver(
+        http,
+        fake.change_subscription(
+            subscription_id, "customer.subscription.updated", t + 9, status="active"
+        ),
+    )
     assert await tier(gql, user) == ("PRO", 1000)
 
 
@@ -353,8 +455,12 @@ async def test_an_old_update_does_not_overwrite_a_newer_state(
     t = int(time.time())
     events = fake.complete_checkout(await checkout(gql, user), at=t)
     subscription_id = events[1]["data"]["object"]["id"]
-    old = fake.change_subscription(subscription_id, "customer.subscription.updated", t + 1, status="past_due")
-    new = fake.change_subscription(subscription_id, "customer.subscription.updated", t + 2, status="active")
+    old = fake.change_subscription(
+        subscription_id, "customer.subscription.updated", t + 1, status="past_due"
+    )
+    new = fake.change_subscription(
+        subscription_id, "customer.subscription.updated", t + 2, status="active"
+    )
     for event in [*events, new, old]:
         await deliver(http, event)
     assert await tier(gql, user) == ("PRO", 1000)
@@ -364,7 +470,13 @@ async def test_events_for_unknown_users_are_accepted_and_ignored(http, fake_stri
     fake, _ = fake_stripe
     orphan = fake.event(
         "customer.subscription.created",
-        {"id": "sub_orphan", "object": "subscription", "customer": "cus_nobody", "status": "active", "metadata": {}},
+        {
+            "id": "sub_orphan",
+            "object": "subscription",
+            "customer": "cus_nobody",
+            "status": "active",
+            "metadata": {},
+        },
         int(time.time()),
     )
     assert (await deliver(http, orphan)).status_code == 200

@@ -3,12 +3,14 @@ the fake Gemini through google-genai, Redis streams and pub/sub, and a websocket
 
 from __future__ import annotations
 
+from gemini_graphql.testing.fakes.gemini import Script
 from tests.chat_harness import ROOM_MESSAGES, Live, send, stream, user_with_room
 from tests.conftest import RecordingSms
-from gemini_graphql.testing.fakes.gemini import Script
 
 
-async def test_send_subscribe_and_read_back(live: Live, worker, sms: RecordingSms, fake_gemini) -> None:
+async def test_send_subscribe_and_read_back(
+    live: Live, worker, sms: RecordingSms, fake_gemini
+) -> None:
     fake, _ = fake_gemini
     fake.script(Script(chunks=["Hel", "lo, ", "Ada", "!"], delay=0.01))
     user, room_id = await user_with_room(live.http, sms)

@@ -28,7 +28,11 @@ def titles(body: dict) -> list[str]:
 
 async def test_create_trims_the_title(gql: GraphQLClient, sms: RecordingSms) -> None:
     user = await login(gql, sms)
-    body = await gql(CREATE_ROOM, {"input": {"title": "  Trip plans  ", "description": "  Japan  "}}, token=user.token)
+    body = await gql(
+        CREATE_ROOM,
+        {"input": {"title": "  Trip plans  ", "description": "  Japan  "}},
+        token=user.token,
+    )
     room = body["data"]["createChatroom"]["chatroom"]
     assert (room["title"], room["description"]) == ("Trip plans", "Japan")
     assert room["createdAt"] == room["updatedAt"]
@@ -57,17 +61,25 @@ async def test_create_rejects_bad_input_and_writes_nothing(
 
 async def test_limits_are_inclusive(gql: GraphQLClient, sms: RecordingSms) -> None:
     user = await login(gql, sms)
-    body = await gql(CREATE_ROOM, {"input": {"title": "t" * 255, "description": "d" * 2000}}, token=user.token)
+    body = await gql(
+        CREATE_ROOM, {"input": {"title": "t" * 255, "description": "d" * 2000}}, token=user.token
+    )
     assert body["data"]["createChatroom"]["errors"] == []
 
 
 async def test_chat_needs_a_login(gql: GraphQLClient) -> None:
-    for document, variables in [(ROOMS, {}), (CREATE_ROOM, {"input": {"title": "x"}}), (ROOM, {"id": str(uuid.uuid4())})]:
+    for document, variables in [
+        (ROOMS, {}),
+        (CREATE_ROOM, {"input": {"title": "x"}}),
+        (ROOM, {"id": str(uuid.uuid4())}),
+    ]:
         body = await gql(document, variables)
         assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
 
 
-async def test_rooms_most_recently_updated_first_with_pages(gql: GraphQLClient, sms: RecordingSms) -> None:
+async def test_rooms_most_recently_updated_first_with_pages(
+    gql: GraphQLClient, sms: RecordingSms
+) -> None:
     user = await login(gql, sms)
     for index in range(5):
         await create_room(gql, user.token, f"room {index}")
@@ -77,13 +89,19 @@ async def test_rooms_most_recently_updated_first_with_pages(gql: GraphQLClient, 
     assert info["hasNextPage"] is True and info["hasPreviousPage"] is False
     second = await gql(ROOMS, {"first": 2, "after": info["endCursor"]}, token=user.token)
     assert titles(second) == ["room 2", "room 1"]
-    third = await gql(ROOMS, {"first": 2, "after": second["data"]["chatrooms"]["pageInfo"]["endCursor"]}, token=user.token)
+    third = await gql(
+        ROOMS,
+        {"first": 2, "after": second["data"]["chatrooms"]["pageInfo"]["endCursor"]},
+        token=user.token,
+    )
     assert titles(third) == ["room 0"]
     assert third["data"]["chatrooms"]["pageInfo"]["hasNextPage"] is False
     assert titles(await gql(ROOMS, {}, token=user.token)) == [f"room {i}" for i in range(4, -1, -1)]
 
 
-async def test_a_new_message_moves_its_room_to_the_top(gql: GraphQLClient, sms: RecordingSms) -> None:
+async def test_a_new_message_moves_its_room_to_the_top(
+    gql: GraphQLClient, sms: RecordingSms
+) -> None:
     user = await login(gql, sms)
     oldest = await create_room(gql, user.token, "oldest")
     await create_room(gql, user.token, "newest")
@@ -92,12 +110,16 @@ async def test_a_new_message_moves_its_room_to_the_top(gql: GraphQLClient, sms: 
     assert titles(await gql(ROOMS, {}, token=user.token)) == ["oldest", "newest"]
 
 
-async def test_first_page_is_served_from_the_cache(gql: GraphQLClient, sms: RecordingSms, pg) -> None:
+async def test_first_page_is_served_from_the_cache(
+    gql: GraphQLClient, sms: RecordingSms, pg
+) -> None:
     user = await login(gql, sms)
     room_id = await create_room(gql, user.token, "original")
     assert titles(await gql(ROOMS, {}, token=user.token)) == ["original"]
     # Behind the app's back: the cached page still answers...
-    await pg.execute("UPDATE chatrooms SET title = 'changed in SQL' WHERE id = $1", uuid.UUID(room_id))
+    await pg.execute(
+        "UPDATE chatrooms SET title = 'changed in SQL' WHERE id = $1", uuid.UUID(room_id)
+    )
     assert titles(await gql(ROOMS, {}, token=user.token)) == ["original"]
     assert titles(await gql(ROOMS, {"first": 1}, token=user.token)) == ["original"]
     # ...until a change through the app invalidates it.
@@ -105,7 +127,9 @@ async def test_first_page_is_served_from_the_cache(gql: GraphQLClient, sms: Reco
     assert titles(await gql(ROOMS, {}, token=user.token)) == ["second", "changed in SQL"]
 
 
-async def test_cache_is_per_user_and_expires(gql: GraphQLClient, sms: RecordingSms, redis_client) -> None:
+async def test_cache_is_per_user_and_expires(
+    gql: GraphQLClient, sms: RecordingSms, redis_client
+) -> None:
     ada, bob = await login(gql, sms), await login(gql, sms)
     await create_room(gql, ada.token, "ada's")
     await create_room(gql, bob.token, "bob's")
@@ -117,21 +141,29 @@ async def test_cache_is_per_user_and_expires(gql: GraphQLClient, sms: RecordingS
     assert all(0 < ttl <= 600 for ttl in ttls), ttls
 
 
-async def test_cache_never_serves_a_stale_order_under_concurrency(gql: GraphQLClient, sms: RecordingSms) -> None:
+async def test_cache_never_serves_a_stale_order_under_concurrency(
+    gql: GraphQLClient, sms: RecordingSms
+) -> None:
     user = await login(gql, sms)
     rooms = [await create_room(gql, user.token, f"room {i}") for i in range(4)]
     for round_ in range(5):
         target = rooms[round_ % len(rooms)]
         reads = [gql(ROOMS, {}, token=user.token) for _ in range(5)]
         results = await asyncio.gather(send(gql, user.token, target, f"msg {round_}"), *reads)
-        assert results[0]["errors"] == [] or results[0]["errors"][0]["code"] == "DAILY_LIMIT_REACHED"
+        assert (
+            results[0]["errors"] == [] or results[0]["errors"][0]["code"] == "DAILY_LIMIT_REACHED"
+        )
         after = await gql(ROOMS, {}, token=user.token)
         if not results[0]["errors"]:
             assert after["data"]["chatrooms"]["edges"][0]["node"]["id"] == target
 
 
-@pytest.mark.parametrize("variables", [{"first": 101}, {"first": -1}, {"after": "not-a-cursor!"}, {"after": "Zm9v"}])
-async def test_bad_page_arguments_are_bad_requests(gql: GraphQLClient, sms: RecordingSms, variables: dict) -> None:
+@pytest.mark.parametrize(
+    "variables", [{"first": 101}, {"first": -1}, {"after": "not-a-cursor!"}, {"after": "Zm9v"}]
+)
+async def test_bad_page_arguments_are_bad_requests(
+    gql: GraphQLClient, sms: RecordingSms, variables: dict
+) -> None:
     user = await login(gql, sms)
     body = await gql(ROOMS, variables, token=user.token)
     assert body["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
@@ -148,7 +180,9 @@ async def test_page_of_zero_and_of_a_hundred(gql: GraphQLClient, sms: RecordingS
 async def test_another_users_room_does_not_exist(gql: GraphQLClient, sms: RecordingSms) -> None:
     owner, other = await login(gql, sms), await login(gql, sms)
     room_id = await create_room(gql, owner.token, "private")
-    assert (await gql(ROOM, {"id": room_id}, token=owner.token))["data"]["chatroom"]["title"] == "private"
+    assert (await gql(ROOM, {"id": room_id}, token=owner.token))["data"]["chatroom"][
+        "title"
+    ] == "private"
     assert (await gql(ROOM, {"id": room_id}, token=other.token))["data"] == {"chatroom": None}
     assert titles(await gql(ROOMS, {}, token=other.token)) == []
     for bad in [str(uuid.uuid4()), "not-a-uuid", "", "1 OR 1=1", "x" * 1000]:
@@ -158,17 +192,30 @@ async def test_another_users_room_does_not_exist(gql: GraphQLClient, sms: Record
 async def test_message_pages(gql: GraphQLClient, sms: RecordingSms, pg) -> None:
     user = await login(gql, sms)
     room_id = await create_room(gql, user.token)
-    await pg.execute("UPDATE users SET subscription_tier = 'pro' WHERE id = $1", uuid.UUID(user.user_id))
+    await pg.execute(
+        "UPDATE users SET subscription_tier = 'pro' WHERE id = $1", uuid.UUID(user.user_id)
+    )
     for index in range(4):  # 8 messages: 4 sent, 4 pending replies
         assert (await send(gql, user.token, room_id, f"m{index}"))["errors"] == []
 
     async def page(**arguments) -> tuple[list[str], dict]:
         body = await gql(ROOM_MESSAGES, {"id": room_id, **arguments}, token=user.token)
         connection = body["data"]["chatroom"]["messages"]
-        return [e["node"]["content"] or e["node"]["role"] for e in connection["edges"]], connection["pageInfo"]
+        return [e["node"]["content"] or e["node"]["role"] for e in connection["edges"]], connection[
+            "pageInfo"
+        ]
 
     everything, _ = await page()
-    assert everything == ["m0", "ASSISTANT", "m1", "ASSISTANT", "m2", "ASSISTANT", "m3", "ASSISTANT"]
+    assert everything == [
+        "m0",
+        "ASSISTANT",
+        "m1",
+        "ASSISTANT",
+        "m2",
+        "ASSISTANT",
+        "m3",
+        "ASSISTANT",
+    ]
     newest, info = await page(last=3)
     assert newest == ["ASSISTANT", "m3", "ASSISTANT"]
     assert info["hasPreviousPage"] is True and info["hasNextPage"] is False
@@ -179,13 +226,18 @@ async def test_message_pages(gql: GraphQLClient, sms: RecordingSms, pg) -> None:
     forward, info = await page(first=3)
     assert forward == ["m0", "ASSISTANT", "m1"] and info["hasNextPage"] is True
     rest, info = await page(first=10, after=info["endCursor"])
-    assert rest == ["ASSISTANT", "m2", "ASSISTANT", "m3", "ASSISTANT"] and info["hasNextPage"] is False
+    assert (
+        rest == ["ASSISTANT", "m2", "ASSISTANT", "m3", "ASSISTANT"] and info["hasNextPage"] is False
+    )
 
 
 @pytest.mark.parametrize(
-    "arguments", [{"first": 101}, {"last": 101}, {"first": 1, "last": 1}, {"after": "bad"}, {"before": "%%%"}]
+    "arguments",
+    [{"first": 101}, {"last": 101}, {"first": 1, "last": 1}, {"after": "bad"}, {"before": "%%%"}],
 )
-async def test_bad_message_page_arguments(gql: GraphQLClient, sms: RecordingSms, arguments: dict) -> None:
+async def test_bad_message_page_arguments(
+    gql: GraphQLClient, sms: RecordingSms, arguments: dict
+) -> None:
     user = await login(gql, sms)
     room_id = await create_room(gql, user.token)
     body = await gql(ROOM_MESSAGES, {"id": room_id, **arguments}, token=user.token)
@@ -196,7 +248,9 @@ async def test_no_n_plus_one_for_messages_of_many_rooms(
     client, gql: GraphQLClient, sms: RecordingSms, pg
 ) -> None:
     user = await login(gql, sms)
-    await pg.execute("UPDATE users SET subscription_tier = 'pro' WHERE id = $1", uuid.UUID(user.user_id))
+    await pg.execute(
+        "UPDATE users SET subscription_tier = 'pro' WHERE id = $1", uuid.UUID(user.user_id)
+    )
     engine = client._transport.app.state.resources.database.engine
     statements: list[str] = []
 
@@ -207,7 +261,16 @@ async def test_no_n_plus_one_for_messages_of_many_rooms(
         messages(last: 2) { edges { node { content } } } } } } }"""
 
     async def statements_for_rooms(room_count: int) -> int:
-        while len(titles(await gql("{ chatrooms(first: 100) { edges { node { title } } } }", token=user.token))) < room_count:
+        while (
+            len(
+                titles(
+                    await gql(
+                        "{ chatrooms(first: 100) { edges { node { title } } } }", token=user.token
+                    )
+                )
+            )
+            < room_count
+        ):
             room_id = await create_room(gql, user.token)
             await send(gql, user.token, room_id, "hello")
         await gql(query, token=user.token)  # warm the room cache

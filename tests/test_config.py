@@ -77,8 +77,15 @@ def test_every_bad_variable_is_named() -> None:
         )
     named = {problem.split(":")[0] for problem in caught.value.problems}
     assert named == {
-        "APP_ENV", "PORT", "ACCESS_TOKEN_EXPIRE_MINUTES", "DEBUG", "REDIS_URL", "DATABASE_URL",
-        "HTTP_HEADER_TIMEOUT_SECONDS", "HTTP_BODY_TIMEOUT_SECONDS", "FORCE_HTTPS",
+        "APP_ENV",
+        "PORT",
+        "ACCESS_TOKEN_EXPIRE_MINUTES",
+        "DEBUG",
+        "REDIS_URL",
+        "DATABASE_URL",
+        "HTTP_HEADER_TIMEOUT_SECONDS",
+        "HTTP_BODY_TIMEOUT_SECONDS",
+        "FORCE_HTTPS",
     }
 
 
@@ -156,8 +163,16 @@ def secret_problems(secret: str | None) -> list[str]:
             f"SECRET_KEY: too predictable (about 120 bits of entropy; need 128); {HINT}",
         ),
     ],
-    ids=["unset", "empty", "dev default", "known default", "short", "one character", "15 distinct",
-         "low entropy"],
+    ids=[
+        "unset",
+        "empty",
+        "dev default",
+        "known default",
+        "short",
+        "one character",
+        "15 distinct",
+        "low entropy",
+    ],
 )
 def test_production_refuses_weak_secrets_with_one_line(secret: str | None, problem: str) -> None:
     assert secret_problems(secret) == [problem]
@@ -196,7 +211,12 @@ def test_production_refuses_every_detectable_misconfiguration() -> None:
         )
     named = [problem.split(":")[0] for problem in caught.value.problems]
     assert named == [
-        "SECRET_KEY", "SMS_BACKEND", "GEMINI_API_KEY", "STRIPE_WEBHOOK_SECRET", "STRIPE_PRICE_ID", "CORS_ORIGINS"
+        "SECRET_KEY",
+        "SMS_BACKEND",
+        "GEMINI_API_KEY",
+        "STRIPE_WEBHOOK_SECRET",
+        "STRIPE_PRICE_ID",
+        "CORS_ORIGINS",
     ]
     assert "sk_live_x" not in str(caught.value)  # names the variable, never echoes a secret
 
@@ -213,5 +233,9 @@ def test_production_processes_refuse_to_start_with_one_line_per_problem(command:
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert lines[0] == "gemini-graphql: invalid configuration:"
-    assert [line.strip().split(":")[0] for line in lines[1:]] == ["SECRET_KEY", "SMS_BACKEND", "GEMINI_API_KEY"]
+    assert [line.strip().split(":")[0] for line in lines[1:]] == [
+        "SECRET_KEY",
+        "SMS_BACKEND",
+        "GEMINI_API_KEY",
+    ]
     assert "Traceback" not in result.stderr and "short-secret-value" not in result.stderr

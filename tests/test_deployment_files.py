@@ -20,8 +20,15 @@ def compose() -> dict:
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
     text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in lines]
+    lines = [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
+        for line in lines
+    ]
 
 
 def subcommands() -> set[str]:
@@ -34,7 +41,7 @@ def test_dockerfile_is_multi_stage_slim_non_root_with_healthcheck() -> None:
     instructions = dockerfile_instructions()
     stages = [args for op, args in instructions if op == "FROM"]
     assert len(stages) >= 2 and all("slim" in stage for stage in stages)
-    runtime = instructions[[i for i, (op, _) in enumerate(instructions) if op == "FROM"][-1]:]
+    runtime = instructions[[i for i, (op, _) in enumerate(instructions) if op == "FROM"][-1] :]
     users = [args for op, args in runtime if op == "USER"]
     assert users and users[-1] not in ("root", "0")
     [healthcheck] = [args for op, args in runtime if op == "HEALTHCHECK"]
@@ -65,7 +72,9 @@ def test_api_and_worker_wait_for_healthy_stores_and_the_migration(compose: dict)
         assert depends["postgres"]["condition"] == "service_healthy"
         assert depends["redis"]["condition"] == "service_healthy"
         assert depends["migrate"]["condition"] == "service_completed_successfully"
-    assert compose["services"]["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert (
+        compose["services"]["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    )
 
 
 def test_stores_have_health_checks_and_named_volumes(compose: dict) -> None:
@@ -79,7 +88,9 @@ def test_stores_have_health_checks_and_named_volumes(compose: dict) -> None:
 def test_configuration_comes_from_env_and_every_variable_is_documented(compose: dict) -> None:
     text = (ROOT / "compose.yaml").read_text()
     used = set(re.findall(r"\$\{([A-Z0-9_]+)", text))
-    documented = set(re.findall(r"^([A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE))
+    documented = set(
+        re.findall(r"^([A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE)
+    )
     assert used and used <= documented, used - documented
     assert compose["services"]["api"]["env_file"][0]["path"] == ".env"
 
@@ -89,5 +100,7 @@ def test_env_example_documents_every_setting() -> None:
 
     source = Path(config.__file__).read_text()
     read = set(re.findall(r'reader\.(?:get|optional)\(\s*"([A-Z0-9_]+)"', source))
-    documented = set(re.findall(r"^([A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE))
+    documented = set(
+        re.findall(r"^([A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE)
+    )
     assert read <= documented, read - documented

@@ -92,25 +92,28 @@ async def test_a_subscription_is_traced_and_streams_every_event(
 ) -> None:
     provider, exporter = spans
     app = create_app(chat_settings, clock=clock, sms=sms, extensions=[tracing(provider)])
-    async with serve(app) as url:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-            gql = GraphQLClient(http)
-            user = await login(gql, sms)
-            room_id = await create_room(gql, user.token)
-            sent = await send(gql, user.token, room_id, "Trace this")
-            reply_id = sent["reply"]["id"]
-            exporter.clear()
-            async with WsClient.connect(url.replace("http://", "ws://") + "/graphql", user.token) as ws:
-                result = await ws.collect(await ws.start(reply_id), timeout=30)
+    async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+        gql = GraphQLClient(http)
+        user = await login(gql, sms)
+        room_id = await create_room(gql, user.token)
+        sent = await send(gql, user.token, room_id, "Trace this")
+        reply_id = sent["reply"]["id"]
+        exporter.clear()
+        async with WsClient.connect(url.replace("http://", "ws://") + "/graphql", user.token) as ws:
+            result = await ws.collect(await ws.start(reply_id), timeout=30)
     assert result.completed and result.errors is None
     assert result.events[-1]["status"] == "COMPLETE" and result.text
 
     finished = exporter.get_finished_spans()
     names = by_name(finished)
-    [operation] = [span for name, group in names.items() if name.startswith("GraphQL Query") for span in group]
-    assert {"GraphQL Parsing", "GraphQL Validation", "GraphQL Resolving: messageStream"} <= children_of(
-        operation, finished
-    )
+    [operation] = [
+        span for name, group in names.items() if name.startswith("GraphQL Query") for span in group
+    ]
+    assert {
+        "GraphQL Parsing",
+        "GraphQL Validation",
+        "GraphQL Resolving: messageStream",
+    } <= children_of(operation, finished)
     # The operation span lasts as long as the subscription: it ends after its last event.
     parsing = names["GraphQL Parsing"][0]
     assert operation.end_time is not None and operation.end_time > parsing.end_time
@@ -136,17 +139,16 @@ async def test_an_extension_resolve_hook_wraps_every_event_of_a_subscription(
     general path, so the hook sees every field of every event."""
     Counting.calls = []
     app = create_app(chat_settings, clock=clock, sms=sms, extensions=[Counting])
-    async with serve(app) as url:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-            gql = GraphQLClient(http)
-            user = await login(gql, sms)
-            body = await gql(ME, token=user.token)
-            assert body["extensions"] == {"seen": "Me"}
-            room_id = await create_room(gql, user.token)
-            reply_id = (await send(gql, user.token, room_id, "Count"))["reply"]["id"]
-            Counting.calls = []
-            async with WsClient.connect(url.replace("http://", "ws://") + "/graphql", user.token) as ws:
-                result = await ws.collect(await ws.start(reply_id), timeout=30)
+    async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+        gql = GraphQLClient(http)
+        user = await login(gql, sms)
+        body = await gql(ME, token=user.token)
+        assert body["extensions"] == {"seen": "Me"}
+        room_id = await create_room(gql, user.token)
+        reply_id = (await send(gql, user.token, room_id, "Count"))["reply"]["id"]
+        Counting.calls = []
+        async with WsClient.connect(url.replace("http://", "ws://") + "/graphql", user.token) as ws:
+            result = await ws.collect(await ws.start(reply_id), timeout=30)
     assert result.completed
     assert Counting.calls.count("messageStream") == len(result.events)
     assert Counting.calls.count("seq") == len(result.events)
@@ -176,20 +178,30 @@ async def test_an_extension_may_answer_in_on_execute(
 
 
 async def test_with_extensions_unexpected_errors_are_still_masked_and_request_errors_coded(
-    base_settings: Settings, sms: RecordingSms, clock: FakeClock, spans, caplog: pytest.LogCaptureFixture
+    base_settings: Settings,
+    sms: RecordingSms,
+    clock: FakeClock,
+    spans,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     provider, _ = spans
-    broken = replace(base_settings, database_url="postgresql+asyncpg://postgres@127.0.0.1:5432/no_such_db")
+    broken = replace(
+        base_settings, database_url="postgresql+asyncpg://postgres@127.0.0.1:5432/no_such_db"
+    )
     app = create_app(broken, clock=clock, sms=sms, extensions=[tracing(provider)])
     caplog.set_level(logging.ERROR, logger="gemini_graphql.errors")
     async with running_app(app, broken) as http:
         response = await http.post(
-            "/graphql", json={"query": SIGNUP, "variables": {"input": {"mobileNumber": new_number()}}}
+            "/graphql",
+            json={"query": SIGNUP, "variables": {"input": {"mobileNumber": new_number()}}},
         )
         [error] = response.json()["errors"]
         assert error["message"] == "Internal server error."
         assert error["extensions"]["code"] == "INTERNAL_SERVER_ERROR"
-        assert any(error["extensions"]["requestId"] in r.getMessage() and r.exc_info for r in caplog.records)
+        assert any(
+            error["extensions"]["requestId"] in r.getMessage() and r.exc_info
+            for r in caplog.records
+        )
 
         invalid = await http.post(
             "/graphql",
@@ -218,14 +230,29 @@ async def test_a_mask_errors_extension_applies_on_both_transports(
             assert [error["message"] for error in body["errors"]] == ["Nope."]
             gql = GraphQLClient(http)
             user = await login(gql, sms)
-        async with websockets.connect(url.replace("http://", "ws://") + "/graphql", subprotocols=[PROTOCOL]) as socket:
-            await socket.send(json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {user.token}"}}))
+        async with websockets.connect(
+            url.replace("http://", "ws://") + "/graphql", subprotocols=[PROTOCOL]
+        ) as socket:
+            await socket.send(
+                json.dumps(
+                    {
+                        "type": "connection_init",
+                        "payload": {"authorization": f"Bearer {user.token}"},
+                    }
+                )
+            )
             assert json.loads(await socket.recv())["type"] == "connection_ack"
-            await socket.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": ME}}))
+            await socket.send(
+                json.dumps({"id": "1", "type": "subscribe", "payload": {"query": ME}})
+            )
             message = json.loads(await socket.recv())
-            assert message["type"] == "next" and message["payload"]["data"]["me"]["id"] == user.user_id
+            assert (
+                message["type"] == "next" and message["payload"]["data"]["me"]["id"] == user.user_id
+            )
             assert json.loads(await socket.recv()) == {"id": "1", "type": "complete"}
-            await socket.send(json.dumps({"id": "2", "type": "subscribe", "payload": {"query": "{ nope }"}}))
+            await socket.send(
+                json.dumps({"id": "2", "type": "subscribe", "payload": {"query": "{ nope }"}})
+            )
             refused = json.loads(await socket.recv())
             assert refused["type"] == "error" and refused["id"] == "2"
             assert refused["payload"][0]["extensions"]["code"] == "BAD_REQUEST"

@@ -24,7 +24,12 @@ async def test_generate_content_and_stream(fake_gemini) -> None:
     fake.script(Script(chunks=["a", "b"]), Script(chunks=["x", "y", "z"]))
     whole = await sdk.aio.models.generate_content(model="gemini-2.5-flash", contents="hi")
     assert whole.text == "ab" and whole.response_id
-    pieces = [chunk.text async for chunk in await sdk.aio.models.generate_content_stream(model="gemini-2.5-flash", contents="hi")]
+    pieces = [
+        chunk.text
+        async for chunk in await sdk.aio.models.generate_content_stream(
+            model="gemini-2.5-flash", contents="hi"
+        )
+    ]
     assert pieces == ["x", "y", "z"]
     assert [r.method for r in fake.requests] == ["generateContent", "streamGenerateContent"]
     assert fake.requests[0].path == "/v1beta/models/gemini-2.5-flash:generateContent"
@@ -32,7 +37,9 @@ async def test_generate_content_and_stream(fake_gemini) -> None:
     await sdk.aio.aclose()
 
 
-@pytest.mark.parametrize(("status", "error_type"), [(429, errors.ClientError), (503, errors.ServerError)])
+@pytest.mark.parametrize(
+    ("status", "error_type"), [(429, errors.ClientError), (503, errors.ServerError)]
+)
 async def test_errors_have_googles_shape(fake_gemini, status: int, error_type: type) -> None:
     fake, url = fake_gemini
     fake.script(Script(status=status))

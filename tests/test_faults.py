@@ -13,8 +13,8 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -25,13 +25,13 @@ import redis.asyncio as aioredis
 from gemini_graphql.app.http_app import create_app
 from gemini_graphql.config import Settings
 from gemini_graphql.infra.migrate import migrate
+from gemini_graphql.testing.fakes.gemini import FakeGemini, Script
+from gemini_graphql.testing.fakes.stripe import WEBHOOK_SECRET, FakeStripe, sign
+from gemini_graphql.testing.processes import Process, spawn_worker, start_worker
 from tests.auth_flows import login
 from tests.chat_harness import SEND, StreamResult, WsClient, create_room
 from tests.conftest import FakeClock, GraphQLClient, RecordingSms
-from gemini_graphql.testing.fakes.gemini import FakeGemini, Script
-from gemini_graphql.testing.fakes.stripe import WEBHOOK_SECRET, FakeStripe, sign
 from tests.live import serve
-from gemini_graphql.testing.processes import Process, spawn_worker, start_worker
 from tests.servers import PostgresCluster, RedisServer
 
 CHUNKS = [f"w{i} " for i in range(24)]
@@ -53,29 +53,43 @@ async def stack(settings: Settings, sms: RecordingSms, clock: FakeClock) -> Asyn
     redis = aioredis.Redis.from_url(settings.redis_url)
     worker = await start_worker(settings, redis)
     try:
-        async with serve(create_app(settings, clock=clock, sms=sms)) as url:
-            async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-                yield Stack(settings, GraphQLClient(http), url.replace("http://", "ws://") + "/graphql", worker, redis)
+        app = create_app(settings, clock=clock, sms=sms)
+        async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+            yield Stack(
+                settings,
+                GraphQLClient(http),
+                url.replace("http://", "ws://") + "/graphql",
+                worker,
+                redis,
+            )
     finally:
         await worker.stop()
         await redis.aclose()
 
 
-async def send_messages(stack: Stack, sms: RecordingSms, users: int, each: int) -> list[tuple[str, str]]:
+async def send_messages(
+    stack: Stack, sms: RecordingSms, users: int, each: int
+) -> list[tuple[str, str]]:
     """(token, reply id) for `each` messages of `users` users."""
     sent = []
     for _ in range(users):
         user = await login(stack.gql, sms)
         room = await create_room(stack.gql, user.token)
         for index in range(each):
-            body = await stack.gql(SEND, {"input": {"chatroomId": room, "content": f"question {index}"}}, token=user.token)
+            body = await stack.gql(
+                SEND,
+                {"input": {"chatroomId": room, "content": f"question {index}"}},
+                token=user.token,
+            )
             payload = body["data"]["sendMessage"]
             assert payload["errors"] == [], payload
             sent.append((user.token, payload["reply"]["id"]))
     return sent
 
 
-async def follow_to_the_end(ws_url: str, token: str, reply_id: str, timeout: float = 120) -> tuple[str, int]:
+async def follow_to_the_end(
+    ws_url: str, token: str, reply_id: str, timeout: float = 120
+) -> tuple[str, int]:
     """What a careful client shows: subscribe, and on an error subscribe again where the
     error says (with `after`, or from the start after a restart). The text and the number
     of errors it met."""
@@ -85,9 +99,10 @@ async def follow_to_the_end(ws_url: str, token: str, reply_id: str, timeout: flo
         try:
             async with WsClient.connect(ws_url, token) as client:
                 result: StreamResult = await client.collect(
-                    await client.start(reply_id, after=last or None), timeout=deadline - time.monotonic()
+                    await client.start(reply_id, after=last or None),
+                    timeout=deadline - time.monotonic(),
                 )
-        except (OSError, AssertionError, asyncio.TimeoutError):  # the api could not even ack
+        except (TimeoutError, OSError, AssertionError):  # the api could not even ack
             errors += 1
             await asyncio.sleep(0.5)
             continue
@@ -110,7 +125,9 @@ async def all_final(pg: asyncpg.Pool | asyncpg.Connection, timeout: float = 120)
     """Seconds until every reply is COMPLETE or FAILED."""
     started = time.monotonic()
     async with asyncio.timeout(timeout):
-        while await pg.fetchval("SELECT count(*) FROM messages WHERE status IN ('pending', 'streaming')"):
+        while await pg.fetchval(
+            "SELECT count(*) FROM messages WHERE status IN ('pending', 'streaming')"
+        ):
             await asyncio.sleep(0.2)
     return time.monotonic() - started
 
@@ -121,7 +138,11 @@ async def check_outcome(pg: Any, results: dict[str, str]) -> None:
     assert {str(row["id"]) for row in rows} == set(results)
     for row in rows:
         assert row["status"] in ("complete", "failed"), row
-        assert results[str(row["id"])] == row["content"], (row["status"], row["content"], results[str(row["id"])])
+        assert results[str(row["id"])] == row["content"], (
+            row["status"],
+            row["content"],
+            results[str(row["id"])],
+        )
     counted = await pg.fetchval("SELECT coalesce(sum(daily_message_count), 0) FROM users")
     assert counted == sum(row["status"] == "complete" for row in rows)
 
@@ -182,7 +203,9 @@ async def settled(
     stop.set()
     done = await traffic
     assert running.worker.popen.poll() is None, "the worker exited"
-    await check_outcome(pg, {reply: text for (_, reply), (text, _) in zip(replies, seen)})
+    await check_outcome(
+        pg, {reply: text for (_, reply), (text, _) in zip(replies, seen, strict=True)}
+    )
     assert done.codes <= {"SERVICE_UNAVAILABLE"}, done.codes  # never a masked internal error
     assert done.last_failure < time.monotonic() - 0.5  # requests succeed again
     return recovery, done
@@ -197,13 +220,20 @@ async def gemini_slowly(fake_gemini: tuple[FakeGemini, str]) -> tuple[FakeGemini
 
 @pytest.mark.parametrize("keep_data", [True, False], ids=["keeping-data", "losing-data"])
 async def test_a_redis_restart_in_the_middle_of_replies(
-    chat_settings: Settings, gemini_slowly: Any, pg: asyncpg.Pool, sms: RecordingSms, clock: FakeClock, keep_data: bool
+    chat_settings: Settings,
+    gemini_slowly: Any,
+    pg: asyncpg.Pool,
+    sms: RecordingSms,
+    clock: FakeClock,
+    keep_data: bool,
 ) -> None:
     async with RedisServer(persistent=keep_data) as redis_server:
         settings = replace(chat_settings, redis_url=redis_server.url)
         async with stack(settings, sms, clock) as running:
             replies = await send_messages(running, sms, users=3, each=3)
-            followers = [asyncio.create_task(follow_to_the_end(running.ws_url, t, r)) for t, r in replies]
+            followers = [
+                asyncio.create_task(follow_to_the_end(running.ws_url, t, r)) for t, r in replies
+            ]
             stop = asyncio.Event()
             traffic = asyncio.create_task(traffic_during(running, sms, stop))
             await asyncio.sleep(0.8)  # the replies are under way
@@ -211,7 +241,9 @@ async def test_a_redis_restart_in_the_middle_of_replies(
             await redis_server.restart(down_for=1.0, keep_data=keep_data)
             back_at = time.monotonic()
             seen = await asyncio.gather(*followers)
-            recovery, done = await settled(running, pg, replies, seen, outage_started, stop, traffic)
+            recovery, done = await settled(
+                running, pg, replies, seen, outage_started, stop, traffic
+            )
             assert all(text == REPLY_TEXT for text, _ in seen)  # nothing failed: Redis came back
             # The worker takes new work after the restart.
             after = await send_messages(running, sms, users=1, each=1)
@@ -231,14 +263,20 @@ async def cluster() -> AsyncIterator[PostgresCluster]:
 
 
 async def test_a_postgresql_restart_in_the_middle_of_replies(
-    chat_settings: Settings, gemini_slowly: Any, cluster: PostgresCluster, sms: RecordingSms, clock: FakeClock
+    chat_settings: Settings,
+    gemini_slowly: Any,
+    cluster: PostgresCluster,
+    sms: RecordingSms,
+    clock: FakeClock,
 ) -> None:
     url = await cluster.create_database(f"faults_{uuid.uuid4().hex[:8]}")
     await asyncio.to_thread(migrate, url)
     settings = replace(chat_settings, database_url=url, stripe_webhook_secret=WEBHOOK_SECRET)
     async with stack(settings, sms, clock) as running:
         replies = await send_messages(running, sms, users=3, each=3)
-        followers = [asyncio.create_task(follow_to_the_end(running.ws_url, t, r)) for t, r in replies]
+        followers = [
+            asyncio.create_task(follow_to_the_end(running.ws_url, t, r)) for t, r in replies
+        ]
         stop = asyncio.Event()
         traffic = asyncio.create_task(traffic_during(running, sms, stop))
         await asyncio.sleep(0.8)
@@ -246,19 +284,27 @@ async def test_a_postgresql_restart_in_the_middle_of_replies(
         restarting = asyncio.create_task(cluster.restart(down_for=5.0))
         await asyncio.sleep(2.0)
         # Stripe's webhook meanwhile: 503 (Stripe retries later), and applied once it can be.
-        event = FakeStripe().event("customer.created", {"id": "cus_x", "object": "customer"}, int(time.time()))
+        event = FakeStripe().event(
+            "customer.created", {"id": "cus_x", "object": "customer"}, int(time.time())
+        )
         body, header = sign(event)
-        webhook = await running.gql.http.post("/webhook/stripe", content=body, headers={"Stripe-Signature": header})
+        webhook = await running.gql.http.post(
+            "/webhook/stripe", content=body, headers={"Stripe-Signature": header}
+        )
         assert webhook.status_code == 503 and webhook.headers["retry-after"]
         await restarting
         back_at = time.monotonic()
         seen = await asyncio.gather(*followers)
         pg = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
         try:
-            recovery, done = await settled(running, pg, replies, seen, outage_started, stop, traffic)
+            recovery, done = await settled(
+                running, pg, replies, seen, outage_started, stop, traffic
+            )
             after = await send_messages(running, sms, users=1, each=1)
             assert (await follow_to_the_end(running.ws_url, *after[0]))[0] == REPLY_TEXT
-            webhook = await running.gql.http.post("/webhook/stripe", content=body, headers={"Stripe-Signature": header})
+            webhook = await running.gql.http.post(
+                "/webhook/stripe", content=body, headers={"Stripe-Signature": header}
+            )
             assert webhook.status_code == 200
         finally:
             await pg.close()
@@ -270,15 +316,22 @@ async def test_a_postgresql_restart_in_the_middle_of_replies(
 
 @pytest.mark.parametrize("signal", ["SIGTERM", "SIGKILL"])
 async def test_a_worker_stopped_in_the_middle_of_replies(
-    chat_settings: Settings, gemini_slowly: Any, pg: asyncpg.Pool, redis_client: aioredis.Redis,
-    sms: RecordingSms, clock: FakeClock, signal: str,
+    chat_settings: Settings,
+    gemini_slowly: Any,
+    pg: asyncpg.Pool,
+    redis_client: aioredis.Redis,
+    sms: RecordingSms,
+    clock: FakeClock,
+    signal: str,
 ) -> None:
     """SIGTERM lets the replies in flight finish; SIGKILL leaves them to a new worker,
     which continues each from what its subscribers were sent."""
     settings = replace(chat_settings, worker_job_timeout_seconds=10)
     async with stack(settings, sms, clock) as running:
         replies = await send_messages(running, sms, users=2, each=3)
-        followers = [asyncio.create_task(follow_to_the_end(running.ws_url, t, r)) for t, r in replies]
+        followers = [
+            asyncio.create_task(follow_to_the_end(running.ws_url, t, r)) for t, r in replies
+        ]
         await asyncio.sleep(0.8)
         stopped_at = time.monotonic()
         if signal == "SIGKILL":
@@ -290,16 +343,24 @@ async def test_a_worker_stopped_in_the_middle_of_replies(
             seen = await asyncio.gather(*followers)
             recovery = await all_final(pg) + (time.monotonic() - stopped_at)
             assert replacement.popen.poll() is None
-            await check_outcome(pg, {reply: text for (_, reply), (text, _) in zip(replies, seen)})
+            await check_outcome(
+                pg, {reply: text for (_, reply), (text, _) in zip(replies, seen, strict=True)}
+            )
             statuses = await pg.fetch("SELECT status FROM messages WHERE role = 'assistant'")
             assert all(row["status"] == "complete" for row in statuses)
         finally:
             await replacement.stop()
-        print(f"\nworker {signal}: all {len(replies)} replies complete {recovery:.1f}s after the signal")
+        print(
+            f"\nworker {signal}: all {len(replies)} replies complete {recovery:.1f}s after the signal"
+        )
 
 
 async def test_a_worker_started_without_redis_waits_and_outlives_a_long_outage(
-    chat_settings: Settings, gemini_slowly: Any, pg: asyncpg.Pool, sms: RecordingSms, clock: FakeClock,
+    chat_settings: Settings,
+    gemini_slowly: Any,
+    pg: asyncpg.Pool,
+    sms: RecordingSms,
+    clock: FakeClock,
     tmp_path: Path,
 ) -> None:
     """arq's own loop ends at the first failed poll; ours logs once and carries on."""

@@ -34,10 +34,10 @@ from schemathesis.generation import GenerationMode
 from schemathesis.generation.feedback import FeedbackSources
 
 from gemini_graphql.api.schema import build_schema
+from gemini_graphql.testing.fakes.stripe import PRICE_ID, SECRET_KEY, WEBHOOK_SECRET, FakeStripe
 from tests.auth_flows import VERIFY_OTP, LoggedIn, login, send_code, signup
 from tests.chat_harness import create_room, send
 from tests.conftest import LEAK_PATTERNS, FakeClock, GraphQLClient, RecordingSms
-from gemini_graphql.testing.fakes.stripe import PRICE_ID, SECRET_KEY, WEBHOOK_SECRET, FakeStripe
 from tests.live import serve
 
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "15"))
@@ -69,10 +69,21 @@ def fuzz_config(room_ids: list[str]) -> SchemathesisConfig:
                 "codes": {"values": ["000000", "123456", "12345", "1234567", " 000000 "]},
                 "passwords": {"values": ["correct horse battery", "short", "p" * 128, "p" * 129]},
                 "rooms": {"values": [*room_ids, "00000000-0000-0000-0000-000000000000", "room"]},
-                "text": {"values": [
-                    "", "   ", "\x00", "a\x00b", "\ud800", "\u202e\u0301", "😀" * 300,
-                    "t" * 256, "d" * 2001, "c" * 10001, "a@b.co",
-                ]},
+                "text": {
+                    "values": [
+                        "",
+                        "   ",
+                        "\x00",
+                        "a\x00b",
+                        "\ud800",
+                        "\u202e\u0301",
+                        "😀" * 300,
+                        "t" * 256,
+                        "d" * 2001,
+                        "c" * 10001,
+                        "a@b.co",
+                    ]
+                },
             },
             "parameters": {
                 "*.*.input.mobileNumber": {"dictionary": "numbers", "probability": 0.6},
@@ -167,9 +178,12 @@ def outcome(response: httpx.Response) -> str:
         payload = response.json()
     except ValueError:
         return f"{response.status_code} non-JSON"
-    codes = sorted({
-        str((e.get("extensions") or {}).get("code", "no code")) for e in payload.get("errors") or []
-    })
+    codes = sorted(
+        {
+            str((e.get("extensions") or {}).get("code", "no code"))
+            for e in payload.get("errors") or []
+        }
+    )
     if payload.get("data") and not codes:
         return f"{response.status_code} data"
     return f"{response.status_code} {'+'.join(codes) or 'data null'}"

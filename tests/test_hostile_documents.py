@@ -12,8 +12,8 @@ import httpx
 import pytest
 import websockets
 
-from gemini_graphql.api.transport.documents import BUDGET, MAX_CHARS, Documents
 from gemini_graphql.api.schema import build_schema
+from gemini_graphql.api.transport.documents import BUDGET, MAX_CHARS, Documents
 from gemini_graphql.api.transport.strawberry_seams import graphql_schema
 from gemini_graphql.config import Settings
 from tests.chat_harness import PROTOCOL, closed_with
@@ -83,9 +83,18 @@ def nested_json(depth: int) -> str:
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ('{"query": "{ __typename }", "variables": {"a": %s}}' % nested_json(1000), "nests too deeply"),
-        ('{"query": "{ __typename }", "variables": {"a": %s}}' % nested_json(100_000), "nests too deeply"),
-        ('{"query": "{ __typename }", "variables": {"a": %s}}' % nested_json(40), "nests deeper than 32"),
+        (
+            '{"query": "{ __typename }", "variables": {"a": %s}}' % nested_json(1000),
+            "nests too deeply",
+        ),
+        (
+            '{"query": "{ __typename }", "variables": {"a": %s}}' % nested_json(100_000),
+            "nests too deeply",
+        ),
+        (
+            '{"query": "{ __typename }", "variables": {"a": %s}}' % nested_json(40),
+            "nests deeper than 32",
+        ),
         (nested_json(5000), "nests too deeply"),
         ('{"query": "{ __typename }"', "not valid JSON"),
         ('{"query": "{ __typename }", "variables": "x"}', "must be a JSON object"),
@@ -97,7 +106,8 @@ async def test_bad_json_is_a_400_that_keeps_the_connection(
 ) -> None:
     async with httpx.AsyncClient(base_url=http_url, timeout=10) as http:
         response = await http.post(
-            "/graphql", content=body.encode("utf-8", "surrogateescape"),
+            "/graphql",
+            content=body.encode("utf-8", "surrogateescape"),
             headers={"Content-Type": "application/json"},
         )
         assert response.status_code == 400, response.text[:300]
@@ -110,7 +120,10 @@ async def test_bad_json_is_a_400_that_keeps_the_connection(
 
 async def test_deep_variables_over_get_are_a_400(http_url: str) -> None:
     async with httpx.AsyncClient(base_url=http_url, timeout=10) as http:
-        params = {"query": "{ __typename }", "variables": json.dumps({"a": 0})[:-1] + ', "b": ' + nested_json(2000) + "}"}
+        params = {
+            "query": "{ __typename }",
+            "variables": json.dumps({"a": 0})[:-1] + ', "b": ' + nested_json(2000) + "}",
+        }
         response = await http.get("/graphql", params=params)
         assert response.status_code == 400
         assert "nests too deeply" in response.json()["errors"][0]["message"]
@@ -133,7 +146,9 @@ def test_a_large_legitimate_document_passes_the_budget() -> None:
     from graphql import get_introspection_query
 
     documents = Documents(graphql_schema(build_schema()), introspection=True)
-    query = get_introspection_query(descriptions=True, specified_by_url=True, input_value_deprecation=True)
+    query = get_introspection_query(
+        descriptions=True, specified_by_url=True, input_value_deprecation=True
+    )
     assert documents.prepare(query).errors == ()
 
 
@@ -146,7 +161,10 @@ async def test_suggestions_are_hidden_in_production(make_client: Any) -> None:
     enum = 'mutation { sendOtp(input: {mobileNumber: "+14155550123", purpose: LOGINN}) { sent } }'
     body = (await production.post("/graphql", json={"query": enum})).json()
     assert "Did you mean" not in json.dumps(body)
-    variables = {"query": "mutation($p: OtpPurpose!) { sendOtp(input: {mobileNumber: \"+14155550123\", purpose: $p}) { sent } }", "variables": {"p": "LOGINN"}}
+    variables = {
+        "query": 'mutation($p: OtpPurpose!) { sendOtp(input: {mobileNumber: "+14155550123", purpose: $p}) { sent } }',
+        "variables": {"p": "LOGINN"},
+    }
     body = (await production.post("/graphql", json=variables)).json()
     assert body["errors"] and "Did you mean" not in json.dumps(body)
     # Outside production the suggestions help developers.
@@ -179,8 +197,11 @@ async def test_hostile_documents_over_a_websocket_are_errors_not_crashes(
     ("frame", "code"),
     [
         (nested_json(100_000), 4400),
-        ('{"type": "subscribe", "id": "1", "payload": {"query": "{ __typename }", "variables": {"a": %s}}}'
-         % nested_json(500), 4400),
+        (
+            '{"type": "subscribe", "id": "1", "payload": {"query": "{ __typename }", "variables": {"a": %s}}}'
+            % nested_json(500),
+            4400,
+        ),
         (b'{"type": "ping"}', 4400),  # binary frames are not the protocol's
         ('{"type": "ping", "padding": "%s"}' % ("x" * (1024 * 1024 + 1)), 1009),
     ],
@@ -204,7 +225,9 @@ async def test_operations_per_connection_are_capped(
     room = await create_room(gql, user.token)
     reply = (await send_message(gql, user.token, room))["reply"]["id"]
     socket = await websockets.connect(ws_url, subprotocols=[PROTOCOL])
-    await send(socket, {"type": "connection_init", "payload": {"authorization": f"Bearer {user.token}"}})
+    await send(
+        socket, {"type": "connection_init", "payload": {"authorization": f"Bearer {user.token}"}}
+    )
     assert (await receive(socket))["type"] == "connection_ack"
     # No worker runs here: subscriptions to the PENDING reply stay open. Fill the connection.
     stream = 'subscription { messageStream(messageId: "%s") { seq } }' % reply
@@ -228,8 +251,9 @@ async def test_a_client_that_does_not_read_is_disconnected(
     """Large answers to a client that stopped reading: the server's buffer fills, messages
     pile up, and past MAX_WAITING_SENDS the server ends the connection instead of holding
     them all."""
-    from gemini_graphql.api.transport.websocket import MAX_WAITING_SENDS
     from graphql import get_introspection_query
+
+    from gemini_graphql.api.transport.websocket import MAX_WAITING_SENDS
 
     socket = await acknowledged(ws_url, gql, sms)
     await socket.close()
@@ -239,7 +263,9 @@ async def test_a_client_that_does_not_read_is_disconnected(
     try:
         async with asyncio.timeout(30):
             while sent < 2000:
-                await user_socket.send(json.dumps({"id": str(sent), "type": "subscribe", "payload": {"query": query}}))
+                await user_socket.send(
+                    json.dumps({"id": str(sent), "type": "subscribe", "payload": {"query": query}})
+                )
                 sent += 1
                 if sent % 50 == 0:
                     await asyncio.sleep(0.05)
@@ -271,17 +297,39 @@ async def _non_reading_socket(
     raw.setsockopt(sockets.SOL_SOCKET, sockets.SO_RCVBUF, 4096)
     raw.setblocking(False)
     await asyncio.get_running_loop().sock_connect(raw, (parsed.hostname, parsed.port))
-    socket = await websockets.connect(url, sock=raw, subprotocols=[PROTOCOL], max_queue=1, ping_interval=None)
-    await socket.send(json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {user.token}"}}))
+    socket = await websockets.connect(
+        url, sock=raw, subprotocols=[PROTOCOL], max_queue=1, ping_interval=None
+    )
+    await socket.send(
+        json.dumps(
+            {"type": "connection_init", "payload": {"authorization": f"Bearer {user.token}"}}
+        )
+    )
     assert json.loads(await asyncio.wait_for(socket.recv(), 5))["type"] == "connection_ack"
     return socket
 
 
 NUL_INPUTS = [
-    ('mutation { createChatroom(input: {title: "a\\u0000b"}) { errors { code field } } }', "createChatroom", "title"),
-    ('mutation { createChatroom(input: {title: "ok", description: "\\u0000"}) { errors { code field } } }', "createChatroom", "description"),
-    ('mutation { signup(input: {mobileNumber: "+14155550199", name: "\\u0000"}) { errors { code field } } }', "signup", "name"),
-    ('mutation { signup(input: {mobileNumber: "+14155550199", email: "a\\u0000@b.co"}) { errors { code field } } }', "signup", "email"),
+    (
+        'mutation { createChatroom(input: {title: "a\\u0000b"}) { errors { code field } } }',
+        "createChatroom",
+        "title",
+    ),
+    (
+        'mutation { createChatroom(input: {title: "ok", description: "\\u0000"}) { errors { code field } } }',
+        "createChatroom",
+        "description",
+    ),
+    (
+        'mutation { signup(input: {mobileNumber: "+14155550199", name: "\\u0000"}) { errors { code field } } }',
+        "signup",
+        "name",
+    ),
+    (
+        'mutation { signup(input: {mobileNumber: "+14155550199", email: "a\\u0000@b.co"}) { errors { code field } } }',
+        "signup",
+        "email",
+    ),
 ]
 
 
@@ -300,7 +348,8 @@ async def test_nul_characters_are_invalid_input_not_a_failed_write(
 
 async def test_nul_in_a_message_is_invalid_input(gql: GraphQLClient, sms: RecordingSms, pg) -> None:
     from tests.auth_flows import login
-    from tests.chat_harness import create_room, send as send_message
+    from tests.chat_harness import create_room
+    from tests.chat_harness import send as send_message
 
     user = await login(gql, sms)
     room = await create_room(gql, user.token)
@@ -316,7 +365,9 @@ async def test_lone_surrogates_are_a_bad_request(http_url: str) -> None:
             '{"query": "{ me\\udfff }"}',
             '{"query": "mutation($p: String!) { loginWithPassword(input: {mobileNumber: \\"+14155550123\\", password: $p}) { errors { code } } }", "variables": {"p": "x\\ud800y"}}',
         ):
-            response = await http.post("/graphql", content=body, headers={"Content-Type": "application/json"})
+            response = await http.post(
+                "/graphql", content=body, headers={"Content-Type": "application/json"}
+            )
             assert response.status_code == 400, response.text
             assert "not valid Unicode" in response.json()["errors"][0]["message"]
 
@@ -330,22 +381,32 @@ async def test_an_unreachable_database_is_service_unavailable_not_a_500(
 
     from gemini_graphql.app.http_app import create_app
     from gemini_graphql.auth.tokens import TokenCodec
-    from tests.live import serve
     from gemini_graphql.testing.processes import free_port
+    from tests.live import serve
 
-    settings = replace(base_settings, database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/gone")
+    settings = replace(
+        base_settings, database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/gone"
+    )
     token = TokenCodec(settings, clock).issue(uuid.uuid4(), 0).token
     async with serve(create_app(settings, clock=clock, sms=sms)) as url:
         async with httpx.AsyncClient(base_url=url, timeout=10) as http:
             response = await http.post(
-                "/graphql", json={"query": "{ me { id } }"}, headers={"Authorization": f"Bearer {token}"}
+                "/graphql",
+                json={"query": "{ me { id } }"},
+                headers={"Authorization": f"Bearer {token}"},
             )
             [error] = response.json()["errors"]
             assert error["extensions"]["code"] == "SERVICE_UNAVAILABLE", error
             assert error["extensions"]["retryAfter"] > 0 and response.headers["retry-after"]
-            signup = 'mutation { signup(input: {mobileNumber: "+14155550123"}) { errors { code } } }'
+            signup = (
+                'mutation { signup(input: {mobileNumber: "+14155550123"}) { errors { code } } }'
+            )
             body = (await http.post("/graphql", json={"query": signup})).json()
             assert body["errors"][0]["extensions"]["code"] == "SERVICE_UNAVAILABLE", body
-        socket = await websockets.connect(url.replace("http://", "ws://") + "/graphql", subprotocols=[PROTOCOL])
-        await send(socket, {"type": "connection_init", "payload": {"authorization": f"Bearer {token}"}})
+        socket = await websockets.connect(
+            url.replace("http://", "ws://") + "/graphql", subprotocols=[PROTOCOL]
+        )
+        await send(
+            socket, {"type": "connection_init", "payload": {"authorization": f"Bearer {token}"}}
+        )
         assert await closed_with(socket) == 1013

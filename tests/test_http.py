@@ -53,7 +53,9 @@ async def test_request_ids(client: httpx.AsyncClient) -> None:
 
 async def test_body_over_the_limit_is_413(client: httpx.AsyncClient) -> None:
     big = json.dumps({"query": "{ __typename }", "variables": {"x": "a" * (1024 * 1024)}})
-    response = await client.post("/graphql", content=big, headers={"Content-Type": "application/json"})
+    response = await client.post(
+        "/graphql", content=big, headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 413
 
 
@@ -62,7 +64,9 @@ async def test_streamed_body_over_the_limit_is_413(client: httpx.AsyncClient) ->
         for _ in range(20):
             yield b"x" * 65536
 
-    response = await client.post("/graphql", content=chunks(), headers={"Content-Type": "application/json"})
+    response = await client.post(
+        "/graphql", content=chunks(), headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 413
 
 
@@ -92,23 +96,33 @@ async def test_accept_preference_order(client: httpx.AsyncClient) -> None:
 
 @pytest.mark.parametrize(
     ("document", "reason"),
-    [("{ me { id ", "parse"), ("{ nope }", "validation"), ("query($n: Int!) { __typename }", "variables")],
+    [
+        ("{ me { id ", "parse"),
+        ("{ nope }", "validation"),
+        ("query($n: Int!) { __typename }", "variables"),
+    ],
 )
 async def test_request_errors_are_400_with_the_new_media_type(
     client: httpx.AsyncClient, document: str, reason: str
 ) -> None:
-    response = await client.post("/graphql", json={"query": document}, headers={"Accept": GRAPHQL_RESPONSE})
+    response = await client.post(
+        "/graphql", json={"query": document}, headers={"Accept": GRAPHQL_RESPONSE}
+    )
     assert response.status_code == 400, reason
     body = response.json()
     assert "data" not in body
     assert body["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
-    legacy = await client.post("/graphql", json={"query": document}, headers={"Accept": "application/json"})
+    legacy = await client.post(
+        "/graphql", json={"query": document}, headers={"Accept": "application/json"}
+    )
     assert legacy.status_code == 200
     assert legacy.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
 
 
 async def test_field_errors_stay_200(client: httpx.AsyncClient) -> None:
-    response = await client.post("/graphql", json={"query": ME}, headers={"Accept": GRAPHQL_RESPONSE})
+    response = await client.post(
+        "/graphql", json={"query": ME}, headers={"Accept": GRAPHQL_RESPONSE}
+    )
     assert response.status_code == 200
     assert response.json()["data"] is None
 
@@ -116,19 +130,29 @@ async def test_field_errors_stay_200(client: httpx.AsyncClient) -> None:
 @pytest.mark.parametrize(
     "body",
     [
-        b"{not json", b"", b"[]", b'"a string"', b'{"query": 42}', b'{"query": "  "}', b"{}",
+        b"{not json",
+        b"",
+        b"[]",
+        b'"a string"',
+        b'{"query": 42}',
+        b'{"query": "  "}',
+        b"{}",
         b'{"query": "{ __typename }", "variables": []}',
         b'{"query": "{ __typename }", "operationName": 5}',
         b"\xff\xfe not utf-8",
     ],
 )
 async def test_malformed_requests_are_400(client: httpx.AsyncClient, body: bytes) -> None:
-    response = await client.post("/graphql", content=body, headers={"Content-Type": "application/json"})
+    response = await client.post(
+        "/graphql", content=body, headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 400
 
 
 async def test_bad_variables_over_get_are_400(client: httpx.AsyncClient) -> None:
-    response = await client.get("/graphql", params={"query": "{ __typename }", "variables": "{nope"})
+    response = await client.get(
+        "/graphql", params={"query": "{ __typename }", "variables": "{nope"}
+    )
     assert response.status_code == 400
     assert response.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
 
@@ -137,24 +161,32 @@ async def test_subscriptions_over_http_are_refused_with_a_pointer_to_the_websock
     client: httpx.AsyncClient,
 ) -> None:
     document = 'subscription { messageStream(messageId: "x") { seq } }'
-    response = await client.post("/graphql", json={"query": document}, headers={"Accept": GRAPHQL_RESPONSE})
+    response = await client.post(
+        "/graphql", json={"query": document}, headers={"Accept": GRAPHQL_RESPONSE}
+    )
     assert response.status_code == 400
     [error] = response.json()["errors"]
     assert error["extensions"]["code"] == "BAD_REQUEST" and "websocket" in error["message"]
 
 
 async def test_batching_is_refused(client: httpx.AsyncClient) -> None:
-    response = await client.post("/graphql", json=[{"query": "{ __typename }"}, {"query": "{ __typename }"}])
+    response = await client.post(
+        "/graphql", json=[{"query": "{ __typename }"}, {"query": "{ __typename }"}]
+    )
     assert response.status_code == 400
 
 
 async def test_wrong_content_type_is_415(client: httpx.AsyncClient) -> None:
-    response = await client.post("/graphql", content=b"query=1", headers={"Content-Type": "text/plain"})
+    response = await client.post(
+        "/graphql", content=b"query=1", headers={"Content-Type": "text/plain"}
+    )
     assert response.status_code == 415
 
 
 async def test_unacceptable_accept_is_406(client: httpx.AsyncClient) -> None:
-    response = await client.post("/graphql", json={"query": "{ __typename }"}, headers={"Accept": "application/xml"})
+    response = await client.post(
+        "/graphql", json={"query": "{ __typename }"}, headers={"Accept": "application/xml"}
+    )
     assert response.status_code == 406
 
 
@@ -211,15 +243,21 @@ async def test_token_limit(gql: GraphQLClient) -> None:
 async def test_graphiql_and_introspection_outside_production(client: httpx.AsyncClient) -> None:
     page = await client.get("/graphql", headers={"Accept": "text/html"})
     assert page.status_code == 200 and "graphiql" in page.text.lower()
-    body = (await client.post("/graphql", json={"query": "{ __schema { queryType { name } } }"})).json()
+    body = (
+        await client.post("/graphql", json={"query": "{ __schema { queryType { name } } }"})
+    ).json()
     assert body["data"]["__schema"]["queryType"]["name"] == "Query"
 
 
 async def test_no_graphiql_or_introspection_in_production(make_client) -> None:
-    client = await make_client(app_env=AppEnv.PRODUCTION, sms_backend="webhook", sms_webhook_url="http://127.0.0.1:1/")
+    client = await make_client(
+        app_env=AppEnv.PRODUCTION, sms_backend="webhook", sms_webhook_url="http://127.0.0.1:1/"
+    )
     page = await client.get("/graphql", headers={"Accept": "text/html"})
     assert page.status_code == 404
-    body = (await client.post("/graphql", json={"query": "{ __schema { queryType { name } } }"})).json()
+    body = (
+        await client.post("/graphql", json={"query": "{ __schema { queryType { name } } }"})
+    ).json()
     assert "data" not in body or body["data"] is None
     assert body["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
 
@@ -228,7 +266,9 @@ async def test_unexpected_errors_are_masked_and_logged(
     make_client, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A database that does not exist: every query fails deep inside the driver.
-    client = await make_client(database_url="postgresql+asyncpg://postgres@127.0.0.1:5432/no_such_db")
+    client = await make_client(
+        database_url="postgresql+asyncpg://postgres@127.0.0.1:5432/no_such_db"
+    )
     caplog.set_level(logging.ERROR, logger="gemini_graphql.errors")
     response = await client.post(
         "/graphql", json={"query": SIGNUP, "variables": {"input": {"mobileNumber": new_number()}}}

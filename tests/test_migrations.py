@@ -39,7 +39,11 @@ async def test_downgrade_removes_everything_and_upgrade_restores_it() -> None:
     admin = await asyncpg.connect(ADMIN_DSN)
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        url = ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + "/" + name
+        url = (
+            ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+            + "/"
+            + name
+        )
         config = alembic_config(url)
         conn_dsn = ADMIN_DSN.rsplit("/", 1)[0] + "/" + name
 
@@ -54,7 +58,14 @@ async def test_downgrade_removes_everything_and_upgrade_restores_it() -> None:
             return {row["tablename"] for row in rows} - {"alembic_version"}
 
         await asyncio.to_thread(command.upgrade, config, "head")
-        assert await tables() == {"users", "otps", "chatrooms", "messages", "subscriptions", "stripe_events"}
+        assert await tables() == {
+            "users",
+            "otps",
+            "chatrooms",
+            "messages",
+            "subscriptions",
+            "stripe_events",
+        }
         await asyncio.to_thread(command.downgrade, config, "base")
         assert await tables() == set()
         await asyncio.to_thread(command.upgrade, config, "head")

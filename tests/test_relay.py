@@ -45,9 +45,10 @@ async def test_live_events_reach_every_listener_of_a_channel(
     relay = Relay(redis_client)
     message_id = uuid.uuid4()
     try:
-        async with relay.listen(reply_channels.of(message_id)) as first, relay.listen(
-            reply_channels.of(message_id)
-        ) as second:
+        async with (
+            relay.listen(reply_channels.of(message_id)) as first,
+            relay.listen(reply_channels.of(message_id)) as second,
+        ):
             await publish(redis_client, reply_channels, message_id, event(1))
             async with asyncio.timeout(5):
                 assert await first.get() == event(1).encode().encode()

@@ -10,10 +10,10 @@ from gemini_graphql.ai.gemini import GeminiModel
 from gemini_graphql.chat.replies import ReplyGenerator
 from gemini_graphql.chat.reply_stream import ReplyChannels
 from gemini_graphql.infra.resources import Resources
+from gemini_graphql.testing.fakes.gemini import Script
 from tests.auth_flows import ME
 from tests.chat_harness import Live, send, stream, user_with_room
 from tests.conftest import RecordingSms
-from gemini_graphql.testing.fakes.gemini import Script
 
 
 async def wait_finished(pg, reply_id: str, timeout: float = 15) -> dict:
@@ -30,7 +30,9 @@ async def test_context_is_the_last_ten_messages_and_the_new_one(
 ) -> None:
     fake, _ = fake_gemini
     user, room_id = await user_with_room(live.http, sms)
-    await pg.execute("UPDATE users SET subscription_tier = 'pro' WHERE id = $1", uuid.UUID(user.user_id))
+    await pg.execute(
+        "UPDATE users SET subscription_tier = 'pro' WHERE id = $1", uuid.UUID(user.user_id)
+    )
     replies = []
     for index in range(7):
         if index == 3:
@@ -53,7 +55,9 @@ async def test_context_is_the_last_ten_messages_and_the_new_one(
     assert all(request.api_key == "fake-gemini-key-for-tests" for request in fake.requests)
 
 
-async def test_429_then_success_completes(live: Live, worker, sms: RecordingSms, fake_gemini, pg) -> None:
+async def test_429_then_success_completes(
+    live: Live, worker, sms: RecordingSms, fake_gemini, pg
+) -> None:
     fake, _ = fake_gemini
     fake.script(Script(status=429), Script(chunks=["after ", "a wait"]))
     user, room_id = await user_with_room(live.http, sms)
@@ -61,7 +65,9 @@ async def test_429_then_success_completes(live: Live, worker, sms: RecordingSms,
     result = await stream(live.ws_url, user.token, sent["reply"]["id"])
     assert result.text == "after a wait" and result.events[-1]["status"] == "COMPLETE"
     row = await wait_finished(pg, sent["reply"]["id"])
-    assert row["content"] == "after a wait" and row["gemini_response_id"].startswith("fake-response-")
+    assert row["content"] == "after a wait" and row["gemini_response_id"].startswith(
+        "fake-response-"
+    )
     assert len(fake.requests) == 2
 
 
@@ -83,7 +89,9 @@ async def test_persistent_503_fails_readably_and_gives_the_quota_back(
     assert usage["used"] == 0 and usage["remaining"] == 5
 
 
-async def test_client_errors_fail_at_once(live: Live, worker, sms: RecordingSms, fake_gemini, pg) -> None:
+async def test_client_errors_fail_at_once(
+    live: Live, worker, sms: RecordingSms, fake_gemini, pg
+) -> None:
     fake, _ = fake_gemini
     fake.script(Script(status=400))
     user, room_id = await user_with_room(live.http, sms)
@@ -97,7 +105,9 @@ async def test_a_stream_failing_half_way_is_continued(
     live: Live, worker, sms: RecordingSms, fake_gemini, pg
 ) -> None:
     fake, _ = fake_gemini
-    fake.script(Script(chunks=["one ", "two ", "three"], error_after=2), Script(chunks=["three", "!"]))
+    fake.script(
+        Script(chunks=["one ", "two ", "three"], error_after=2), Script(chunks=["three", "!"])
+    )
     user, room_id = await user_with_room(live.http, sms)
     sent = await send(live.http, user.token, room_id)
     result = await stream(live.ws_url, user.token, sent["reply"]["id"])
@@ -109,7 +119,9 @@ async def test_a_stream_failing_half_way_is_continued(
     assert retry_turns[-1] == {"role": "model", "parts": [{"text": "one two "}]}
 
 
-async def test_a_dropped_connection_is_retried(live: Live, worker, sms: RecordingSms, fake_gemini, pg) -> None:
+async def test_a_dropped_connection_is_retried(
+    live: Live, worker, sms: RecordingSms, fake_gemini, pg
+) -> None:
     fake, _ = fake_gemini
     fake.script(Script(chunks=["a", "b", "c"], drop_after=1), Script(chunks=["b", "c"]))
     user, room_id = await user_with_room(live.http, sms)

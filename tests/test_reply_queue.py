@@ -13,9 +13,9 @@ from arq.constants import default_queue_name
 
 from gemini_graphql.chat.reply_queue import WAKE_CHANNEL, enqueue_reply, reply_job_id
 from gemini_graphql.config import Settings
+from gemini_graphql.testing.fakes.gemini import Script
 from tests.chat_harness import Live, running_worker, send, user_with_room
 from tests.conftest import RecordingSms
-from gemini_graphql.testing.fakes.gemini import Script
 from tests.test_replies import wait_finished
 
 NEVER = 3600.0  # an idle interval no test waits for
@@ -38,7 +38,9 @@ async def test_a_queued_reply_wakes_an_idle_worker(
         await asyncio.sleep(0.2)  # past its first polls: idle, waiting
         for _ in range(3):
             sent = await send(live.http, user.token, room_id)
-            assert (await wait_finished(pg, sent["reply"]["id"], timeout=10))["status"] == "complete"
+            assert (await wait_finished(pg, sent["reply"]["id"], timeout=10))[
+                "status"
+            ] == "complete"
 
 
 async def test_a_worker_wakes_only_for_its_own_deployment(
@@ -101,7 +103,9 @@ async def test_enqueue_announces_each_new_job_once(redis_client, base_settings: 
     assert await enqueue_reply(queue, reply_id, wake_channel=ours) is False  # one job per reply
 
     notices = []
-    while (message := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)) is not None:
+    while (
+        message := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+    ) is not None:
         notices.append(message["channel"])
     assert notices == [ours.encode()]
     assert await redis_client.zscore(default_queue_name, reply_job_id(reply_id)) is not None

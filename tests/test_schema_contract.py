@@ -53,7 +53,9 @@ def ours() -> GraphQLSchema:
 
 def contract_types(contract: GraphQLSchema) -> list[str]:
     return sorted(
-        name for name in contract.type_map if not name.startswith("__") and name not in PENDING_TYPES
+        name
+        for name in contract.type_map
+        if not name.startswith("__") and name not in PENDING_TYPES
     )
 
 
@@ -73,7 +75,9 @@ def test_contract_is_covered(contract: GraphQLSchema, ours: GraphQLSchema) -> No
             problems.append(f"missing type {name}")
             continue
         if type(theirs) is not type(mine):
-            problems.append(f"{name}: is {type(mine).__name__}, contract has {type(theirs).__name__}")
+            problems.append(
+                f"{name}: is {type(mine).__name__}, contract has {type(theirs).__name__}"
+            )
             continue
         if isinstance(theirs, GraphQLEnumType):
             missing = set(theirs.values) - set(mine.values)  # type: ignore[union-attr]
@@ -103,12 +107,18 @@ def _compare_object(name: str, theirs: GraphQLObjectType, mine: GraphQLObjectTyp
             elif str(own_arg.type) != str(arg.type) or _default(own_arg) != _default(arg):
                 problems.append(f"argument {name}.{field_name}({arg_name}) differs")
         for arg_name, own_arg in own.args.items():
-            if arg_name not in field.args and is_non_null_type(own_arg.type) and _default(own_arg) is None:
+            if (
+                arg_name not in field.args
+                and is_non_null_type(own_arg.type)
+                and _default(own_arg) is None
+            ):
                 problems.append(f"extra required argument {name}.{field_name}({arg_name})")
     return problems
 
 
-def _compare_input(name: str, theirs: GraphQLInputObjectType, mine: GraphQLInputObjectType) -> list[str]:
+def _compare_input(
+    name: str, theirs: GraphQLInputObjectType, mine: GraphQLInputObjectType
+) -> list[str]:
     problems = []
     for field_name, field in theirs.fields.items():
         own = mine.fields.get(field_name)

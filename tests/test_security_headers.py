@@ -38,12 +38,24 @@ REQUESTS: list[tuple[str, str, str, dict[str, Any], int]] = [
     ("graphql POST", "POST", "/graphql", {"json": {"query": "{ __typename }"}}, 200),
     ("graphql GET", "GET", "/graphql", {"params": {"query": "{ __typename }"}}, 200),
     ("graphiql", "GET", "/graphql", {"headers": {"Accept": "text/html"}}, 200),
-    ("graphql 400", "POST", "/graphql", {"content": b"{", "headers": {"Content-Type": "application/json"}}, 400),
+    (
+        "graphql 400",
+        "POST",
+        "/graphql",
+        {"content": b"{", "headers": {"Content-Type": "application/json"}},
+        400,
+    ),
     ("graphql 415", "POST", "/graphql", {"content": b"x"}, 415),
     ("stripe webhook", "POST", "/webhook/stripe", {"content": b"{}"}, 503),  # not configured
     ("404", "GET", "/no-such-page", {}, 404),
     ("405", "GET", "/webhook/stripe", {}, 405),
-    ("413", "POST", "/graphql", {"content": BIG, "headers": {"Content-Type": "application/json"}}, 413),
+    (
+        "413",
+        "POST",
+        "/graphql",
+        {"content": BIG, "headers": {"Content-Type": "application/json"}},
+        413,
+    ),
     (
         "CORS preflight refused",
         "OPTIONS",
@@ -147,7 +159,10 @@ async def test_over_a_real_socket_there_is_no_server_header(
     base_settings: Settings, clock: FakeClock, sms: RecordingSms
 ) -> None:
     app = create_app(base_settings, clock=clock, sms=sms)
-    async with serve(app, base_settings) as url, httpx.AsyncClient(base_url=url, timeout=10) as http:
+    async with (
+        serve(app, base_settings) as url,
+        httpx.AsyncClient(base_url=url, timeout=10) as http,
+    ):
         for path in ("/health", "/no-such-page"):
             response = await http.get(path)
             assert "server" not in response.headers and "date" in response.headers

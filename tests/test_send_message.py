@@ -41,14 +41,18 @@ async def test_foreign_unknown_and_malformed_rooms_are_not_found(
 
 
 @pytest.mark.parametrize("content", ["", "   ", "\n\t", "x" * 10_001, " " + "y" * 10_001 + " "])
-async def test_bad_content_is_invalid_input(gql: GraphQLClient, sms: RecordingSms, pg, content: str) -> None:
+async def test_bad_content_is_invalid_input(
+    gql: GraphQLClient, sms: RecordingSms, pg, content: str
+) -> None:
     user = await login(gql, sms)
     room_id = await create_room(gql, user.token)
     assert codes(await send(gql, user.token, room_id, content)) == [("INVALID_INPUT", "content")]
     assert await counts(pg) == (0, 0)
 
 
-async def test_content_of_exactly_the_limit_is_accepted(gql: GraphQLClient, sms: RecordingSms) -> None:
+async def test_content_of_exactly_the_limit_is_accepted(
+    gql: GraphQLClient, sms: RecordingSms
+) -> None:
     user = await login(gql, sms)
     room_id = await create_room(gql, user.token)
     payload = await send(gql, user.token, room_id, "  " + "z" * 10_000 + "  ")
@@ -57,7 +61,7 @@ async def test_content_of_exactly_the_limit_is_accepted(gql: GraphQLClient, sms:
 
 async def test_send_needs_a_login(gql: GraphQLClient) -> None:
     body = await gql(
-        "mutation { sendMessage(input: {chatroomId: \"x\", content: \"hi\"}) { errors { code } } }"
+        'mutation { sendMessage(input: {chatroomId: "x", content: "hi"}) { errors { code } } }'
     )
     assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
 
@@ -70,7 +74,10 @@ async def test_send_writes_both_messages_bumps_the_room_and_queues_one_job(
     before = await pg.fetchval("SELECT updated_at FROM chatrooms WHERE id = $1", uuid.UUID(room_id))
     payload = await send(gql, user.token, room_id, "Hello")
     rows = await pg.fetch("SELECT id, role, status, reply_to_id FROM messages ORDER BY id")
-    assert [(row["role"], row["status"]) for row in rows] == [("user", "complete"), ("assistant", "pending")]
+    assert [(row["role"], row["status"]) for row in rows] == [
+        ("user", "complete"),
+        ("assistant", "pending"),
+    ]
     assert rows[1]["reply_to_id"] == rows[0]["id"]
     assert str(rows[1]["id"]) == payload["reply"]["id"]
     after = await pg.fetchval("SELECT updated_at FROM chatrooms WHERE id = $1", uuid.UUID(room_id))
@@ -122,9 +129,14 @@ async def test_pro_limit_applies_to_pro_users(make_client, sms: RecordingSms, pg
     room_id = await create_room(gql, user.token)
     assert (await send(gql, user.token, room_id))["errors"] == []
     assert codes(await send(gql, user.token, room_id)) == [("DAILY_LIMIT_REACHED", None)]
-    await pg.execute("UPDATE users SET subscription_tier = 'pro' WHERE id = $1", uuid.UUID(user.user_id))
+    await pg.execute(
+        "UPDATE users SET subscription_tier = 'pro' WHERE id = $1", uuid.UUID(user.user_id)
+    )
     payload = await send(gql, user.token, room_id)
-    assert payload["errors"] == [] and (payload["usage"]["used"], payload["usage"]["limit"]) == (2, 3)
+    assert payload["errors"] == [] and (payload["usage"]["used"], payload["usage"]["limit"]) == (
+        2,
+        3,
+    )
 
 
 async def test_queue_failure_undoes_the_send(
@@ -133,19 +145,25 @@ async def test_queue_failure_undoes_the_send(
     gql = GraphQLClient(await make_client())
     user = await login(gql, sms)
     room_id = await create_room(gql, user.token)
-    room_before = await pg.fetchval("SELECT updated_at FROM chatrooms WHERE id = $1", uuid.UUID(room_id))
+    room_before = await pg.fetchval(
+        "SELECT updated_at FROM chatrooms WHERE id = $1", uuid.UUID(room_id)
+    )
     # The same database, but Redis (and so the queue) unreachable.
     broken = GraphQLClient(await make_client(redis_url="redis://127.0.0.1:1/0"))
     payload = await send(broken, user.token, room_id)
     assert codes(payload) == [("SERVICE_UNAVAILABLE", None)]
     assert "not sent" in payload["errors"][0]["message"]
     assert await counts(pg) == (0, 0)
-    room_after = await pg.fetchval("SELECT updated_at FROM chatrooms WHERE id = $1", uuid.UUID(room_id))
+    room_after = await pg.fetchval(
+        "SELECT updated_at FROM chatrooms WHERE id = $1", uuid.UUID(room_id)
+    )
     assert room_after == room_before
     assert (await send(gql, user.token, room_id))["usage"]["used"] == 1
 
 
-async def test_resets_at_is_next_utc_midnight(gql: GraphQLClient, sms: RecordingSms, clock: FakeClock) -> None:
+async def test_resets_at_is_next_utc_midnight(
+    gql: GraphQLClient, sms: RecordingSms, clock: FakeClock
+) -> None:
     clock.now = datetime(2026, 7, 4, 12, 30, tzinfo=UTC)
     user = await login(gql, sms)
     usage = (await gql(ME, token=user.token))["data"]["me"]["usage"]

@@ -93,7 +93,9 @@ async def held(url: str, first: bytes = b"", slowly: bytes = b"") -> tuple[float
         writer.close()
 
 
-async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> bytes:
+async def exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> bytes:
     """One request and its response (which has a Content-Length) on an open connection."""
     writer.write(request)
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)

@@ -7,6 +7,7 @@ import contextlib
 import os
 import uuid
 
+from gemini_graphql.testing.fakes.gemini import Script
 from tests.auth_flows import login
 from tests.chat_harness import (
     Live,
@@ -17,7 +18,6 @@ from tests.chat_harness import (
     user_with_room,
 )
 from tests.conftest import RecordingSms
-from gemini_graphql.testing.fakes.gemini import Script
 
 CHUNKS = ["The ", "quick ", "brown ", "fox ", "jumps"]
 
@@ -28,7 +28,10 @@ async def finished_reply(live: Live, sms: RecordingSms, fake, pg) -> tuple[str, 
     sent = await send(live.http, user.token, room_id)
     reply_id = sent["reply"]["id"]
     async with asyncio.timeout(10):
-        while await pg.fetchval("SELECT status FROM messages WHERE id = $1", uuid.UUID(reply_id)) != "complete":
+        while (
+            await pg.fetchval("SELECT status FROM messages WHERE id = $1", uuid.UUID(reply_id))
+            != "complete"
+        ):
             await asyncio.sleep(0.02)
     return user.token, reply_id
 
@@ -41,7 +44,9 @@ async def test_late_subscriber_gets_everything(live: Live, worker, sms, fake_gem
     assert result.text == "".join(CHUNKS)
 
 
-async def test_resubscribe_with_after_skips_what_was_seen(live: Live, worker, sms, fake_gemini, pg) -> None:
+async def test_resubscribe_with_after_skips_what_was_seen(
+    live: Live, worker, sms, fake_gemini, pg
+) -> None:
     token, reply_id = await finished_reply(live, sms, fake_gemini[0], pg)
     result = await stream(live.ws_url, token, reply_id, after=3)
     assert [e["seq"] for e in result.events] == [4, 5, 6]
@@ -51,7 +56,9 @@ async def test_resubscribe_with_after_skips_what_was_seen(live: Live, worker, sm
         assert beyond.events == [] and beyond.completed
 
 
-async def test_live_subscribers_and_a_dropped_connection(live: Live, worker, sms, fake_gemini) -> None:
+async def test_live_subscribers_and_a_dropped_connection(
+    live: Live, worker, sms, fake_gemini
+) -> None:
     fake, _ = fake_gemini
     fake.script(Script(chunks=[f"w{i} " for i in range(20)], delay=0.03))
     user, room_id = await user_with_room(live.http, sms)
@@ -102,17 +109,23 @@ async def test_foreign_unknown_and_user_messages_are_not_found(live: Live, sms, 
     ]:
         result = await stream(live.ws_url, token, target)
         assert result.events == []
-        assert result.errors and result.errors[0]["extensions"]["code"] == "NOT_FOUND", result.errors
+        assert result.errors and result.errors[0]["extensions"]["code"] == "NOT_FOUND", (
+            result.errors
+        )
 
 
 async def test_one_pubsub_connection_for_many_subscribers(
     live: Live, sms, pg, redis_client, chat_settings, clock, fake_gemini
 ) -> None:
     user, room_id = await user_with_room(live.http, sms)
-    await pg.execute("UPDATE users SET subscription_tier = 'pro' WHERE id = $1", uuid.UUID(user.user_id))
+    await pg.execute(
+        "UPDATE users SET subscription_tier = 'pro' WHERE id = $1", uuid.UUID(user.user_id)
+    )
     replies = []
     for batch in range(10):
-        sent = await asyncio.gather(*(send(live.http, user.token, room_id, f"m{batch}-{i}") for i in range(20)))
+        sent = await asyncio.gather(
+            *(send(live.http, user.token, room_id, f"m{batch}-{i}") for i in range(20))
+        )
         replies += [payload["reply"]["id"] for payload in sent]
     name = f"gemini-graphql:api:{os.getpid()}"
 
@@ -122,7 +135,10 @@ async def test_one_pubsub_connection_for_many_subscribers(
 
     relay = live.app.state.services.relay
     async with contextlib.AsyncExitStack() as stack:
-        sockets = [await stack.enter_async_context(WsClient.connect(live.ws_url, user.token)) for _ in range(20)]
+        sockets = [
+            await stack.enter_async_context(WsClient.connect(live.ws_url, user.token))
+            for _ in range(20)
+        ]
         first = await sockets[0].start(replies[0])
         async with asyncio.timeout(5):
             while relay.channel_count < 1:
@@ -135,7 +151,9 @@ async def test_one_pubsub_connection_for_many_subscribers(
             while relay.channel_count < 200:
                 await asyncio.sleep(0.01)
         with_200 = await connections()
-        print(f"\nRedis connections of the api process: 1 subscription {with_one}, 200 subscriptions {with_200}")
+        print(
+            f"\nRedis connections of the api process: 1 subscription {with_one}, 200 subscriptions {with_200}"
+        )
         assert with_one[1] == with_200[1] == 1  # exactly one pub/sub connection
         assert with_200[0] <= chat_settings.redis_max_connections
 

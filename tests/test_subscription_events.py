@@ -10,8 +10,8 @@ from graphql import parse
 from graphql.utilities import get_operation_ast
 
 from gemini_graphql.api.schema import build_schema
-from gemini_graphql.api.transport.strawberry_seams import graphql_schema
 from gemini_graphql.api.transport.events import FlatEvents
+from gemini_graphql.api.transport.strawberry_seams import graphql_schema
 from tests.chat_harness import Live, WsClient
 from tests.conftest import RecordingSms
 from tests.test_streaming import finished_reply
@@ -29,11 +29,20 @@ def plan(document: str) -> FlatEvents | None:
     ("document", "flat"),
     [
         ('subscription { messageStream(messageId: "x") { seq delta } }', True),
-        ('subscription { s: messageStream(messageId: "x", after: 2) { n: seq delta status messageId __typename } }', True),
+        (
+            'subscription { s: messageStream(messageId: "x", after: 2) { n: seq delta status messageId __typename } }',
+            True,
+        ),
         ('subscription { messageStream(messageId: "x") { seq message { id } } }', False),
-        ('subscription { messageStream(messageId: "x") { ...E } } fragment E on ReplyEvent { seq }', False),
+        (
+            'subscription { messageStream(messageId: "x") { ...E } } fragment E on ReplyEvent { seq }',
+            False,
+        ),
         ('subscription { messageStream(messageId: "x") { ... on ReplyEvent { seq } } }', False),
-        ('subscription($s: Boolean!) { messageStream(messageId: "x") { seq @include(if: $s) } }', False),
+        (
+            'subscription($s: Boolean!) { messageStream(messageId: "x") { seq @include(if: $s) } }',
+            False,
+        ),
         ('subscription { messageStream(messageId: "x") @skip(if: false) { seq } }', False),
         ("{ me { id } }", False),
     ],
@@ -50,10 +59,18 @@ GENERAL = """subscription($id: ID!) {
 }"""
 
 
-async def collect(client: WsClient, document: str, reply_id: str, op_id: str) -> list[dict[str, Any]]:
-    await client.socket.send(json.dumps(
-        {"id": op_id, "type": "subscribe", "payload": {"query": document, "variables": {"id": reply_id}}}
-    ))
+async def collect(
+    client: WsClient, document: str, reply_id: str, op_id: str
+) -> list[dict[str, Any]]:
+    await client.socket.send(
+        json.dumps(
+            {
+                "id": op_id,
+                "type": "subscribe",
+                "payload": {"query": document, "variables": {"id": reply_id}},
+            }
+        )
+    )
     events = []
     while True:
         message = json.loads(await client.socket.recv())
@@ -71,7 +88,9 @@ async def test_flat_and_general_paths_answer_alike(
         flat = await collect(client, FLAT, reply_id, "flat")
         general = await collect(client, GENERAL, reply_id, "general")
     assert [event["n"] for event in flat] == [1, 2, 3, 4, 5, 6]
-    assert flat == [{key: value for key, value in event.items() if key != "message"} for event in general]
+    assert flat == [
+        {key: value for key, value in event.items() if key != "message"} for event in general
+    ]
     assert {event["kind"] for event in flat} == {"ReplyEvent"}
     assert flat[-1]["status"] == "COMPLETE" and flat[0]["status"] == "STREAMING"
     assert general[-1]["message"]["id"] == reply_id

@@ -19,12 +19,12 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from gemini_graphql.infra import user_cache
-from gemini_graphql.models import User
 from gemini_graphql.config import Settings
+from gemini_graphql.infra import user_cache
 from gemini_graphql.infra.relay import Relay
 from gemini_graphql.infra.resources import Resources
 from gemini_graphql.infra.user_cache import CHANNEL, UserCache
+from gemini_graphql.models import User
 from tests.auth_flows import CHANGE_PASSWORD, ME, LoggedIn, login
 from tests.chat_harness import create_room, send
 from tests.conftest import GraphQLClient, RecordingSms
@@ -79,7 +79,9 @@ async def kept_by(gql: GraphQLClient, cache: UserCache, user: LoggedIn) -> None:
     await eventually(kept)
 
 
-async def test_requests_are_served_from_the_copy(make_client: MakeClient, sms: RecordingSms) -> None:
+async def test_requests_are_served_from_the_copy(
+    make_client: MakeClient, sms: RecordingSms
+) -> None:
     client = await make_client()
     gql = GraphQLClient(client)
     cache = await live_cache(client)
@@ -99,12 +101,17 @@ async def test_a_password_change_in_one_process_locks_the_old_token_out_of_the_o
     user = await login(a, sms)
     await kept_by(b, cache_b, user)
 
-    changed = await a(CHANGE_PASSWORD, {"input": {"newPassword": "a-new-pass-123"}}, token=user.token)
+    changed = await a(
+        CHANGE_PASSWORD, {"input": {"newPassword": "a-new-pass-123"}}, token=user.token
+    )
     new_token = changed["data"]["changePassword"]["accessToken"]
 
     async def old_token_refused() -> bool:
         body = await me(b, user.token)
-        return bool(body.get("errors")) and body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+        return (
+            bool(body.get("errors"))
+            and body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+        )
 
     await eventually(old_token_refused)
     assert (await me(b, new_token))["data"]["me"]["hasPassword"] is True
@@ -118,14 +125,20 @@ async def test_usage_and_room_order_from_one_process_show_in_the_others(
     older = await create_room(a, user.token, "older")
     await create_room(a, user.token, "newer")
     rooms = await b(ROOMS, token=user.token)
-    assert [edge["node"]["title"] for edge in rooms["data"]["chatrooms"]["edges"]] == ["newer", "older"]
+    assert [edge["node"]["title"] for edge in rooms["data"]["chatrooms"]["edges"]] == [
+        "newer",
+        "older",
+    ]
     assert (await me(b, user.token))["data"]["me"]["usage"]["used"] == 0
 
     await send(a, user.token, older)
 
     async def b_sees_it() -> bool:
         usage = (await me(b, user.token))["data"]["me"]["usage"]["used"]
-        titles = [e["node"]["title"] for e in (await b(ROOMS, token=user.token))["data"]["chatrooms"]["edges"]]
+        titles = [
+            e["node"]["title"]
+            for e in (await b(ROOMS, token=user.token))["data"]["chatrooms"]["edges"]
+        ]
         return usage == 1 and titles == ["older", "newer"]
 
     await eventually(b_sees_it)
@@ -170,7 +183,9 @@ async def test_changes_made_by_hand_show_after_the_cache_lifetime(
     user = await login(gql, sms)
     await kept_by(gql, cache, user)
     assert (await me(gql, user.token))["data"]["me"]["tier"] == "BASIC"
-    await pg.execute("UPDATE users SET subscription_tier = 'pro' WHERE id = $1", uuid.UUID(user.user_id))
+    await pg.execute(
+        "UPDATE users SET subscription_tier = 'pro' WHERE id = $1", uuid.UUID(user.user_id)
+    )
     await asyncio.sleep(0.35)
     assert (await me(gql, user.token))["data"]["me"]["tier"] == "PRO"
 
@@ -187,7 +202,9 @@ async def test_no_copies_are_used_while_notices_may_be_missed(
     await kill_pubsub_connections(redis_client, f"gemini-graphql:api:{os.getpid()}")
     await eventually(lambda: not cache.live)
     assert len(cache) == 0
-    await pg.execute("UPDATE users SET subscription_tier = 'pro' WHERE id = $1", uuid.UUID(user.user_id))
+    await pg.execute(
+        "UPDATE users SET subscription_tier = 'pro' WHERE id = $1", uuid.UUID(user.user_id)
+    )
     assert (await me(gql, user.token))["data"]["me"]["tier"] == "PRO"
     assert len(cache) == 0  # nothing kept while suspended
 
@@ -330,11 +347,17 @@ async def test_deployments_on_one_redis_server_do_not_hear_each_other(
     ("document", "cacheable"),
     [
         ("{ me { id tier usage { used limit remaining resetsAt } } }", True),
-        ("{ chatrooms(first: 3) { edges { cursor node { id title updatedAt __typename } } pageInfo { hasNextPage endCursor } } }", True),
+        (
+            "{ chatrooms(first: 3) { edges { cursor node { id title updatedAt __typename } } pageInfo { hasNextPage endCursor } } }",
+            True,
+        ),
         ("query Both { me { id } chatrooms { edges { node { id } } } }", True),
         ("{ chatrooms { edges { node { id messages { edges { node { content } } } } } } }", False),
-        ("{ chatrooms { edges { node { ...Room } } } } fragment Room on Chatroom { id messages { edges { node { id } } } }", False),
-        ("{ chatroom(id: \"x\") { id title } }", False),
+        (
+            "{ chatrooms { edges { node { ...Room } } } } fragment Room on Chatroom { id messages { edges { node { id } } } }",
+            False,
+        ),
+        ('{ chatroom(id: "x") { id title } }', False),
         ("{ subscriptionStatus { tier status } }", False),
         ("{ me { id } __schema { queryType { name } } }", False),
         ('mutation { createChatroom(input: {title: "t"}) { chatroom { id } } }', False),
@@ -343,8 +366,8 @@ async def test_deployments_on_one_redis_server_do_not_hear_each_other(
 def test_which_documents_are_answered_from_kept_responses(document: str, cacheable: bool) -> None:
     from graphql import parse
 
-    from gemini_graphql.api.transport.response_cache import reads_only_user_state
     from gemini_graphql.api.schema import build_schema
+    from gemini_graphql.api.transport.response_cache import reads_only_user_state
     from gemini_graphql.api.transport.strawberry_seams import graphql_schema
 
     schema = graphql_schema(build_schema())

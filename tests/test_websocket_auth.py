@@ -29,7 +29,9 @@ async def init(url: str, payload: object) -> websockets.ClientConnection:
     ],
     ids=["authorization", "Authorization", "authToken", "authToken-bearer"],
 )
-async def test_valid_token_is_acknowledged(ws_url: str, gql: GraphQLClient, sms: RecordingSms, payload_of) -> None:
+async def test_valid_token_is_acknowledged(
+    ws_url: str, gql: GraphQLClient, sms: RecordingSms, payload_of
+) -> None:
     user = await login(gql, sms)
     async with await init(ws_url, payload_of(user.token)) as socket:
         assert json.loads(await asyncio.wait_for(socket.recv(), 5)) == {"type": "connection_ack"}
@@ -55,10 +57,13 @@ async def test_payload_that_is_not_an_object_is_a_protocol_error(ws_url: str) ->
     assert await closed_with(socket) == 4400
 
 
-async def test_revoked_token_closes_with_4403(ws_url: str, gql: GraphQLClient, sms: RecordingSms) -> None:
+async def test_revoked_token_closes_with_4403(
+    ws_url: str, gql: GraphQLClient, sms: RecordingSms
+) -> None:
     user = await login(gql, sms)
     await gql(
-        "mutation { changePassword(input: {newPassword: \"a-new-password\"}) { ok } }", token=user.token
+        'mutation { changePassword(input: {newPassword: "a-new-password"}) { ok } }',
+        token=user.token,
     )
     socket = await init(ws_url, {"authorization": f"Bearer {user.token}"})
     assert await closed_with(socket) == 4403

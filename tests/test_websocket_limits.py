@@ -29,7 +29,9 @@ from tests.live import serve
 
 async def connect(url: str, token: str) -> websockets.ClientConnection:
     socket = await websockets.connect(url, subprotocols=[PROTOCOL])
-    await socket.send(json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {token}"}}))
+    await socket.send(
+        json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {token}"}})
+    )
     return socket
 
 
@@ -52,7 +54,11 @@ async def two_processes(
             for _ in range(2)
         ]
         http = await stack.enter_async_context(httpx.AsyncClient(base_url=urls[0], timeout=10))
-        yield [url.replace("http://", "ws://") + "/graphql" for url in urls], GraphQLClient(http), settings
+        yield (
+            [url.replace("http://", "ws://") + "/graphql" for url in urls],
+            GraphQLClient(http),
+            settings,
+        )
 
 
 async def test_operations_per_connection_are_capped_and_a_finished_one_frees_its_place(
@@ -65,9 +71,13 @@ async def test_operations_per_connection_are_capped_and_a_finished_one_frees_its
     stream = 'subscription { messageStream(messageId: "%s") { seq } }' % reply
     socket = await acked(url, user.token)
     for index in range(settings.max_operations_per_connection):
-        await socket.send(json.dumps({"id": str(index), "type": "subscribe", "payload": {"query": stream}}))
+        await socket.send(
+            json.dumps({"id": str(index), "type": "subscribe", "payload": {"query": stream}})
+        )
     await asyncio.sleep(0.3)
-    await socket.send(json.dumps({"id": "extra", "type": "subscribe", "payload": {"query": "{ __typename }"}}))
+    await socket.send(
+        json.dumps({"id": "extra", "type": "subscribe", "payload": {"query": "{ __typename }"}})
+    )
     refused = json.loads(await asyncio.wait_for(socket.recv(), 5))
     assert refused["id"] == "extra" and refused["type"] == "error"
     assert refused["payload"][0]["extensions"]["code"] == "BAD_REQUEST"
@@ -75,7 +85,9 @@ async def test_operations_per_connection_are_capped_and_a_finished_one_frees_its
 
     await socket.send(json.dumps({"id": "0", "type": "complete"}))  # the client stops one
     await asyncio.sleep(0.2)
-    await socket.send(json.dumps({"id": "next", "type": "subscribe", "payload": {"query": "{ __typename }"}}))
+    await socket.send(
+        json.dumps({"id": "next", "type": "subscribe", "payload": {"query": "{ __typename }"}})
+    )
     answered = json.loads(await asyncio.wait_for(socket.recv(), 5))
     assert answered == {"id": "next", "type": "next", "payload": {"data": {"__typename": "Query"}}}
     await socket.close()
@@ -88,7 +100,11 @@ async def test_open_websockets_per_user_are_capped_across_processes(
     user: LoggedIn = await login(gql, sms)
     other = await login(gql, sms)
     # 3 allowed, spread over both processes.
-    sockets = [await acked(urls[0], user.token), await acked(urls[1], user.token), await acked(urls[0], user.token)]
+    sockets = [
+        await acked(urls[0], user.token),
+        await acked(urls[1], user.token),
+        await acked(urls[0], user.token),
+    ]
     for url in urls:  # the fourth is refused on either process
         refused = await connect(url, user.token)
         assert await closed_with(refused) == 4429

@@ -17,10 +17,16 @@ ME = "{ me { id tier } }"
 STREAM = 'subscription { messageStream(messageId: "%s") { seq } }'
 
 
-async def acknowledged(url: str, gql: GraphQLClient, sms: RecordingSms) -> websockets.ClientConnection:
+async def acknowledged(
+    url: str, gql: GraphQLClient, sms: RecordingSms
+) -> websockets.ClientConnection:
     user = await login(gql, sms)
     socket = await websockets.connect(url, subprotocols=[PROTOCOL])
-    await socket.send(json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {user.token}"}}))
+    await socket.send(
+        json.dumps(
+            {"type": "connection_init", "payload": {"authorization": f"Bearer {user.token}"}}
+        )
+    )
     assert json.loads(await asyncio.wait_for(socket.recv(), 5))["type"] == "connection_ack"
     return socket
 
@@ -45,7 +51,9 @@ async def test_a_second_init_is_4429(ws_url: str, gql: GraphQLClient, sms: Recor
     assert await closed_with(socket) == 4429
 
 
-async def test_ping_is_answered_with_pong(ws_url: str, gql: GraphQLClient, sms: RecordingSms) -> None:
+async def test_ping_is_answered_with_pong(
+    ws_url: str, gql: GraphQLClient, sms: RecordingSms
+) -> None:
     socket = await acknowledged(ws_url, gql, sms)
     await send(socket, {"type": "ping"})
     assert (await receive(socket))["type"] == "pong"
@@ -55,10 +63,18 @@ async def test_ping_is_answered_with_pong(ws_url: str, gql: GraphQLClient, sms: 
     await socket.close()
 
 
-async def test_malformed_messages_are_4400(ws_url: str, gql: GraphQLClient, sms: RecordingSms) -> None:
-    for bad in ("not json", "[]", '{"type": 5}', '{"type": "shout"}', '{"type": "subscribe", "id": "1"}',
-                '{"type": "subscribe", "id": "1", "payload": {"query": 5}}',
-                '{"type": "subscribe", "id": "1", "payload": {"query": "{ me { id } }", "variables": []}}'):
+async def test_malformed_messages_are_4400(
+    ws_url: str, gql: GraphQLClient, sms: RecordingSms
+) -> None:
+    for bad in (
+        "not json",
+        "[]",
+        '{"type": 5}',
+        '{"type": "shout"}',
+        '{"type": "subscribe", "id": "1"}',
+        '{"type": "subscribe", "id": "1", "payload": {"query": 5}}',
+        '{"type": "subscribe", "id": "1", "payload": {"query": "{ me { id } }", "variables": []}}',
+    ):
         socket = await acknowledged(ws_url, gql, sms)
         await socket.send(bad)
         assert await closed_with(socket) == 4400, bad
@@ -71,7 +87,9 @@ async def test_a_duplicate_operation_id_is_4409_and_complete_frees_it(
     room = await create_room(gql, user.token)
     reply = (await send_message(gql, user.token, room))["reply"]["id"]  # no worker: stays PENDING
     socket = await websockets.connect(ws_url, subprotocols=[PROTOCOL])
-    await send(socket, {"type": "connection_init", "payload": {"authorization": f"Bearer {user.token}"}})
+    await send(
+        socket, {"type": "connection_init", "payload": {"authorization": f"Bearer {user.token}"}}
+    )
     assert (await receive(socket))["type"] == "connection_ack"
     subscribe = {"id": "s", "type": "subscribe", "payload": {"query": STREAM % reply}}
     await send(socket, subscribe)
@@ -84,7 +102,9 @@ async def test_a_duplicate_operation_id_is_4409_and_complete_frees_it(
     assert await closed_with(socket) == 4409
 
 
-async def test_queries_and_errors_over_the_socket(ws_url: str, gql: GraphQLClient, sms: RecordingSms) -> None:
+async def test_queries_and_errors_over_the_socket(
+    ws_url: str, gql: GraphQLClient, sms: RecordingSms
+) -> None:
     socket = await acknowledged(ws_url, gql, sms)
     await send(socket, {"id": "q", "type": "subscribe", "payload": {"query": ME}})
     answer = await receive(socket)
@@ -92,10 +112,24 @@ async def test_queries_and_errors_over_the_socket(ws_url: str, gql: GraphQLClien
     assert await receive(socket) == {"id": "q", "type": "complete"}
     await send(socket, {"id": "bad", "type": "subscribe", "payload": {"query": "{ nope }"}})
     refused = await receive(socket)
-    assert refused["type"] == "error" and refused["payload"][0]["extensions"]["code"] == "BAD_REQUEST"
-    await send(socket, {"id": "vars", "type": "subscribe", "payload": {
-        "query": "subscription($id: ID!) { messageStream(messageId: $id) { seq } }", "variables": {}}})
+    assert (
+        refused["type"] == "error" and refused["payload"][0]["extensions"]["code"] == "BAD_REQUEST"
+    )
+    await send(
+        socket,
+        {
+            "id": "vars",
+            "type": "subscribe",
+            "payload": {
+                "query": "subscription($id: ID!) { messageStream(messageId: $id) { seq } }",
+                "variables": {},
+            },
+        },
+    )
     coerced = await receive(socket)
-    assert coerced["type"] == "next" and coerced["payload"]["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
+    assert (
+        coerced["type"] == "next"
+        and coerced["payload"]["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
+    )
     assert (await receive(socket))["type"] == "complete"
     await socket.close()

@@ -58,9 +58,7 @@ class GeminiModel:
         except errors.APIError as exc:
             raise _api_error(exc) from exc
         except TimeoutError as exc:
-            raise ModelError(
-                "Gemini timed out", retryable=True, user_message=_UNAVAILABLE
-            ) from exc
+            raise ModelError("Gemini timed out", retryable=True, user_message=_UNAVAILABLE) from exc
         except _NETWORK_ERRORS as exc:
             raise ModelError(
                 f"network error talking to Gemini: {type(exc).__name__}",

@@ -20,7 +20,9 @@ class Loaders:
         self._messages = messages
         self.messages: DataLoader[MessagePageKey, Page[Message]] = DataLoader(self._load_pages)
 
-    async def _load_pages(self, keys: Sequence[MessagePageKey]) -> list[Page[Message] | BaseException]:
+    async def _load_pages(
+        self, keys: Sequence[MessagePageKey]
+    ) -> list[Page[Message] | BaseException]:
         by_request: dict[PageRequest, list[uuid.UUID]] = defaultdict(list)
         for room_id, request in keys:
             by_request[request].append(room_id)
@@ -31,5 +33,7 @@ class Loaders:
             except Exception as exc:  # e.g. a bad cursor: an error for these keys only
                 found.update({(room_id, request): exc for room_id in room_ids})
                 continue
-            found.update({(room_id, request): page for room_id, page in zip(room_ids, pages, strict=True)})
+            found.update(
+                {(room_id, request): page for room_id, page in zip(room_ids, pages, strict=True)}
+            )
         return [found[key] for key in keys]

@@ -42,5 +42,8 @@ Extension = type[SchemaExtension] | Callable[[], SchemaExtension]
 def build_schema(extensions: Sequence[Extension] = ()) -> strawberry.Schema:
     """`extensions`: classes or factories, one instance made per operation (Strawberry's way)."""
     return strawberry.Schema(
-        query=QueryRoot, mutation=MutationRoot, subscription=SubscriptionRoot, extensions=list(extensions)
+        query=QueryRoot,
+        mutation=MutationRoot,
+        subscription=SubscriptionRoot,
+        extensions=list(extensions),
     )

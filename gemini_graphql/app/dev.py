@@ -16,12 +16,12 @@ from pathlib import Path
 
 import uvicorn
 
-from gemini_graphql.app.http_app import create_app
-from gemini_graphql.infra.migrate import migrate
-from gemini_graphql.config import AppEnv, ConfigError, Settings
 from gemini_graphql.app.embedded_redis import EmbeddedRedis
-from gemini_graphql.web.server import uvicorn_options
+from gemini_graphql.app.http_app import create_app
 from gemini_graphql.app.worker import build_worker
+from gemini_graphql.config import AppEnv, ConfigError, Settings
+from gemini_graphql.infra.migrate import migrate
+from gemini_graphql.web.server import uvicorn_options
 
 log = logging.getLogger(__name__)
 DATA_DIR = Path(".gemini-graphql")
@@ -47,11 +47,13 @@ def run_dev(settings: Settings, host: str | None, port: int | None) -> int:
     else:
         notes.append("redis: REDIS_URL")
     notes.append(
-        "gemini: GEMINI_API_KEY" if settings.gemini_api_key
+        "gemini: GEMINI_API_KEY"
+        if settings.gemini_api_key
         else "gemini: offline model (set GEMINI_API_KEY for real answers)"
     )
     notes.append(
-        "payments: Stripe" if settings.payments_enabled
+        "payments: Stripe"
+        if settings.payments_enabled
         else "payments: off (subscribePro answers PAYMENTS_UNAVAILABLE without Stripe keys)"
     )
     migrate(settings.database_url)

@@ -10,13 +10,12 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from gemini_graphql.api.schema import Extension
+from gemini_graphql.api.schema import Extension, build_schema
 from gemini_graphql.api.transport.documents import Documents
 from gemini_graphql.api.transport.extensions import SchemaHooks
-from gemini_graphql.api.transport.http import GraphQLOverHTTP
-from gemini_graphql.api.schema import build_schema
-from gemini_graphql.api.transport.strawberry_seams import graphql_schema
 from gemini_graphql.api.transport.graphiql import graphiql
+from gemini_graphql.api.transport.http import GraphQLOverHTTP
+from gemini_graphql.api.transport.strawberry_seams import graphql_schema
 from gemini_graphql.api.transport.websocket import GraphQLWebSocket
 from gemini_graphql.auth.sms import SmsSender
 from gemini_graphql.clock import Clock, utc_now

@@ -17,10 +17,6 @@ from gemini_graphql.ai.gemini import GeminiModel
 from gemini_graphql.ai.model import ChatModel
 from gemini_graphql.ai.offline import OfflineModel
 from gemini_graphql.chat.replies import ReplyGenerator, RetryLater
-from gemini_graphql.chat.reply_stream import ReplyChannels
-from gemini_graphql.clock import Clock, utc_now
-from gemini_graphql.config import Settings
-from gemini_graphql.infra.outages import Outage, is_outage
 from gemini_graphql.chat.reply_queue import (
     GENERATE_REPLY,
     IDLE_POLL_SECONDS,
@@ -28,8 +24,12 @@ from gemini_graphql.chat.reply_queue import (
     Wakeups,
     enqueue_reply,
 )
-from gemini_graphql.infra.resources import Resources
+from gemini_graphql.chat.reply_stream import ReplyChannels
+from gemini_graphql.clock import Clock, utc_now
+from gemini_graphql.config import Settings
+from gemini_graphql.infra.outages import Outage, is_outage
 from gemini_graphql.infra.relay import Relay
+from gemini_graphql.infra.resources import Resources
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,8 @@ async def generate_reply(ctx: dict[str, Any], reply_id: str) -> str | None:
         if job_try > MAX_JOB_TRIES:  # it kept failing: stop, keeping what was sent
             await generator.fail(uuid.UUID(reply_id), "The assistant could not finish this reply.")
             log.warning(
-                "reply gave up after %d tries", job_try - 1,
+                "reply gave up after %d tries",
+                job_try - 1,
                 extra={**context, "outcome": "failed"},
             )
             return "failed"
@@ -62,7 +63,10 @@ async def generate_reply(ctx: dict[str, Any], reply_id: str) -> str | None:
     except RetryLater as exc:
         delay = settings.gemini_retry_base_seconds * 2 ** (job_try - 1)
         log.info(
-            "reply retried in %.2fs (try %d): %s", delay, job_try, exc,
+            "reply retried in %.2fs (try %d): %s",
+            delay,
+            job_try,
+            exc,
             extra={**context, "outcome": "retry"},
         )
         ctx["wakeups"].wake_in(delay)
@@ -74,7 +78,10 @@ async def generate_reply(ctx: dict[str, Any], reply_id: str) -> str | None:
         # rerun continues from what subscribers were sent).
         delay = min(OUTAGE_RETRY_MAX_SECONDS, 0.5 * 2 ** (job_try - 1))
         log.info(
-            "reply waits %.1fs for %s (try %d)", delay, type(exc).__name__, job_try,
+            "reply waits %.1fs for %s (try %d)",
+            delay,
+            type(exc).__name__,
+            job_try,
             extra={**context, "outcome": "retry"},
         )
         ctx["wakeups"].wake_in(delay)
@@ -82,7 +89,9 @@ async def generate_reply(ctx: dict[str, Any], reply_id: str) -> str | None:
     result = outcome.status.value if outcome else "nothing to do"
     duration_ms = round((time.perf_counter() - started) * 1000, 1)
     log.info(
-        "reply %s in %.1fms", result, duration_ms,
+        "reply %s in %.1fms",
+        result,
+        duration_ms,
         extra={**context, "outcome": result, "duration_ms": duration_ms},
     )
     return result
@@ -149,7 +158,9 @@ async def requeue_stranded_replies(ctx: dict[str, Any]) -> int:
     if requeued or stranded.give_up:
         log.warning(
             "queued %d stranded replies again, failed %d older ones",
-            requeued, len(stranded.give_up), extra={"outcome": "requeued"},
+            requeued,
+            len(stranded.give_up),
+            extra={"outcome": "requeued"},
         )
     return requeued
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
-from sqlmodel import col, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, func, select
 
 from gemini_graphql.clock import Clock
 from gemini_graphql.errors import DomainError, ErrorCode, invalid_input
@@ -44,7 +44,9 @@ class OtpBook:
         message = f"{purpose.value}:{mobile_number}:{code}".encode()
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
-    async def issue(self, session: AsyncSession, mobile_number: str, purpose: OtpPurpose) -> IssuedOtp:
+    async def issue(
+        self, session: AsyncSession, mobile_number: str, purpose: OtpPurpose
+    ) -> IssuedOtp:
         """Store a new code; OTP_THROTTLED past the hourly allowance. Caller commits."""
         await _lock_number(session, mobile_number)
         now = self._clock()
@@ -139,9 +141,7 @@ async def _lock_number(session: AsyncSession, mobile_number: str) -> None:
 
 
 def invalid_code() -> DomainError:
-    return DomainError(
-        ErrorCode.OTP_INVALID, "The code is wrong, expired or already used.", "code"
-    )
+    return DomainError(ErrorCode.OTP_INVALID, "The code is wrong, expired or already used.", "code")
 
 
 def _attempts_exceeded() -> DomainError:

@@ -9,22 +9,22 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from redis.asyncio import Redis
-from gemini_graphql.auth.sms import SmsSender
-from gemini_graphql.clock import Clock
-from gemini_graphql.config import Settings
-from gemini_graphql.infra.db import Database
-from gemini_graphql.infra.user_cache import UserCache
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, select
+
 from gemini_graphql.auth.otp import IssuedOtp, OtpBook, invalid_code
 from gemini_graphql.auth.passwords import hash_password, validate_new_password, verify_password
 from gemini_graphql.auth.phone import normalize_mobile_number
+from gemini_graphql.auth.sms import SmsSender
 from gemini_graphql.auth.throttle import RateLimiter
 from gemini_graphql.auth.tokens import AccessToken, TokenCodec
+from gemini_graphql.clock import Clock
+from gemini_graphql.config import Settings
 from gemini_graphql.errors import DomainError, ErrorCode, Unauthenticated, invalid_input
+from gemini_graphql.infra.db import Database
+from gemini_graphql.infra.user_cache import UserCache
 from gemini_graphql.models import OtpPurpose, User
 from gemini_graphql.text import check_storable
 
@@ -74,7 +74,9 @@ class AuthService:
         """Count an auth request per client IP and per subject (a number or a user id)."""
         settings = self._settings
         window = THROTTLE_WINDOW_SECONDS
-        await self._limiter.hit("auth-ip", client_ip, limit=settings.auth_rate_per_ip, window=window)
+        await self._limiter.hit(
+            "auth-ip", client_ip, limit=settings.auth_rate_per_ip, window=window
+        )
         if subject:
             try:
                 subject = normalize_mobile_number(subject)

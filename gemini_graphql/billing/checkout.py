@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from gemini_graphql.billing.gateway import CheckoutSession, PaymentsUnavailable, StripeGateway
+from gemini_graphql.billing.subscriptions import Status, link_customer, status_of
 from gemini_graphql.clock import Clock
+from gemini_graphql.errors import DomainError, ErrorCode
 from gemini_graphql.infra.db import Database
 from gemini_graphql.infra.user_cache import UserCache
-from gemini_graphql.billing.gateway import CheckoutSession, PaymentsUnavailable, StripeGateway
-from gemini_graphql.billing.subscriptions import link_customer, status_of
-from gemini_graphql.billing.subscriptions import Status
-from gemini_graphql.errors import DomainError, ErrorCode
 from gemini_graphql.models import Tier, User
 
 # A double click within this window gets the same session (Stripe idempotency keys).

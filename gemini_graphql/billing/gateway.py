@@ -33,12 +33,16 @@ class StripeGateway:
             assert settings.stripe_secret_key
             self._client = stripe.StripeClient(
                 settings.stripe_secret_key,
-                base_addresses={"api": settings.stripe_api_base} if settings.stripe_api_base else None,
+                base_addresses={"api": settings.stripe_api_base}
+                if settings.stripe_api_base
+                else None,
                 http_client=stripe.HTTPXClient(timeout=self._timeout),
                 max_network_retries=0,  # a user is waiting; they can click again
             )
 
-    async def create_customer(self, user_id: uuid.UUID, mobile_number: str, email: str | None) -> str:
+    async def create_customer(
+        self, user_id: uuid.UUID, mobile_number: str, email: str | None
+    ) -> str:
         client = self._require_client()
         params: stripe.CustomerCreateParams = {
             "phone": mobile_number,

@@ -25,8 +25,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
-from gemini_graphql.infra.db import insert_for
 from gemini_graphql.ids import new_id
+from gemini_graphql.infra.db import insert_for
 from gemini_graphql.models import Subscription, Tier, User
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,12 @@ class Snapshot:
     def of_subscription(cls, obj: dict[str, Any]) -> Snapshot:
         items = (obj.get("items") or {}).get("data") or []
         # Since API version 2025-03-31 the periods are on the items; before, on the subscription.
-        start = obj.get("current_period_start") or _max(item.get("current_period_start") for item in items)
-        end = obj.get("current_period_end") or _max(item.get("current_period_end") for item in items)
+        start = obj.get("current_period_start") or _max(
+            item.get("current_period_start") for item in items
+        )
+        end = obj.get("current_period_end") or _max(
+            item.get("current_period_end") for item in items
+        )
         return cls(
             subscription_id=str(obj["id"]),
             customer_id=id_of(obj.get("customer")),
@@ -160,9 +164,7 @@ async def refresh_tier(session: AsyncSession, user_id: uuid.UUID) -> None:
     await session.execute(
         sa.update(User)
         .where(col(User.id) == user_id)
-        .values(
-            subscription_tier=sa.case((has_pro, Tier.PRO.value), else_=Tier.BASIC.value)
-        )
+        .values(subscription_tier=sa.case((has_pro, Tier.PRO.value), else_=Tier.BASIC.value))
     )
 
 
@@ -179,7 +181,9 @@ async def status_of(session: AsyncSession, user: User) -> Status:
     )
     current = next((row for row in rows if row.status in PRO_STATUSES), rows[0] if rows else None)
     if current is None:
-        return Status(tier=user.tier, status="none", current_period_end=None, cancel_at_period_end=False)
+        return Status(
+            tier=user.tier, status="none", current_period_end=None, cancel_at_period_end=False
+        )
     return Status(
         tier=user.tier,
         status=current.status,
@@ -205,9 +209,9 @@ async def _insert_placeholder(
     }
     insert = insert_for(session)
     await session.execute(
-        insert(Subscription).values(**values).on_conflict_do_nothing(
-            index_elements=["stripe_subscription_id"]
-        )
+        insert(Subscription)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["stripe_subscription_id"])
     )
 
 

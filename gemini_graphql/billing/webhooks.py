@@ -13,9 +13,6 @@ from typing import Any
 import stripe
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gemini_graphql.clock import Clock
-from gemini_graphql.infra.db import Database
-from gemini_graphql.infra.user_cache import UserCache
 from gemini_graphql.billing.subscriptions import (
     Snapshot,
     apply_snapshot,
@@ -23,8 +20,10 @@ from gemini_graphql.billing.subscriptions import (
     id_of,
     link_customer,
 )
-from gemini_graphql.infra.db import insert_for
+from gemini_graphql.clock import Clock
 from gemini_graphql.ids import parse_id
+from gemini_graphql.infra.db import Database, insert_for
+from gemini_graphql.infra.user_cache import UserCache
 from gemini_graphql.models import StripeEvent
 
 log = logging.getLogger(__name__)
@@ -151,14 +150,13 @@ async def _record(session: AsyncSession, event: dict[str, Any], now: datetime) -
 
 def _invoice_subscription(obj: dict[str, Any]) -> str | None:
     # Since API version 2025-03-31 the subscription is under parent.subscription_details.
-    details = ((obj.get("parent") or {}).get("subscription_details") or {})
+    details = (obj.get("parent") or {}).get("subscription_details") or {}
     return id_of(details.get("subscription") or obj.get("subscription"))
 
 
 def _invoice_period_end(obj: dict[str, Any]) -> datetime | None:
     ends = [
-        line.get("period", {}).get("end")
-        for line in (obj.get("lines") or {}).get("data") or []
+        line.get("period", {}).get("end") for line in (obj.get("lines") or {}).get("data") or []
     ]
     present = [int(end) for end in ends if end]
     return datetime.fromtimestamp(max(present), UTC) if present else None

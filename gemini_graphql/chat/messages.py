@@ -14,19 +14,19 @@ from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel import col, select
 
-from gemini_graphql.clock import Clock
-from gemini_graphql.config import Settings
-from gemini_graphql.infra.db import Database
 from gemini_graphql.chat.pages import Page, decode_id_cursor, encode_cursor, page_size
 from gemini_graphql.chat.quota import Usage, consume_one, give_back_one, utc_day
+from gemini_graphql.chat.reply_queue import WAKE_CHANNEL, enqueue_reply
+from gemini_graphql.chat.reply_stream import ReplyChannels, Stored, StreamEvent, follow
 from gemini_graphql.chat.room_cache import RoomListCache
+from gemini_graphql.clock import Clock
+from gemini_graphql.config import Settings
 from gemini_graphql.errors import DomainError, ErrorCode, InvalidArgument, invalid_input
 from gemini_graphql.ids import new_id, parse_id
-from gemini_graphql.models import Chatroom, Message, MessageRole, MessageStatus, Subscription
-from gemini_graphql.chat.reply_queue import WAKE_CHANNEL, enqueue_reply
-from gemini_graphql.text import check_storable
-from gemini_graphql.chat.reply_stream import ReplyChannels, Stored, StreamEvent, follow
+from gemini_graphql.infra.db import Database
 from gemini_graphql.infra.relay import Relay
+from gemini_graphql.models import Chatroom, Message, MessageRole, MessageStatus, Subscription
+from gemini_graphql.text import check_storable
 
 log = logging.getLogger(__name__)
 
@@ -104,20 +104,33 @@ class Messages:
         check_storable("content", content)
         now = self._clock()
         message = Message(
-            id=new_id(), chatroom_id=room_id, role=MessageRole.USER.value, content=content,
-            status=MessageStatus.COMPLETE.value, created_at=now, updated_at=now,
+            id=new_id(),
+            chatroom_id=room_id,
+            role=MessageRole.USER.value,
+            content=content,
+            status=MessageStatus.COMPLETE.value,
+            created_at=now,
+            updated_at=now,
         )
         reply = Message(
-            id=new_id(), chatroom_id=room_id, role=MessageRole.ASSISTANT.value,
-            reply_to_id=message.id, status=MessageStatus.PENDING.value,
-            created_at=now, updated_at=now,
+            id=new_id(),
+            chatroom_id=room_id,
+            role=MessageRole.ASSISTANT.value,
+            reply_to_id=message.id,
+            status=MessageStatus.PENDING.value,
+            created_at=now,
+            updated_at=now,
         )
         # Three statements in one transaction, without an ORM session (this is the hot write
         # path). Locks are taken room first, then user, like every other writer of both.
         async with self._engine.begin() as connection:
-            bumped = await connection.execute(
-                _BUMP_ROOM, {"room_id": room_id, "owner_id": user_id, "now": now}
-            ) if room_id else None
+            bumped = (
+                await connection.execute(
+                    _BUMP_ROOM, {"room_id": room_id, "owner_id": user_id, "now": now}
+                )
+                if room_id
+                else None
+            )
             if bumped is None or bumped.first() is None:
                 raise _room_not_found()
             usage = await consume_one(connection, user_id, self._settings, now)
@@ -141,7 +154,9 @@ class Messages:
         self, user_id: uuid.UUID, message: Message, reply: Message, now: datetime
     ) -> None:
         async with self._sessions() as session:
-            await session.execute(sa.delete(Message).where(col(Message.id).in_([reply.id, message.id])))
+            await session.execute(
+                sa.delete(Message).where(col(Message.id).in_([reply.id, message.id]))
+            )
             # Back to its newest remaining message (or its creation), unless sent to since.
             newest = (
                 sa.select(sa.func.max(Message.created_at))
@@ -181,7 +196,12 @@ class Messages:
             return StreamEvent(seq=last + 1, delta=delta, status=MessageStatus(message.status))
 
         return follow(
-            self._queue, relay, self._channels, reply_id, after, stored,
+            self._queue,
+            relay,
+            self._channels,
+            reply_id,
+            after,
+            stored,
             idle_timeout=self._idle_timeout,
         )
 
@@ -192,21 +212,32 @@ class Messages:
         if request.first is not None and request.last is not None:
             raise InvalidArgument("Pass `first` or `last`, not both.")
         backwards = request.last is not None or (request.first is None and request.after is None)
-        size = page_size(request.last if backwards else request.first, DEFAULT_PAGE,
-                         "last" if backwards else "first")
+        size = page_size(
+            request.last if backwards else request.first,
+            DEFAULT_PAGE,
+            "last" if backwards else "first",
+        )
         cursor = request.before if backwards else request.after
         cursor_id = decode_id_cursor(cursor) if cursor else None
 
         order = col(Message.id).desc() if backwards else col(Message.id).asc()
         ranked = select(
             Message,
-            sa.func.row_number().over(partition_by=Message.chatroom_id, order_by=order).label("rank"),
+            sa.func.row_number()
+            .over(partition_by=Message.chatroom_id, order_by=order)
+            .label("rank"),
         ).where(col(Message.chatroom_id).in_(room_ids))
         if cursor_id is not None:
-            ranked = ranked.where(col(Message.id) < cursor_id if backwards else col(Message.id) > cursor_id)
+            ranked = ranked.where(
+                col(Message.id) < cursor_id if backwards else col(Message.id) > cursor_id
+            )
         subquery = ranked.subquery()
         alias = sa.orm.aliased(Message, subquery)
-        query = select(alias).where(subquery.c.rank <= size + 1).order_by(subquery.c.chatroom_id, subquery.c.id)
+        query = (
+            select(alias)
+            .where(subquery.c.rank <= size + 1)
+            .order_by(subquery.c.chatroom_id, subquery.c.id)
+        )
         async with self._reads() as session:
             rows = list((await session.execute(query)).scalars())
 
@@ -244,7 +275,9 @@ async def _limit_reached(connection: AsyncConnection, user_id: uuid.UUID) -> Dom
     payment_failed = await connection.scalar(
         select(sa.func.count())
         .select_from(Subscription)
-        .where(Subscription.user_id == user_id, col(Subscription.status).in_(("past_due", "unpaid")))
+        .where(
+            Subscription.user_id == user_id, col(Subscription.status).in_(("past_due", "unpaid"))
+        )
     )
     if payment_failed:
         message = (

@@ -66,7 +66,9 @@ def usage_of(user: User, settings: Settings, now: datetime) -> Usage:
     """What the user has used today; yesterday's count reads as zero."""
     used = user.daily_message_count if user.last_message_date == utc_day(now) else 0
     limit = daily_limit(settings, user.tier)
-    return Usage(used=used, limit=limit, remaining=max(0, limit - used), resets_at=next_utc_midnight(now))
+    return Usage(
+        used=used, limit=limit, remaining=max(0, limit - used), resets_at=next_utc_midnight(now)
+    )
 
 
 async def consume_one(
@@ -90,7 +92,9 @@ async def consume_one(
         return None
     used, tier = row
     cap = daily_limit(settings, Tier(tier))
-    return Usage(used=used, limit=cap, remaining=max(0, cap - used), resets_at=next_utc_midnight(now))
+    return Usage(
+        used=used, limit=cap, remaining=max(0, cap - used), resets_at=next_utc_midnight(now)
+    )
 
 
 async def give_back_one(session: AsyncSession, user_id: uuid.UUID, day: date) -> None:

@@ -19,18 +19,18 @@ from datetime import timedelta
 from typing import TypeVar
 
 import sqlalchemy as sa
+from redis.asyncio import Redis
 from sqlmodel import col, select
 
-from redis.asyncio import Redis
-from gemini_graphql.clock import Clock
-from gemini_graphql.infra.db import Database
-from gemini_graphql.infra.user_cache import UserCache
 from gemini_graphql.ai.model import ChatModel, ModelError, Turn
 from gemini_graphql.chat.messages import message_by_id
 from gemini_graphql.chat.quota import give_back_one, utc_day
-from gemini_graphql.models import Chatroom, Message, MessageRole, MessageStatus
-from gemini_graphql.infra.outages import Outage, is_outage
 from gemini_graphql.chat.reply_stream import ReplyChannels, StreamEvent, StreamWriter, history
+from gemini_graphql.clock import Clock
+from gemini_graphql.infra.db import Database
+from gemini_graphql.infra.outages import Outage, is_outage
+from gemini_graphql.infra.user_cache import UserCache
+from gemini_graphql.models import Chatroom, Message, MessageRole, MessageStatus
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +181,7 @@ class ReplyGenerator:
         writer = StreamWriter(self._redis, self._channels, reply_id, started.sent, self._streams)
         if not started.sent and reply.content:  # Redis lost the stream: the row kept the start
             text = reply.content
-            await writer.write(
-                StreamEvent(1, text, MessageStatus.STREAMING), until=persist_until
-            )
+            await writer.write(StreamEvent(1, text, MessageStatus.STREAMING), until=persist_until)
         if text:
             turns.append(Turn("model", text))  # continue the reply already under way
         response_id: str | None = None
@@ -372,7 +370,9 @@ class ReplyGenerator:
             result = await session.execute(
                 sa.update(Message)
                 .where(col(Message.id) == reply.id, col(Message.status).in_(_IN_PROGRESS))
-                .values(status=MessageStatus.FAILED.value, content=text, error=error, updated_at=now)
+                .values(
+                    status=MessageStatus.FAILED.value, content=text, error=error, updated_at=now
+                )
                 .returning(Message.id)
             )
             owner = None

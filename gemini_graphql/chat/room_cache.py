@@ -20,8 +20,8 @@ from datetime import datetime
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gemini_graphql.models import Chatroom
 from gemini_graphql.infra.user_cache import UserCache
+from gemini_graphql.models import Chatroom
 
 log = logging.getLogger(__name__)
 

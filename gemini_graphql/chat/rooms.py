@@ -7,8 +7,6 @@ import uuid
 import sqlalchemy as sa
 from sqlmodel import col, select
 
-from gemini_graphql.clock import Clock
-from gemini_graphql.infra.db import Database
 from gemini_graphql.chat.pages import (
     Page,
     decode_time_id_cursor,
@@ -16,8 +14,10 @@ from gemini_graphql.chat.pages import (
     page_size,
 )
 from gemini_graphql.chat.room_cache import CACHED_ROWS, RoomListCache
+from gemini_graphql.clock import Clock
 from gemini_graphql.errors import invalid_input
 from gemini_graphql.ids import parse_id
+from gemini_graphql.infra.db import Database
 from gemini_graphql.models import Chatroom
 from gemini_graphql.text import check_storable
 
@@ -69,7 +69,9 @@ class Rooms:
             room = await session.get(Chatroom, room_id)
         return room if room is not None and room.user_id == user_id else None
 
-    async def page(self, user_id: uuid.UUID, first: int | None, after: str | None) -> Page[Chatroom]:
+    async def page(
+        self, user_id: uuid.UUID, first: int | None, after: str | None
+    ) -> Page[Chatroom]:
         size = page_size(first, DEFAULT_PAGE, "first")
         if after is None:
             cached = await self._cache.first_rows(
@@ -85,6 +87,8 @@ class Rooms:
         query = select(Chatroom).where(Chatroom.user_id == user_id)
         if after is not None:
             query = query.where(sa.tuple_(Chatroom.updated_at, Chatroom.id) < sa.tuple_(*after))
-        query = query.order_by(col(Chatroom.updated_at).desc(), col(Chatroom.id).desc()).limit(limit)
+        query = query.order_by(col(Chatroom.updated_at).desc(), col(Chatroom.id).desc()).limit(
+            limit
+        )
         async with self._reads() as session:
             return list((await session.execute(query)).scalars())

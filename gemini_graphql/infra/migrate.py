@@ -27,5 +27,3 @@ def alembic_config(database_url: str) -> Config:
     config.set_main_option("script_location", str(migrations_dir()))
     config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
     return config
-
-

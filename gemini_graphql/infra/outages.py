@@ -75,7 +75,9 @@ class Outage:
             self._since = time.monotonic()
             self._log.warning(
                 "%s unavailable (%s: %s); retrying until it returns",
-                self._what, type(exc).__name__, exc,
+                self._what,
+                type(exc).__name__,
+                exc,
             )
         delay = self._delay
         self._delay = min(self._delay * 2, self._max_delay)

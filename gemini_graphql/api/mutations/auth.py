@@ -39,7 +39,9 @@ class AuthMutations:
             SignupPayload, signup, lambda user: SignupPayload(user=UserType.of(user, info.context))
         )
 
-    @strawberry.mutation(description="Send a one-time code by SMS; same answer for unknown numbers.")
+    @strawberry.mutation(
+        description="Send a one-time code by SMS; same answer for unknown numbers."
+    )
     async def send_otp(self, info: Info, input: SendOtpInput) -> SendOtpPayload:
         auth = await _throttled(info, input.mobile_number)
         sent = auth.send_code(input.mobile_number, input.purpose or OtpPurpose.LOGIN)

@@ -16,11 +16,15 @@ from gemini_graphql.api.types.chat import (
 @strawberry.type
 class ChatMutations:
     @strawberry.mutation(description="Start a new chatroom.")
-    async def create_chatroom(self, info: Info, input: CreateChatroomInput) -> CreateChatroomPayload:
+    async def create_chatroom(
+        self, info: Info, input: CreateChatroomInput
+    ) -> CreateChatroomPayload:
         user = await info.context.user()
         created = info.context.services.rooms.create(user.id, input.title, input.description)
         return await payload_or_errors(
-            CreateChatroomPayload, created, lambda room: CreateChatroomPayload(chatroom=ChatroomType.of(room))
+            CreateChatroomPayload,
+            created,
+            lambda room: CreateChatroomPayload(chatroom=ChatroomType.of(room)),
         )
 
     @strawberry.mutation(

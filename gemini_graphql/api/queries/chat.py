@@ -8,7 +8,9 @@ from gemini_graphql.api.types.chat import ChatroomConnection, ChatroomType
 
 @strawberry.type
 class ChatQueries:
-    @strawberry.field(description="Your chatrooms, most recently updated first. At most 100 a page.")
+    @strawberry.field(
+        description="Your chatrooms, most recently updated first. At most 100 a page."
+    )
     async def chatrooms(
         self, info: Info, first: int | None = 20, after: str | None = None
     ) -> ChatroomConnection:

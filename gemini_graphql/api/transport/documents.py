@@ -14,8 +14,8 @@ from graphql import DocumentNode, GraphQLError, GraphQLSchema, OperationType, pa
 from graphql.utilities import get_operation_ast
 from graphql.validation import NoSchemaIntrospectionCustomRule, specified_rules
 
-from gemini_graphql.api.transport import document_budget
 from gemini_graphql.api.errors import BAD_REQUEST
+from gemini_graphql.api.transport import document_budget
 from gemini_graphql.api.transport.response_cache import reads_only_user_state
 
 # Limits on the document itself (answered as BAD_REQUEST before anything runs).

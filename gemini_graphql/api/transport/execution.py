@@ -21,7 +21,6 @@ from graphql.execution import Executor
 from gemini_graphql.api.context import Context
 from gemini_graphql.api.transport.strawberry_seams import EXECUTION_CONTEXT_CLASS, is_awaitable
 
-
 # Deeper JSON in `variables` is refused: no input of the schema nests like that, and
 # encoding or inspecting it further down would recurse once per level.
 MAX_VARIABLES_DEPTH = 32

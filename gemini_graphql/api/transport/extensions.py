@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
 
 import strawberry
 from graphql import ExecutionResult, GraphQLError, MiddlewareManager, OperationType
@@ -30,7 +29,11 @@ from gemini_graphql.api.context import Context
 from gemini_graphql.api.errors import apply_error_policy
 from gemini_graphql.api.transport.documents import Documents, Prepared
 from gemini_graphql.api.transport.execution import GraphQLParams, run, subscription_executor
-from gemini_graphql.api.transport.strawberry_seams import graphql_schema, hooks_resolve, is_awaitable
+from gemini_graphql.api.transport.strawberry_seams import (
+    graphql_schema,
+    hooks_resolve,
+    is_awaitable,
+)
 
 ALL_OPERATIONS = frozenset(OperationType)
 
@@ -75,9 +78,7 @@ class SchemaHooks:
         await operation.run(allow)
         return await operation.outcome()
 
-    async def stream(
-        self, params: GraphQLParams, context: Context
-    ) -> AsyncGenerator[Hooked, None]:
+    async def stream(self, params: GraphQLParams, context: Context) -> AsyncGenerator[Hooked, None]:
         """Any operation over a websocket: one result for a query or mutation, every
         event's for a subscription."""
         operation = _Operation(self, params, context, ALL_OPERATIONS)
@@ -240,5 +241,7 @@ async def _guarded(
             async for result in results:
                 yield result
         except Exception as exc:  # noqa: BLE001 - reported to the client, as without hooks
-            error = exc if isinstance(exc, GraphQLError) else GraphQLError(str(exc), original_error=exc)
+            error = (
+                exc if isinstance(exc, GraphQLError) else GraphQLError(str(exc), original_error=exc)
+            )
             yield ExecutionResult(None, [error])

@@ -15,14 +15,13 @@ import logging
 from functools import lru_cache
 from typing import Any
 
-from graphql import ExecutionResult, OperationType
 import strawberry
+from graphql import ExecutionResult, OperationType
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gemini_graphql.api.context import Context
-from gemini_graphql.api.transport.documents import Documents, Prepared
 from gemini_graphql.api.errors import (
     BAD_REQUEST,
     INTERNAL_SERVER_ERROR,
@@ -31,10 +30,11 @@ from gemini_graphql.api.errors import (
     UNAVAILABLE_MESSAGE,
     apply_error_policy,
 )
+from gemini_graphql.api.transport.documents import Documents, Prepared
 from gemini_graphql.api.transport.execution import GraphQLParams, InvalidParams, run
 from gemini_graphql.api.transport.extensions import Refused, SchemaHooks
-from gemini_graphql.api.transport.strawberry_seams import graphql_schema
 from gemini_graphql.api.transport.response_cache import response_key
+from gemini_graphql.api.transport.strawberry_seams import graphql_schema
 from gemini_graphql.chat.quota import utc_day
 from gemini_graphql.infra.outages import RETRY_AFTER_SECONDS, is_outage
 
@@ -205,7 +205,9 @@ async def _read_params(request: Request) -> GraphQLParams:
         if not isinstance(body, dict):
             raise BadRequest("The request body must be a JSON object.")
         query, variables, operation_name = (
-            body.get("query"), body.get("variables"), body.get("operationName")
+            body.get("query"),
+            body.get("variables"),
+            body.get("operationName"),
         )
     else:
         query_params = request.query_params

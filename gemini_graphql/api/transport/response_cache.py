@@ -30,9 +30,19 @@ from graphql import (
 CACHEABLE_FIELDS = frozenset(
     {
         "Query.me",
-        *(f"User.{name}" for name in (
-            "id", "mobileNumber", "name", "email", "tier", "hasPassword", "createdAt", "usage",
-        )),
+        *(
+            f"User.{name}"
+            for name in (
+                "id",
+                "mobileNumber",
+                "name",
+                "email",
+                "tier",
+                "hasPassword",
+                "createdAt",
+                "usage",
+            )
+        ),
         *(f"Usage.{name}" for name in ("used", "limit", "remaining", "resetsAt")),
         "Query.chatrooms",
         "ChatroomConnection.edges",
@@ -40,9 +50,15 @@ CACHEABLE_FIELDS = frozenset(
         "ChatroomEdge.cursor",
         "ChatroomEdge.node",
         *(f"Chatroom.{name}" for name in ("id", "title", "description", "createdAt", "updatedAt")),
-        *(f"PageInfo.{name}" for name in (
-            "hasNextPage", "hasPreviousPage", "startCursor", "endCursor",
-        )),
+        *(
+            f"PageInfo.{name}"
+            for name in (
+                "hasNextPage",
+                "hasPreviousPage",
+                "startCursor",
+                "endCursor",
+            )
+        ),
     }
 )
 

@@ -30,10 +30,15 @@ from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from gemini_graphql.api.context import Context
-from gemini_graphql.api.transport.documents import Documents
 from gemini_graphql.api.errors import BAD_REQUEST, apply_error_policy
-from gemini_graphql.api.transport.execution import GraphQLParams, InvalidParams, run, subscription_executor
+from gemini_graphql.api.transport.documents import Documents
 from gemini_graphql.api.transport.events import FlatEvents
+from gemini_graphql.api.transport.execution import (
+    GraphQLParams,
+    InvalidParams,
+    run,
+    subscription_executor,
+)
 from gemini_graphql.api.transport.extensions import SchemaHooks
 from gemini_graphql.api.transport.strawberry_seams import graphql_schema
 from gemini_graphql.config import Settings
@@ -266,7 +271,7 @@ class _Connection:
             self._lease = await self._limits.leases.take(str(user.id))
         except Unauthenticated:
             raise _Close(4403, "Forbidden") from None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - graphql-core lets a resolver's error out here
             if not is_outage(exc):
                 raise
             raise _Close(1013, "Service unavailable; try again shortly") from None  # RFC 6455
@@ -371,8 +376,10 @@ class _Connection:
                     await self._next(op_id, result)
         except (_Gone, _TooSlow):
             raise
-        except Exception as exc:  # noqa: BLE001 - graphql-core lets a resolver's error out here
-            error = exc if isinstance(exc, GraphQLError) else GraphQLError(str(exc), original_error=exc)
+        except Exception as exc:
+            error = (
+                exc if isinstance(exc, GraphQLError) else GraphQLError(str(exc), original_error=exc)
+            )
             await self._next(op_id, ExecutionResult(data=None, errors=[error]))
 
     async def _next(self, op_id: str, result: ExecutionResult) -> None:

@@ -25,7 +25,8 @@ class SignupInput:
     name: str | None = None
     email: str | None = None
     password: str | None = strawberry.field(
-        default=None, description="Optional, 8 to 128 characters; usable after the first code login."
+        default=None,
+        description="Optional, 8 to 128 characters; usable after the first code login.",
     )
 
 

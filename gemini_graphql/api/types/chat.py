@@ -67,7 +67,9 @@ class MessageConnection:
     @classmethod
     def of(cls, page: Page[Message]) -> MessageConnection:
         edges, info = edges_and_info(
-            page, message_cursor, lambda cursor, m: MessageEdge(cursor=cursor, node=MessageType.of(m))
+            page,
+            message_cursor,
+            lambda cursor, m: MessageEdge(cursor=cursor, node=MessageType.of(m)),
         )
         return cls(edges=edges, page_info=info)
 
@@ -123,7 +125,9 @@ class ChatroomConnection:
     @classmethod
     def of(cls, page: Page[Chatroom]) -> ChatroomConnection:
         edges, info = edges_and_info(
-            page, room_cursor, lambda cursor, r: ChatroomEdge(cursor=cursor, node=ChatroomType.of(r))
+            page,
+            room_cursor,
+            lambda cursor, r: ChatroomEdge(cursor=cursor, node=ChatroomType.of(r)),
         )
         return cls(edges=edges, page_info=info)
 
@@ -148,7 +152,9 @@ class SendMessageInput:
 
 @strawberry.type
 class SendMessagePayload:
-    message: MessageType | None = strawberry.field(default=None, description="The stored USER message.")
+    message: MessageType | None = strawberry.field(
+        default=None, description="The stored USER message."
+    )
     reply: MessageType | None = strawberry.field(
         default=None,
         description="The ASSISTANT message, PENDING: subscribe to messageStream(reply.id).",

@@ -79,7 +79,9 @@ class FakeGemini:
 
     @property
     def app(self) -> Starlette:
-        return Starlette(routes=[Route("/{version}/models/{target}", self._handle, methods=["POST"])])
+        return Starlette(
+            routes=[Route("/{version}/models/{target}", self._handle, methods=["POST"])]
+        )
 
     async def _handle(self, request: Request) -> Response:
         model, _, method = request.path_params["target"].partition(":")
@@ -106,7 +108,15 @@ class FakeGemini:
     async def _events(self, script: Script, chunks: list[str], response_id: str, model: str):
         for index, chunk in enumerate(chunks):
             if index == script.error_after:
-                yield _sse({"error": {"code": 503, "message": "Scripted mid-stream failure.", "status": "UNAVAILABLE"}})
+                yield _sse(
+                    {
+                        "error": {
+                            "code": 503,
+                            "message": "Scripted mid-stream failure.",
+                            "status": "UNAVAILABLE",
+                        }
+                    }
+                )
                 return
             if index == script.drop_after:
                 raise ConnectionResetError("scripted drop")
@@ -122,7 +132,10 @@ def _sse(payload: dict[str, Any]) -> bytes:
 
 
 def _response(text: str, response_id: str, model: str, *, final: bool) -> dict[str, Any]:
-    candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
+    candidate: dict[str, Any] = {
+        "content": {"parts": [{"text": text}], "role": "model"},
+        "index": 0,
+    }
     if final:
         candidate["finishReason"] = "STOP"
     return {
@@ -135,6 +148,12 @@ def _response(text: str, response_id: str, model: str, *, final: bool) -> dict[s
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse(
-        {"error": {"code": status, "message": message, "status": _STATUS_NAMES.get(status, "UNKNOWN")}},
+        {
+            "error": {
+                "code": status,
+                "message": message,
+                "status": _STATUS_NAMES.get(status, "UNKNOWN"),
+            }
+        },
         status_code=status,
     )

@@ -186,7 +186,9 @@ class FakeStripe:
             self.event("invoice.paid", invoice, at),
         ]
 
-    def change_subscription(self, subscription_id: str, event_type: str, at: int, **changes: Any) -> dict[str, Any]:
+    def change_subscription(
+        self, subscription_id: str, event_type: str, at: int, **changes: Any
+    ) -> dict[str, Any]:
         subscription = self.subscriptions[subscription_id]
         subscription.update(changes)
         return self.event(event_type, json.loads(json.dumps(subscription)), at)
@@ -205,7 +207,9 @@ class FakeStripe:
         }
 
 
-def sign(event: dict[str, Any], secret: str = WEBHOOK_SECRET, timestamp: int | None = None) -> tuple[bytes, str]:
+def sign(
+    event: dict[str, Any], secret: str = WEBHOOK_SECRET, timestamp: int | None = None
+) -> tuple[bytes, str]:
     """The body and Stripe-Signature header Stripe would send, made by the SDK's own helper."""
     body = json.dumps(event)
     header = stripe.WebhookSignature.generate_signature_header(body, secret, timestamp=timestamp)
