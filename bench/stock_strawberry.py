@@ -6,19 +6,15 @@ ours in the same run: `me` and `{ __typename }` at 32 connections, and RSS per i
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
-
-import httpx
 
 from bench.http_overhead import ME
 from bench.stack import Stack, rss_kb
 from bench.streams import Client, make_pending_replies
 from bench.wrk import Load, run_wrk
-from gemini_graphql.testing.processes import Process, free_port, settings_env
+from gemini_graphql.testing.processes import start_api
 
 TYPENAME = "{ __typename }"
 SECONDS = 6
@@ -28,22 +24,8 @@ IDLE = 1000
 @asynccontextmanager
 async def stock_api(stack: Stack) -> AsyncIterator[Stack]:
     """The stock view on its own process, as `stack` (same database, Redis, user)."""
-    port = free_port()
-    popen = subprocess.Popen(
-        [sys.executable, "-m", "bench.strawberry_app", str(port)],
-        env=settings_env(stack.settings),
-    )
-    process = Process(popen)
-    url = f"http://127.0.0.1:{port}"
+    process, url = await start_api(stack.settings, module="bench.strawberry_app", args=())
     try:
-        async with httpx.AsyncClient() as client, asyncio.timeout(30):
-            while True:
-                assert popen.poll() is None, "the stock Strawberry app exited"
-                try:
-                    if (await client.get(url + "/health")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.1)
         yield replace(
             stack, url=url, ws_url=url.replace("http://", "ws://") + "/graphql", api=process
         )

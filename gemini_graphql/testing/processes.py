@@ -68,11 +68,17 @@ class Process:
                 self.kill()
 
 
-def _spawn(args: list[str], settings: Settings, log_path: str | None = None) -> Process:
+def _spawn(
+    args: list[str],
+    settings: Settings,
+    log_path: str | None = None,
+    *,
+    module: str = "gemini_graphql",
+) -> Process:
     log = open(log_path or os.environ.get("TEST_PROCESS_LOG", os.devnull), "ab")  # noqa: SIM115
     return Process(
         subprocess.Popen(
-            [sys.executable, "-m", "gemini_graphql", *args],
+            [sys.executable, "-m", module, *args],
             env=settings_env(settings),
             stdout=log,
             stderr=log,
@@ -80,9 +86,15 @@ def _spawn(args: list[str], settings: Settings, log_path: str | None = None) -> 
     )
 
 
-async def start_api(settings: Settings) -> tuple[Process, str]:
+async def start_api(
+    settings: Settings,
+    *,
+    module: str = "gemini_graphql",
+    args: tuple[str, ...] = ("serve", "--port"),
+) -> tuple[Process, str]:
+    """`python -m <module> <args> <port>`, once its /health answers 200."""
     port = free_port()
-    process = _spawn(["serve", "--port", str(port)], settings)
+    process = _spawn([*args, str(port)], settings, module=module)
     url = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient() as client, asyncio.timeout(30):
         while True:

@@ -4,6 +4,8 @@ document on graphql-core with Strawberry's execution context (so resolvers get S
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from inspect import isawaitable
 from typing import Any
@@ -16,7 +18,7 @@ from graphql import (
     MiddlewareManager,
     execute,
 )
-from graphql.execution import Executor
+from graphql.execution import Executor, create_source_event_stream
 
 from gemini_graphql.api.context import Context
 from gemini_graphql.api.transport.strawberry_seams import EXECUTION_CONTEXT_CLASS, is_awaitable
@@ -139,3 +141,28 @@ def subscription_executor(
         is_awaitable=is_awaitable,
         hide_suggestions=hide_suggestions,
     )
+
+
+async def event_source(executor: Executor) -> AsyncIterator[Any] | ExecutionResult:
+    """A subscription's source event stream, or the result refusing it (e.g. an error of
+    its root resolver)."""
+    source = create_source_event_stream(executor)
+    if is_awaitable(source):
+        source = await source  # type: ignore[misc]
+    return source  # type: ignore[return-value]
+
+
+async def guarded(
+    results: AsyncGenerator[ExecutionResult, None],
+) -> AsyncGenerator[ExecutionResult, None]:
+    """A subscription's results, with an error its source raised (graphql-core lets it out)
+    as the last result instead of an exception."""
+    async with aclosing(results):
+        try:
+            async for result in results:
+                yield result
+        except Exception as exc:  # noqa: BLE001 - reported to the client as a result
+            error = (
+                exc if isinstance(exc, GraphQLError) else GraphQLError(str(exc), original_error=exc)
+            )
+            yield ExecutionResult(None, [error])

@@ -20,19 +20,24 @@ from contextlib import aclosing
 from dataclasses import dataclass
 
 import strawberry
-from graphql import ExecutionResult, GraphQLError, MiddlewareManager, OperationType
-from graphql.execution import create_source_event_stream, map_source_to_response_event
+from graphql import ExecutionResult, MiddlewareManager, OperationType
+from graphql.execution import map_source_to_response_event
 from strawberry.extensions import SchemaExtension
 from strawberry.types import ExecutionContext
 
 from gemini_graphql.api.context import Context
 from gemini_graphql.api.errors import apply_error_policy
 from gemini_graphql.api.transport.documents import Documents, Prepared
-from gemini_graphql.api.transport.execution import GraphQLParams, run, subscription_executor
+from gemini_graphql.api.transport.execution import (
+    GraphQLParams,
+    event_source,
+    guarded,
+    run,
+    subscription_executor,
+)
 from gemini_graphql.api.transport.strawberry_seams import (
     graphql_schema,
     hooks_resolve,
-    is_awaitable,
 )
 
 ALL_OPERATIONS = frozenset(OperationType)
@@ -217,12 +222,10 @@ class _Operation:
         )
         if isinstance(executor, list):
             return ExecutionResult(None, executor)
-        source = create_source_event_stream(executor)
-        if is_awaitable(source):
-            source = await source  # type: ignore[misc]
+        source = await event_source(executor)
         if isinstance(source, ExecutionResult):
             return source
-        return _guarded(map_source_to_response_event(executor, source))  # type: ignore[arg-type]
+        return guarded(map_source_to_response_event(executor, source))  # type: ignore[arg-type]
 
     def _finish(self, result: ExecutionResult) -> None:
         """Our error policy on the raw errors, before the extensions' closing hooks."""
@@ -230,18 +233,3 @@ class _Operation:
             self.execution.pre_execution_errors = result.errors
             self._unavailable = apply_error_policy(result.errors, self._context.request_id)
         self.execution.result = result
-
-
-async def _guarded(
-    results: AsyncGenerator[ExecutionResult, None],
-) -> AsyncGenerator[ExecutionResult, None]:
-    """A subscription's results, its source's error (graphql-core lets it out) as the last."""
-    async with aclosing(results):
-        try:
-            async for result in results:
-                yield result
-        except Exception as exc:  # noqa: BLE001 - reported to the client, as without hooks
-            error = (
-                exc if isinstance(exc, GraphQLError) else GraphQLError(str(exc), original_error=exc)
-            )
-            yield ExecutionResult(None, [error])

@@ -19,13 +19,12 @@ import logging
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
-from inspect import isawaitable
 from typing import Any
 
 import orjson
 import strawberry
 from graphql import DocumentNode, ExecutionResult, GraphQLError, GraphQLSchema, OperationType
-from graphql.execution import Executor, create_source_event_stream, map_source_to_response_event
+from graphql.execution import Executor, map_source_to_response_event
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
@@ -36,6 +35,8 @@ from gemini_graphql.api.transport.events import FlatEvents
 from gemini_graphql.api.transport.execution import (
     GraphQLParams,
     InvalidParams,
+    event_source,
+    guarded,
     run,
     subscription_executor,
 )
@@ -359,9 +360,7 @@ class _Connection:
         executor = build()
         if isinstance(executor, list):
             return ExecutionResult(None, errors=executor)
-        source = create_source_event_stream(executor)
-        if isawaitable(source):
-            source = await source
+        source = await event_source(executor)
         if isinstance(source, ExecutionResult):
             return source
         flat = FlatEvents.of(self._schema, executor.operation)
@@ -370,17 +369,10 @@ class _Connection:
         return flat.results(build, source)  # type: ignore[arg-type]
 
     async def _stream(self, op_id: str, source: AsyncGenerator[ExecutionResult, None]) -> None:
-        try:
-            async with aclosing(source):  # a stopped operation lets go of its source at once
-                async for result in source:
-                    await self._next(op_id, result)
-        except (_Gone, _TooSlow):
-            raise
-        except Exception as exc:
-            error = (
-                exc if isinstance(exc, GraphQLError) else GraphQLError(str(exc), original_error=exc)
-            )
-            await self._next(op_id, ExecutionResult(data=None, errors=[error]))
+        # A stopped operation lets go of its source at once.
+        async with aclosing(guarded(source)) as results:
+            async for result in results:
+                await self._next(op_id, result)
 
     async def _next(self, op_id: str, result: ExecutionResult) -> None:
         if result.errors:
