@@ -59,6 +59,11 @@ class MessageStatus(StrEnum):
     STREAMING = "streaming"
     COMPLETE = "complete"
     FAILED = "failed"
+    STOPPED = "stopped"
+
+
+UNFINISHED_STATUSES = frozenset({MessageStatus.PENDING, MessageStatus.STREAMING})
+FINISHED_STATUSES = frozenset({MessageStatus.COMPLETE, MessageStatus.FAILED, MessageStatus.STOPPED})
 
 
 def _check_in(column: str, enum: type[StrEnum], name: str) -> sa.CheckConstraint:
@@ -81,6 +86,9 @@ class User(SQLModel, table=True):
     daily_message_count: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     last_message_date: date | None = Field(default=None)
     stripe_customer_id: str | None = Field(default=None, max_length=255, unique=True)
+    # Gemini's tokens of the user's replies finished on `last_token_date` (UTC).
+    daily_token_count: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    last_token_date: date | None = Field(default=None)
     # Bumped when the password changes or is reset: every older token dies.
     token_version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     # Set by the first successful OTP login; password login needs a verified number.
@@ -127,11 +135,17 @@ class Chatroom(SQLModel, table=True):
     )
     title: str = Field(max_length=255)
     description: str | None = Field(default=None, max_length=2000)
+    # The system instruction of every reply in this room (else the configured default).
+    system_instruction: str | None = Field(default=None, sa_type=sa.Text)
+    # The end of the current branch (see chat.tree); None while the room is empty.
+    # No foreign key: rooms and messages would reference each other.
+    current_leaf_id: uuid.UUID | None = Field(default=None, sa_type=sa.Uuid)
     created_at: datetime = Field(sa_type=TIMESTAMP)
     updated_at: datetime = Field(sa_type=TIMESTAMP)
 
 
 UNFINISHED_CONDITION = "status IN ('pending', 'streaming')"
+ROOT_CONDITION = "parent_id IS NULL"
 
 
 class Message(SQLModel, table=True):
@@ -139,8 +153,18 @@ class Message(SQLModel, table=True):
     __table_args__ = (
         _check_in("role", MessageRole, "ck_messages_role"),
         _check_in("status", MessageStatus, "ck_messages_status"),
-        # Keyset pagination within a room: ids are time-ordered (UUIDv7).
+        # A room's messages (deleting a room, the stop of its replies in progress).
         sa.Index("ix_messages_chatroom_id", "chatroom_id", "id"),
+        # The tree: a message's children (its versions are its parent's children) ...
+        sa.Index("ix_messages_parent_id", "parent_id", "id"),
+        # ... and a room's first messages, which have no parent.
+        sa.Index(
+            "ix_messages_roots",
+            "chatroom_id",
+            "id",
+            postgresql_where=sa.text(ROOT_CONDITION),
+            sqlite_where=sa.text(ROOT_CONDITION),
+        ),
         # The worker's sweep for replies nobody is working on, at any age: only unfinished
         # replies are in it, so it stays small however long the history grows.
         sa.Index(
@@ -158,8 +182,10 @@ class Message(SQLModel, table=True):
         )
     )
     role: str = Field(max_length=10)
-    # An ASSISTANT message answers this USER message (its context ends there).
-    reply_to_id: uuid.UUID | None = Field(
+    # The conversation tree: an ASSISTANT message's parent is the USER message it answers,
+    # a USER message's the message it follows (None: the room's first). Siblings are
+    # versions of one another, oldest first.
+    parent_id: uuid.UUID | None = Field(
         default=None,
         sa_column=sa.Column(sa.Uuid, sa.ForeignKey("messages.id", ondelete="CASCADE")),
     )
@@ -167,12 +193,16 @@ class Message(SQLModel, table=True):
     status: str = Field(default=MessageStatus.COMPLETE.value, max_length=10)
     error: str | None = Field(default=None, sa_type=sa.Text)
     gemini_response_id: str | None = Field(default=None, max_length=255)
+    # Gemini's usageMetadata, summed over every call the reply took; None until reported.
+    prompt_tokens: int | None = Field(default=None)
+    output_tokens: int | None = Field(default=None)
+    total_tokens: int | None = Field(default=None)
     created_at: datetime = Field(sa_type=TIMESTAMP)
     updated_at: datetime = Field(sa_type=TIMESTAMP)
 
     @property
     def is_finished(self) -> bool:
-        return self.status in (MessageStatus.COMPLETE, MessageStatus.FAILED)
+        return self.status in FINISHED_STATUSES
 
 
 class Subscription(SQLModel, table=True):

@@ -10,9 +10,13 @@ from gemini_graphql.auth.sms import SmsSender, build_sms_sender
 from gemini_graphql.billing.checkout import Billing
 from gemini_graphql.billing.gateway import StripeGateway
 from gemini_graphql.billing.webhooks import StripeWebhooks
+from gemini_graphql.chat.conversation import Conversation
 from gemini_graphql.chat.messages import Messages
+from gemini_graphql.chat.reply_stream import ReplyChannels
 from gemini_graphql.chat.room_cache import RoomListCache
+from gemini_graphql.chat.room_events import RoomEventChannels
 from gemini_graphql.chat.rooms import Rooms
+from gemini_graphql.chat.stops import FinalEvents
 from gemini_graphql.infra.relay import RESYNC_AFTER_SECONDS, Relay
 from gemini_graphql.infra.resources import Resources
 
@@ -23,9 +27,11 @@ class Services:
     auth: AuthService
     rooms: Rooms
     messages: Messages
+    conversation: Conversation
     billing: Billing
     webhooks: StripeWebhooks
-    relay: Relay  # this process's one pub/sub connection for live replies
+    relay: Relay  # this process's one pub/sub connection for live replies and room events
+    room_events: RoomEventChannels
 
     @classmethod
     def build(cls, resources: Resources, *, sms: SmsSender | None = None) -> Services:
@@ -37,8 +43,19 @@ class Services:
             resources.users,
             resources.clock,
         )
-        rooms_cache = RoomListCache(redis, users)
+        room_events = RoomEventChannels(settings.channel_prefix)
+        rooms_cache = RoomListCache(redis, users, room_events)
+        final_events = FinalEvents(redis, ReplyChannels(settings.channel_prefix))
         idle_timeout = settings.stream_idle_timeout_seconds
+        # Quiet subscribers re-check often enough to notice a stalled reply in time.
+        relay = Relay(redis, resync_after=min(RESYNC_AFTER_SECONDS, idle_timeout / 3))
+        messages = Messages(
+            settings=settings,
+            database=database,
+            redis=redis,
+            rooms_cache=rooms_cache,
+            clock=clock,
+        )
         return cls(
             resources=resources,
             auth=AuthService(
@@ -49,12 +66,24 @@ class Services:
                 sms=sms or build_sms_sender(settings),
                 clock=clock,
             ),
-            rooms=Rooms(database=database, cache=rooms_cache, clock=clock),
-            messages=Messages(
-                settings=settings,
+            rooms=Rooms(
                 database=database,
+                cache=rooms_cache,
                 redis=redis,
-                rooms_cache=rooms_cache,
+                final_events=final_events,
+                channel_prefix=settings.channel_prefix,
+                clock=clock,
+            ),
+            messages=messages,
+            conversation=Conversation(
+                database=database,
+                messages=messages,
+                redis=redis,
+                final_events=final_events,
+                users=users,
+                room_events=room_events,
+                relay=relay,
+                channel_prefix=settings.channel_prefix,
                 clock=clock,
             ),
             billing=Billing(
@@ -66,8 +95,8 @@ class Services:
                 users=users,
                 clock=clock,
             ),
-            # Quiet subscribers re-check often enough to notice a stalled reply in time.
-            relay=Relay(redis, resync_after=min(RESYNC_AFTER_SECONDS, idle_timeout / 3)),
+            relay=relay,
+            room_events=room_events,
         )
 
     async def close(self) -> None:

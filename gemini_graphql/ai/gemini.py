@@ -8,7 +8,7 @@ import httpx
 from google import genai
 from google.genai import errors, types
 
-from gemini_graphql.ai.model import Chunk, ModelError, Turn
+from gemini_graphql.ai.model import Chunk, ModelError, TokenUsage, Turn
 from gemini_graphql.config import Settings
 
 try:  # google-genai may use httpx2, a fork with its own exception classes
@@ -40,21 +40,27 @@ class GeminiModel:
             ),
         )
 
-    async def stream(self, turns: list[Turn], system_instruction: str) -> AsyncIterator[Chunk]:
+    async def stream(
+        self, turns: list[Turn], system_instruction: str | None
+    ) -> AsyncIterator[Chunk]:
         # Plain dicts, which the SDK accepts as they are: building its pydantic models first
         # doubled the time to the first chunk for a ten-message context.
         contents: list[types.ContentDict] = [
             {"role": turn.role, "parts": [{"text": turn.text}]} for turn in turns
         ]
-        config: types.GenerateContentConfigDict = {"system_instruction": system_instruction}
+        config: types.GenerateContentConfigDict = {}
+        if system_instruction:
+            config["system_instruction"] = system_instruction
+        response = None
         try:
             response = await self._client.aio.models.generate_content_stream(
                 model=self._model, contents=contents, config=config
             )
             async for piece in response:
                 text = piece.text or ""
-                if text:
-                    yield Chunk(text=text, response_id=piece.response_id)
+                usage = _usage(piece.usage_metadata)
+                if text or usage is not None:
+                    yield Chunk(text=text, response_id=piece.response_id, usage=usage)
         except errors.APIError as exc:
             raise _api_error(exc) from exc
         except TimeoutError as exc:
@@ -65,12 +71,25 @@ class GeminiModel:
                 retryable=True,
                 user_message=_UNAVAILABLE,
             ) from exc
+        finally:
+            if response is not None:  # a stopped reply: end the call now, do not drain it
+                await response.aclose()
 
     async def aclose(self) -> None:
         await self._client.aio.aclose()
 
 
 _UNAVAILABLE = "The assistant is unavailable right now. Please try again in a few minutes."
+
+
+def _usage(metadata: types.GenerateContentResponseUsageMetadata | None) -> TokenUsage | None:
+    if metadata is None or metadata.total_token_count is None:
+        return None
+    return TokenUsage(
+        prompt=metadata.prompt_token_count or 0,
+        output=metadata.candidates_token_count or 0,
+        total=metadata.total_token_count,
+    )
 
 
 def _api_error(exc: errors.APIError) -> ModelError:

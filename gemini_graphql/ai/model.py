@@ -14,9 +14,24 @@ class Turn:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenUsage:
+    """Gemini's usageMetadata: within one call each report covers the call so far."""
+
+    prompt: int = 0
+    output: int = 0
+    total: int = 0
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(
+            self.prompt + other.prompt, self.output + other.output, self.total + other.total
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Chunk:
     text: str
     response_id: str | None = None
+    usage: TokenUsage | None = None  # the call's usage so far, when the model reports it
 
 
 class ModelError(Exception):
@@ -29,6 +44,8 @@ class ModelError(Exception):
 
 
 class ChatModel(Protocol):
-    def stream(self, turns: list[Turn], system_instruction: str) -> AsyncIterator[Chunk]:
-        """The reply to `turns`, piece by piece. When the last turn is the model's, continue it."""
+    def stream(self, turns: list[Turn], system_instruction: str | None) -> AsyncIterator[Chunk]:
+        """The reply to `turns`, piece by piece. When the last turn is the model's, continue it.
+
+        Closing the iterator early (a stopped reply) must end the call, not drain it."""
         ...

@@ -12,7 +12,9 @@ CHUNK_DELAY_SECONDS = 0.05  # slow enough to watch the reply stream in
 
 
 class OfflineModel:
-    async def stream(self, turns: list[Turn], system_instruction: str) -> AsyncIterator[Chunk]:
+    async def stream(
+        self, turns: list[Turn], system_instruction: str | None
+    ) -> AsyncIterator[Chunk]:
         said = next((turn.text for turn in reversed(turns) if turn.role == "user"), "")
         continued = turns[-1].text if turns and turns[-1].role == "model" else ""
         reply = f"{NOTICE}You said: \u201c{said[:200]}\u201d. Set GEMINI_API_KEY for real answers."

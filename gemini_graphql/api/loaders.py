@@ -1,4 +1,5 @@
-"""Per-request DataLoaders: a page of rooms asking for their messages costs one query."""
+"""Per-request DataLoaders: a page of rooms asking for their messages costs one query, a
+page of messages asking for their versions another."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from strawberry.dataloader import DataLoader
 
 from gemini_graphql.chat.messages import Messages, PageRequest
 from gemini_graphql.chat.pages import Page
+from gemini_graphql.chat.tree import VersionGroup
 from gemini_graphql.models import Message
 
 MessagePageKey = tuple[uuid.UUID, PageRequest]
@@ -19,6 +21,11 @@ class Loaders:
     def __init__(self, messages: Messages) -> None:
         self._messages = messages
         self.messages: DataLoader[MessagePageKey, Page[Message]] = DataLoader(self._load_pages)
+        self.versions: DataLoader[VersionGroup, list[Message]] = DataLoader(self._load_versions)
+
+    async def _load_versions(self, groups: Sequence[VersionGroup]) -> list[list[Message]]:
+        found = await self._messages.versions(groups)
+        return [found[group] for group in groups]
 
     async def _load_pages(
         self, keys: Sequence[MessagePageKey]

@@ -25,6 +25,8 @@ from gemini_graphql.chat.reply_queue import (
     enqueue_reply,
 )
 from gemini_graphql.chat.reply_stream import ReplyChannels
+from gemini_graphql.chat.room_events import RoomEventChannels
+from gemini_graphql.chat.stops import STOP_CHANNEL, StopRequests
 from gemini_graphql.clock import Clock, utc_now
 from gemini_graphql.config import Settings
 from gemini_graphql.infra.outages import Outage, is_outage
@@ -189,6 +191,8 @@ def build_worker(
         # This deployment's notices only: channels are shared by every database of the server.
         wake_channel = ctx["wake_channel"] = settings.channel_prefix + WAKE_CHANNEL
         relay.watch(wake_channel, wakeups)
+        stops = StopRequests(resources.redis)
+        relay.watch(settings.channel_prefix + STOP_CHANNEL, stops)
         ctx["settings"] = settings
         ctx["resources"] = resources
         ctx["model"] = chat_model
@@ -202,6 +206,8 @@ def build_worker(
             model=chat_model,
             system_instruction=settings.gemini_system_instruction,
             job_timeout_seconds=settings.worker_job_timeout_seconds,
+            stops=stops,
+            room_events=RoomEventChannels(settings.channel_prefix),
         )
 
     async def shutdown(ctx: dict[str, Any]) -> None:

@@ -1,7 +1,13 @@
-"""Sending messages, and reading them back page by page."""
+"""Sending messages, and reading them back page by page along the current branch.
+
+Every new turn (a sent message, an edited one, a regenerated reply) is stored the same
+way, by `add_turn`: counted against the quota and written in one transaction with its
+PENDING reply, which becomes the room's current leaf, then queued for a worker.
+"""
 
 from __future__ import annotations
 
+import enum
 import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -19,6 +25,8 @@ from gemini_graphql.chat.quota import Usage, consume_one, give_back_one, utc_day
 from gemini_graphql.chat.reply_queue import WAKE_CHANNEL, enqueue_reply
 from gemini_graphql.chat.reply_stream import ReplyChannels, Stored, StreamEvent, follow
 from gemini_graphql.chat.room_cache import RoomListCache
+from gemini_graphql.chat.room_events import RoomEvent, RoomEventType
+from gemini_graphql.chat.tree import VersionGroup, branch_rows, versions_of
 from gemini_graphql.clock import Clock
 from gemini_graphql.config import Settings
 from gemini_graphql.errors import DomainError, ErrorCode, InvalidArgument, invalid_input
@@ -40,7 +48,12 @@ _BUMP_ROOM = (
     sa.update(_ROOMS)
     .where(_ROOMS.c.id == sa.bindparam("room_id"), _ROOMS.c.user_id == sa.bindparam("owner_id"))
     .values(updated_at=sa.bindparam("now"))
-    .returning(_ROOMS.c.id)
+    .returning(_ROOMS.c.id, _ROOMS.c.current_leaf_id)  # the leaf as it is: this sets no leaf
+)
+_SET_LEAF = (
+    sa.update(_ROOMS)
+    .where(_ROOMS.c.id == sa.bindparam("room_id"))
+    .values(current_leaf_id=sa.bindparam("leaf_id"))
 )
 _INSERT_MESSAGES = sa.insert(_MESSAGES)
 _OWNED = (
@@ -48,6 +61,20 @@ _OWNED = (
     .join(_ROOMS, _ROOMS.c.id == _MESSAGES.c.chatroom_id)
     .where(_MESSAGES.c.id == sa.bindparam("id"), _ROOMS.c.user_id == sa.bindparam("owner_id"))
 )
+
+
+class Leaf(enum.Enum):
+    """Where a sent message goes: after the room's current leaf, whatever it is by then."""
+
+    CURRENT = enum.auto()
+
+
+def clean_content(content: str) -> str:
+    content = content.strip()
+    if not 1 <= len(content) <= CONTENT_MAX:
+        raise invalid_input("content", f"A message has 1 to {CONTENT_MAX:,} characters.")
+    check_storable("content", content)
+    return content
 
 
 def message_cursor(message: Message) -> str:
@@ -98,75 +125,105 @@ class Messages:
     async def send(self, user_id: uuid.UUID, raw_room_id: str, content: str) -> Sent:
         """Store the message and a PENDING reply, count it, and queue the reply; never waits for it."""
         room_id = parse_id(raw_room_id)
-        content = content.strip()
-        if not 1 <= len(content) <= CONTENT_MAX:
-            raise invalid_input("content", f"A message has 1 to {CONTENT_MAX:,} characters.")
-        check_storable("content", content)
+        content = clean_content(content)
+        if room_id is None:
+            raise _room_not_found()
+        return await self.add_turn(user_id, room_id, content=content, parent_id=Leaf.CURRENT)
+
+    async def add_turn(
+        self,
+        user_id: uuid.UUID,
+        room_id: uuid.UUID,
+        *,
+        content: str | None,
+        parent_id: uuid.UUID | None | Leaf,
+        question: Message | None = None,
+    ) -> Sent:
+        """A new USER message (`content`, under `parent_id`) and its PENDING reply; or, with
+        `question` and no content, a new reply to that USER message. Either way the reply
+        becomes the room's current leaf, one message is counted, and the reply is queued."""
         now = self._clock()
-        message = Message(
-            id=new_id(),
-            chatroom_id=room_id,
-            role=MessageRole.USER.value,
-            content=content,
-            status=MessageStatus.COMPLETE.value,
-            created_at=now,
-            updated_at=now,
-        )
+        message = question
+        if content is not None:
+            message = Message(
+                id=new_id(),
+                chatroom_id=room_id,
+                role=MessageRole.USER.value,
+                content=content,
+                status=MessageStatus.COMPLETE.value,
+                created_at=now,
+                updated_at=now,
+            )
+        assert message is not None, "a turn needs content or the question it answers again"
         reply = Message(
             id=new_id(),
             chatroom_id=room_id,
             role=MessageRole.ASSISTANT.value,
-            reply_to_id=message.id,
+            parent_id=message.id,
             status=MessageStatus.PENDING.value,
             created_at=now,
             updated_at=now,
         )
-        # Three statements in one transaction, without an ORM session (this is the hot write
+        new = [message, reply] if content is not None else [reply]
+        # Four statements in one transaction, without an ORM session (this is the hot write
         # path). Locks are taken room first, then user, like every other writer of both.
         async with self._engine.begin() as connection:
             bumped = (
                 await connection.execute(
                     _BUMP_ROOM, {"room_id": room_id, "owner_id": user_id, "now": now}
                 )
-                if room_id
-                else None
-            )
-            if bumped is None or bumped.first() is None:
+            ).first()
+            if bumped is None:
                 raise _room_not_found()
+            previous_leaf = bumped.current_leaf_id
             usage = await consume_one(connection, user_id, self._settings, now)
             if usage is None:
                 raise await _limit_reached(connection, user_id)
-            await connection.execute(_INSERT_MESSAGES, [_row(message), _row(reply)])
-        await self._rooms_cache.invalidate(user_id)
+            if content is not None:
+                message.parent_id = previous_leaf if parent_id is Leaf.CURRENT else parent_id
+            await connection.execute(_INSERT_MESSAGES, [_row(row) for row in new])
+            await connection.execute(_SET_LEAF, {"room_id": room_id, "leaf_id": reply.id})
+        added = [RoomEvent(RoomEventType.MESSAGE_ADDED, room_id, now, row.id) for row in new]
+        await self._rooms_cache.invalidate(user_id, added)
         try:
             if not await enqueue_reply(self._queue, reply.id, wake_channel=self._wake_channel):
                 raise RuntimeError("a job for this reply already exists")
         except Exception:
-            log.exception("could not queue the reply %s; undoing the send", reply.id)
-            await self._undo_send(user_id, message, reply, now)
+            log.exception("could not queue the reply %s; undoing the turn", reply.id)
+            await self._undo_turn(user_id, new, previous_leaf, now)
             raise DomainError(
                 ErrorCode.SERVICE_UNAVAILABLE,
                 "The assistant is unavailable right now; your message was not sent. Try again.",
             ) from None
         return Sent(message=message, reply=reply, usage=usage)
 
-    async def _undo_send(
-        self, user_id: uuid.UUID, message: Message, reply: Message, now: datetime
+    async def _undo_turn(
+        self,
+        user_id: uuid.UUID,
+        new: list[Message],
+        previous_leaf: uuid.UUID | None,
+        now: datetime,
     ) -> None:
+        room_id, reply_id = new[-1].chatroom_id, new[-1].id
         async with self._sessions() as session:
             await session.execute(
-                sa.delete(Message).where(col(Message.id).in_([reply.id, message.id]))
+                sa.delete(Message).where(col(Message.id).in_([row.id for row in reversed(new)]))
             )
             # Back to its newest remaining message (or its creation), unless sent to since.
             newest = (
                 sa.select(sa.func.max(Message.created_at))
-                .where(Message.chatroom_id == message.chatroom_id)
+                .where(Message.chatroom_id == room_id)
                 .scalar_subquery()
             )
             await session.execute(
                 sa.update(Chatroom)
-                .where(col(Chatroom.id) == message.chatroom_id, Chatroom.updated_at == now)
+                .where(col(Chatroom.id) == room_id, Chatroom.updated_at == now)
                 .values(updated_at=sa.func.coalesce(newest, Chatroom.created_at))
+            )
+            await session.execute(
+                sa.update(Chatroom)
+                .where(col(Chatroom.id) == room_id, col(Chatroom.current_leaf_id) == reply_id)
+                .values(current_leaf_id=previous_leaf)
             )
             await give_back_one(session, user_id, utc_day(now))
             await session.commit()
@@ -205,10 +262,15 @@ class Messages:
             idle_timeout=self._idle_timeout,
         )
 
+    async def versions(self, groups: Sequence[VersionGroup]) -> dict[VersionGroup, list[Message]]:
+        """The versions of each group (room, parent), oldest first, in one statement."""
+        async with self._autocommit.connect() as connection:
+            return await versions_of(connection, groups)
+
     async def pages(
         self, room_ids: Sequence[uuid.UUID], request: PageRequest
     ) -> list[Page[Message]]:
-        """The same page of several rooms in one query (row_number per room)."""
+        """The same page of several rooms' current branches, in one statement (see chat.tree)."""
         if request.first is not None and request.last is not None:
             raise InvalidArgument("Pass `first` or `last`, not both.")
         backwards = request.last is not None or (request.first is None and request.after is None)
@@ -220,26 +282,10 @@ class Messages:
         cursor = request.before if backwards else request.after
         cursor_id = decode_id_cursor(cursor) if cursor else None
 
-        order = col(Message.id).desc() if backwards else col(Message.id).asc()
-        ranked = select(
-            Message,
-            sa.func.row_number()
-            .over(partition_by=Message.chatroom_id, order_by=order)
-            .label("rank"),
-        ).where(col(Message.chatroom_id).in_(room_ids))
-        if cursor_id is not None:
-            ranked = ranked.where(
-                col(Message.id) < cursor_id if backwards else col(Message.id) > cursor_id
+        async with self._autocommit.connect() as connection:
+            rows = await branch_rows(
+                connection, room_ids, backwards=backwards, limit=size + 1, cursor=cursor_id
             )
-        subquery = ranked.subquery()
-        alias = sa.orm.aliased(Message, subquery)
-        query = (
-            select(alias)
-            .where(subquery.c.rank <= size + 1)
-            .order_by(subquery.c.chatroom_id, subquery.c.id)
-        )
-        async with self._reads() as session:
-            rows = list((await session.execute(query)).scalars())
 
         by_room: dict[uuid.UUID, list[Message]] = {room_id: [] for room_id in room_ids}
         for row in rows:

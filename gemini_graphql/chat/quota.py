@@ -48,6 +48,7 @@ class Usage:
     limit: int
     remaining: int
     resets_at: datetime
+    tokens_today: int = 0
 
 
 def daily_limit(settings: Settings, tier: Tier) -> int:
@@ -66,8 +67,13 @@ def usage_of(user: User, settings: Settings, now: datetime) -> Usage:
     """What the user has used today; yesterday's count reads as zero."""
     used = user.daily_message_count if user.last_message_date == utc_day(now) else 0
     limit = daily_limit(settings, user.tier)
+    tokens = user.daily_token_count if user.last_token_date == utc_day(now) else 0
     return Usage(
-        used=used, limit=limit, remaining=max(0, limit - used), resets_at=next_utc_midnight(now)
+        used=used,
+        limit=limit,
+        remaining=max(0, limit - used),
+        resets_at=next_utc_midnight(now),
+        tokens_today=tokens,
     )
 
 
@@ -108,4 +114,21 @@ async def give_back_one(session: AsyncSession, user_id: uuid.UUID, day: date) ->
         )
         .values(daily_message_count=User.daily_message_count - 1)
         .execution_options(synchronize_session=False)
+    )
+
+
+async def add_tokens(
+    connection: AsyncSession | AsyncConnection, user_id: uuid.UUID, tokens: int, day: date
+) -> None:
+    """Count a finished reply's tokens in the user's day (Usage.tokensToday)."""
+    await connection.execute(
+        sa.update(_USERS)
+        .where(_USERS.c.id == user_id)
+        .values(
+            daily_token_count=sa.case(
+                (_USERS.c.last_token_date == day, _USERS.c.daily_token_count + tokens),
+                else_=tokens,
+            ),
+            last_token_date=day,
+        )
     )

@@ -4,12 +4,14 @@ Runs in the worker. arq runs a job at least once, so `generate` is keyed by
 the reply id and safe to repeat: a finished reply is left alone, and a reply
 whose worker died half way is continued from exactly what subscribers have
 already been sent (the reply's event stream), so the stored text always
-equals the concatenated deltas.
+equals the concatenated deltas. A stopped reply (chat.stops) ends the same way:
+its read from the model cut, the text streamed so far stored, STOPPED.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -20,17 +22,30 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlmodel import col, select
 
-from gemini_graphql.ai.model import ChatModel, ModelError, Turn
+from gemini_graphql.ai.model import ChatModel, ModelError, TokenUsage, Turn
 from gemini_graphql.chat.messages import message_by_id
-from gemini_graphql.chat.quota import give_back_one, utc_day
-from gemini_graphql.chat.reply_stream import ReplyChannels, StreamEvent, StreamWriter, history
+from gemini_graphql.chat.quota import add_tokens, give_back_one, utc_day
+from gemini_graphql.chat.reply_stream import (
+    ReplyChannels,
+    StreamEvent,
+    StreamWriter,
+    delete_streams,
+    history,
+)
+from gemini_graphql.chat.room_events import RoomEvent, RoomEventChannels, RoomEventType
+from gemini_graphql.chat.stops import Stopped, StopRequests, StopSignal
+from gemini_graphql.chat.tree import context_rows
 from gemini_graphql.clock import Clock
 from gemini_graphql.infra.db import Database
 from gemini_graphql.infra.outages import Outage, is_outage
 from gemini_graphql.infra.user_cache import UserCache
 from gemini_graphql.models import Chatroom, Message, MessageRole, MessageStatus
+
+_ROOMS = Chatroom.__table__  # type: ignore[attr-defined]
+_INSTRUCTION = sa.select(_ROOMS.c.system_instruction).where(_ROOMS.c.id == sa.bindparam("room_id"))
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +102,6 @@ _STRANDED = (  # the partial index of unfinished replies (ix_messages_unfinished
     .order_by(_MESSAGES.c.updated_at)
     .limit(1000)
 )
-_CONTEXT = (
-    sa.select(_MESSAGES.c.role, _MESSAGES.c.content)
-    .where(
-        _MESSAGES.c.chatroom_id == sa.bindparam("room_id"),
-        _MESSAGES.c.id <= sa.bindparam("last_id"),
-        _MESSAGES.c.status == MessageStatus.COMPLETE.value,
-        _MESSAGES.c.content != "",
-    )
-    .order_by(_MESSAGES.c.id.desc())
-    .limit(CONTEXT_MESSAGES + 1)
-)
 
 
 class RetryLater(Exception):
@@ -129,6 +133,7 @@ class _Started:
     reply: Message
     sent: list[StreamEvent]
     turns: list[Turn]
+    instruction: str | None
 
     @property
     def text(self) -> str:
@@ -147,8 +152,10 @@ class ReplyGenerator:
         model: ChatModel,
         system_instruction: str | None,
         job_timeout_seconds: float,
+        stops: StopRequests,
+        room_events: RoomEventChannels,
     ) -> None:
-        """The model's part of a reply ends 5 s before the job's own timeout, so a reply is
+        """`system_instruction`: for rooms without one of their own. The model's part of a reply ends 5 s before the job's own timeout, so a reply is
         finished (or failed) by us, not cancelled by arq half written."""
         self._job_timeout = job_timeout_seconds
         self._deadline = max(1.0, job_timeout_seconds - 5.0)
@@ -163,14 +170,23 @@ class ReplyGenerator:
         self._users = users
         self._model = model
         self._system_instruction = system_instruction
+        self._stops = stops
+        self._room_events = room_events
 
     async def generate(self, reply_id: uuid.UUID, *, final_try: bool) -> ReplyOutcome | None:
-        """Stream the reply to completion. Raises RetryLater unless this is the `final_try`.
+        """Stream the reply to completion (or to its stop). Raises RetryLater unless this is
+        the `final_try`.
 
         An unreachable Redis or PostgreSQL in the middle is waited out where that is safe
         (a write of the stream, the final row); otherwise the error goes up, the worker runs
         the job again later, and the rerun continues from what subscribers were sent.
         """
+        with self._stops.watching(reply_id) as stop:  # before the claim: no stop goes unseen
+            return await self._generate(reply_id, stop, final_try)
+
+    async def _generate(
+        self, reply_id: uuid.UUID, stop: StopSignal, final_try: bool
+    ) -> ReplyOutcome | None:
         loop = asyncio.get_running_loop()
         persist_until = loop.time() + self._job_timeout - PERSIST_MARGIN_SECONDS
         started = await self._start(reply_id)
@@ -184,26 +200,54 @@ class ReplyGenerator:
             await writer.write(StreamEvent(1, text, MessageStatus.STREAMING), until=persist_until)
         if text:
             turns.append(Turn("model", text))  # continue the reply already under way
+        calls = _Tokens.of(reply)
         response_id: str | None = None
         saved_at = time.monotonic()
         stream_until = loop.time() + self._deadline
         try:
-            async with asyncio.timeout(self._deadline):
-                async for chunk in self._model.stream(turns, self._system_instruction):
-                    text += chunk.text
+            async with (
+                asyncio.timeout(self._deadline),
+                contextlib.aclosing(self._model.stream(turns, started.instruction)) as chunks,
+            ):
+                while True:
+                    async with stop.interruptible():  # a stop cuts the read from the model
+                        chunk = await anext(chunks, None)
+                    if chunk is None:
+                        break
+                    calls.report(chunk.usage)
                     response_id = chunk.response_id or response_id
+                    if not chunk.text:
+                        continue
+                    text += chunk.text
                     event = StreamEvent(writer.last_seq + 1, chunk.text, MessageStatus.STREAMING)
                     await writer.write(event, until=stream_until)
                     if time.monotonic() - saved_at >= SAVE_EVERY_SECONDS:
-                        await self._save_progress(reply_id, text)
+                        if not await self._save_progress(reply_id, text, calls.total):
+                            stop.request()  # ended elsewhere (stopped, or its room deleted)
                         saved_at = time.monotonic()
-        except TimeoutError:
-            exc = ModelError("the reply took too long", retryable=True, user_message=_TOO_SLOW)
-            return await self._model_failed(reply, text, writer, exc, final_try, persist_until)
-        except ModelError as exc:
-            return await self._model_failed(reply, text, writer, exc, final_try, persist_until)
-        await self._complete(reply_id, text, writer, response_id, persist_until)
-        return ReplyOutcome(MessageStatus.COMPLETE, text)
+        except Stopped:
+            return await self._finish(
+                reply, MessageStatus.STOPPED, text, writer, persist_until, tokens=calls.total
+            )
+        except (TimeoutError, ModelError) as exc:
+            if stop.requested:  # failing as it was being stopped: stopped is what was asked
+                return await self._finish(
+                    reply, MessageStatus.STOPPED, text, writer, persist_until, calls.total
+                )
+            if not isinstance(exc, ModelError):
+                exc = ModelError("the reply took too long", retryable=True, user_message=_TOO_SLOW)
+            return await self._model_failed(
+                reply, text, writer, exc, final_try, persist_until, calls.total
+            )
+        return await self._finish(
+            reply,
+            MessageStatus.COMPLETE,
+            text,
+            writer,
+            persist_until,
+            tokens=calls.total,
+            response_id=response_id,
+        )
 
     async def stranded(self) -> Stranded:
         """Replies nobody is working on, at any age: PENDING ones that never got a job, and
@@ -228,7 +272,8 @@ class ReplyGenerator:
     async def _start(self, reply_id: uuid.UUID) -> _Started | ReplyOutcome | None:
         claimed = await self._claim(reply_id)
         if claimed is not None:  # the usual case: a new reply
-            return _Started(claimed, [], await self._context(claimed))
+            turns, instruction = await self._context(claimed)
+            return _Started(claimed, [], turns, instruction)
         return await self._resume(reply_id)
 
     async def _resume(self, reply_id: uuid.UUID) -> _Started | ReplyOutcome | None:
@@ -246,9 +291,12 @@ class ReplyGenerator:
             log.error("reply %s has a final event but is %s", reply_id, reply.status)
             return None
         text = "".join(event.delta for event in sent) if sent else reply.content
-        # Independent, so together: the first word waits for neither twice.
-        _, turns = await asyncio.gather(self._set_streaming(reply_id, text), self._context(reply))
-        return _Started(reply, sent, turns)
+        # Independent, so together: the first word waits for neither twice. A stop asked
+        # while no worker had the reply is found from its marker.
+        _, (turns, instruction), _ = await asyncio.gather(
+            self._set_streaming(reply_id, text), self._context(reply), self._stops.check(reply_id)
+        )
+        return _Started(reply, sent, turns, instruction)
 
     async def _model_failed(
         self,
@@ -258,13 +306,16 @@ class ReplyGenerator:
         exc: ModelError,
         final_try: bool,
         persist_until: float,
-    ) -> ReplyOutcome:
+        tokens: TokenUsage | None,
+    ) -> ReplyOutcome | None:
         if exc.retryable and not final_try:
-            await self._update(reply.id, content=text)  # _fail below writes the text itself
+            # _finish below writes the text itself; the tokens of this call count either way.
+            await self._update(reply.id, content=text, **_token_columns(tokens))
             raise RetryLater(exc) from exc
         log.warning("reply %s failed: %s", reply.id, exc)
-        await self._fail(reply, text, writer, exc.user_message, persist_until)
-        return ReplyOutcome(MessageStatus.FAILED, text)
+        return await self._finish(
+            reply, MessageStatus.FAILED, text, writer, persist_until, tokens, exc.user_message
+        )
 
     async def fail(self, reply_id: uuid.UUID, user_message: str) -> None:
         """Give up on a reply (too many tries, or stranded too long), keeping what was sent."""
@@ -275,19 +326,22 @@ class ReplyGenerator:
         text = "".join(event.delta for event in sent) if sent else reply.content
         until = asyncio.get_running_loop().time() + self._job_timeout - PERSIST_MARGIN_SECONDS
         writer = StreamWriter(self._redis, self._channels, reply_id, sent, self._streams)
-        await self._fail(reply, text, writer, user_message, until)
+        tokens = _Tokens.of(reply).total
+        await self._finish(reply, MessageStatus.FAILED, text, writer, until, tokens, user_message)
 
-    async def _context(self, reply: Message) -> list[Turn]:
-        """The new message and the ten before it, oldest first; failed and unfinished replies left out."""
-        if reply.reply_to_id is None:
-            return []
-        parameters = {"room_id": reply.chatroom_id, "last_id": reply.reply_to_id}
+    async def _context(self, reply: Message) -> tuple[list[Turn], str | None]:
+        """The branch ending at the USER message answered: it and the ten before it, oldest
+        first, replies that are not COMPLETE left out; and the room's instruction."""
+        if reply.parent_id is None:
+            return [], self._system_instruction
         async with self._autocommit.connect() as connection:
-            rows = (await connection.execute(_CONTEXT, parameters)).all()
-        return [
+            instruction = await connection.scalar(_INSTRUCTION, {"room_id": reply.chatroom_id})
+            rows = await context_rows(connection, reply.parent_id, CONTEXT_MESSAGES + 1)
+        turns = [
             Turn("user" if role == MessageRole.USER.value else "model", content)
             for role, content in reversed(rows)
         ]
+        return turns, instruction or self._system_instruction
 
     async def _claim(self, reply_id: uuid.UUID) -> Message | None:
         """The reply, now STREAMING, if it was PENDING; one statement."""
@@ -299,15 +353,19 @@ class ReplyGenerator:
     async def _set_streaming(self, reply_id: uuid.UUID, text: str) -> None:
         await self._update(reply_id, status=MessageStatus.STREAMING.value, content=text)
 
-    async def _save_progress(self, reply_id: uuid.UUID, text: str) -> None:
-        """The growing text, and the row's heartbeat (see LEASE_MARGIN). Best effort: a save
-        missed while the database is away is made up by the next one, or by the end."""
+    async def _save_progress(
+        self, reply_id: uuid.UUID, text: str, tokens: TokenUsage | None
+    ) -> bool:
+        """The growing text, and the row's heartbeat (see LEASE_MARGIN); False when the reply
+        was ended elsewhere. Best effort: a save missed while the database is away is made up
+        by the next one, or by the end."""
         try:
-            await self._update(reply_id, content=text)
+            return await self._update(reply_id, content=text, **_token_columns(tokens))
         except Exception as exc:
             if not is_outage(exc):
                 raise
             self._database.failed(exc)
+            return True
 
     async def _update(self, reply_id: uuid.UUID, **values: object) -> bool:
         """Change an unfinished reply; False when it was already finished."""
@@ -332,46 +390,64 @@ class ReplyGenerator:
                 self._database.recovered()
                 return result
 
-    async def _complete(
+    async def _finish(
         self,
-        reply_id: uuid.UUID,
+        reply: Message,
+        status: MessageStatus,
         text: str,
         writer: StreamWriter,
-        response_id: str | None,
         until: float,
-    ) -> None:
-        # The row first, then the final event: whoever sees the event finds the stored text.
-        await self._persisted(
-            lambda: self._update(
-                reply_id,
-                status=MessageStatus.COMPLETE.value,
-                content=text,
-                gemini_response_id=response_id,
-                error=None,
-            ),
-            until,
+        tokens: TokenUsage | None,
+        error: str | None = None,
+        response_id: str | None = None,
+    ) -> ReplyOutcome | None:
+        """The row first, then the final event: whoever sees the event finds the stored text.
+        Nothing is written when the reply was ended elsewhere meanwhile (stopped by an api
+        process that gave up waiting, or deleted with its room)."""
+        owner = await self._persisted(
+            lambda: self._mark_finished(reply, status, text, tokens, error, response_id), until
         )
-        final = StreamEvent(writer.last_seq + 1, "", MessageStatus.COMPLETE)
-        await writer.write(final, until=until)
+        if owner is None:
+            if await message_by_id(self._autocommit, reply.id) is None:
+                await delete_streams(self._redis, [reply.id])  # its room is gone: so is it
+            return None
+        await writer.write(StreamEvent(writer.last_seq + 1, "", status), until=until)
+        finished = RoomEvent(
+            RoomEventType.REPLY_FINISHED, reply.chatroom_id, self._clock(), reply.id
+        )
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                # The tokens (and a FAILED reply's unit given back) show in `usage` at once.
+                await self._users.changed(owner, pipe)
+                self._room_events.publish_into(pipe, owner, [finished])
+                await pipe.execute()
+        except RedisError:
+            log.warning("could not announce the end of reply %s", reply.id, exc_info=True)
+        return ReplyOutcome(status, text)
 
-    async def _fail(
-        self, reply: Message, text: str, writer: StreamWriter, error: str, until: float
-    ) -> None:
-        """FAILED with a readable error, and the quota unit given back (once)."""
-        owner = await self._persisted(lambda: self._mark_failed(reply, text, error), until)
-        if owner is not None:
-            await self._users.changed(owner)  # the unit given back shows in `usage` at once
-        await writer.write(StreamEvent(writer.last_seq + 1, "", MessageStatus.FAILED), until=until)
-
-    async def _mark_failed(self, reply: Message, text: str, error: str) -> uuid.UUID | None:
-        """One transaction: FAILED if still unfinished, and then the unit back; the owner."""
+    async def _mark_finished(
+        self,
+        reply: Message,
+        status: MessageStatus,
+        text: str,
+        tokens: TokenUsage | None,
+        error: str | None,
+        response_id: str | None,
+    ) -> uuid.UUID | None:
+        """One transaction: the final row if still unfinished, its tokens counted in the
+        owner's day, and a FAILED reply's unit given back; the owner, None if it was not."""
         now = self._clock()
         async with self._sessions() as session:
             result = await session.execute(
                 sa.update(Message)
                 .where(col(Message.id) == reply.id, col(Message.status).in_(_IN_PROGRESS))
                 .values(
-                    status=MessageStatus.FAILED.value, content=text, error=error, updated_at=now
+                    status=status.value,
+                    content=text,
+                    error=error,
+                    gemini_response_id=response_id,
+                    updated_at=now,
+                    **_token_columns(tokens),
                 )
                 .returning(Message.id)
             )
@@ -380,8 +456,10 @@ class ReplyGenerator:
                 owner = await session.scalar(
                     select(Chatroom.user_id).where(col(Chatroom.id) == reply.chatroom_id)
                 )
-                if owner is not None:
+                if owner is not None and status is MessageStatus.FAILED:
                     await give_back_one(session, owner, utc_day(reply.created_at))
+                if owner is not None and tokens is not None and tokens.total:
+                    await add_tokens(session, owner, tokens.total, utc_day(now))
             await session.commit()
         return owner
 
@@ -389,10 +467,49 @@ class ReplyGenerator:
         """A rerun of a finished reply whose final event was not written (or was lost)."""
         if sent and sent[-1].is_final:
             return
-        writer = StreamWriter(self._redis, reply.id, sent, self._streams)
+        writer = StreamWriter(self._redis, self._channels, reply.id, sent, self._streams)
         until = asyncio.get_running_loop().time() + self._job_timeout - PERSIST_MARGIN_SECONDS
         if not sent:  # Redis lost the stream: the whole stored text, as one event
             await writer.write(StreamEvent(1, reply.content, MessageStatus.STREAMING), until=until)
         await writer.write(
             StreamEvent(writer.last_seq + 1, "", MessageStatus(reply.status)), until=until
         )
+
+
+class _Tokens:
+    """A reply's token usage over its calls: those of earlier runs (kept on its row), plus
+    the latest report of the call under way (each report covers the call so far)."""
+
+    __slots__ = ("_before", "_call")
+
+    def __init__(self, before: TokenUsage | None) -> None:
+        self._before = before
+        self._call: TokenUsage | None = None
+
+    @classmethod
+    def of(cls, reply: Message) -> _Tokens:
+        if reply.total_tokens is None:
+            return cls(None)
+        return cls(
+            TokenUsage(reply.prompt_tokens or 0, reply.output_tokens or 0, reply.total_tokens)
+        )
+
+    def report(self, usage: TokenUsage | None) -> None:
+        if usage is not None:
+            self._call = usage
+
+    @property
+    def total(self) -> TokenUsage | None:
+        if self._call is None:
+            return self._before
+        return self._call if self._before is None else self._before + self._call
+
+
+def _token_columns(tokens: TokenUsage | None) -> dict[str, int]:
+    if tokens is None:
+        return {}
+    return {
+        "prompt_tokens": tokens.prompt,
+        "output_tokens": tokens.output,
+        "total_tokens": tokens.total,
+    }

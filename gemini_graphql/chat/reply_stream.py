@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from gemini_graphql.errors import DomainError, ErrorCode
 from gemini_graphql.infra.outages import Outage, is_outage
 from gemini_graphql.infra.relay import RESYNC, Relay
-from gemini_graphql.models import MessageStatus
+from gemini_graphql.models import FINISHED_STATUSES, MessageStatus
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class StreamEvent:
 
     @property
     def is_final(self) -> bool:
-        return self.status in (MessageStatus.COMPLETE, MessageStatus.FAILED)
+        return self.status in FINISHED_STATUSES
 
     def encode(self) -> str:
         return json.dumps({"seq": self.seq, "delta": self.delta, "status": self.status.value})
@@ -165,9 +165,17 @@ async def last_event(redis: Redis, message_id: uuid.UUID) -> StreamEvent | None:
     return StreamEvent.decode(entries[0][1][b"e"]) if entries else None
 
 
+async def delete_streams(redis: Redis, message_ids: list[uuid.UUID]) -> None:
+    """Forget the streams of these replies (their room was deleted)."""
+    for start in range(0, len(message_ids), 500):
+        await redis.unlink(
+            *(stream_key(message_id) for message_id in message_ids[start : start + 500])
+        )
+
+
 Stored = StreamEvent | MessageStatus | None
 """What the database says of a reply: its final event when finished, its status while not,
-None when it does not exist (any more)."""
+None when it does not exist (any more: its room was deleted)."""
 
 
 async def follow(
@@ -214,6 +222,8 @@ async def follow(
                         if newest is not None and newest.seq < last:
                             raise _restarted()
                         state = await stored(last)
+                        if state is None:  # deleted with its room
+                            raise DomainError(ErrorCode.NOT_FOUND, "No such reply.", "messageId")
                         if isinstance(state, StreamEvent):
                             yield state  # the stream expired or was lost: the database has it
                             return

@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gemini_graphql.chat.room_events import RoomEvent, RoomEventChannels
 from gemini_graphql.infra.user_cache import UserCache
 from gemini_graphql.models import Chatroom
 
@@ -37,9 +38,11 @@ return {version, redis.call('GET', KEYS[2] .. version)}
 
 
 class RoomListCache:
-    def __init__(self, redis: Redis, users: UserCache) -> None:
+    def __init__(self, redis: Redis, users: UserCache, events: RoomEventChannels) -> None:
+        """`events`: where the changes that invalidate the list are announced."""
         self._redis = redis
         self._users = users
+        self._events = events
         self._read = redis.register_script(_READ)
 
     @staticmethod
@@ -67,14 +70,16 @@ class RoomListCache:
         self._users.keep_rooms(user_id, rooms, ticket)
         return rooms
 
-    async def invalidate(self, user_id: uuid.UUID) -> None:
-        """Called after a commit; a Redis outage must not turn a done change into an error."""
+    async def invalidate(self, user_id: uuid.UUID, announce: Sequence[RoomEvent] = ()) -> None:
+        """Called after a commit, with the room events it makes (sent in the same round
+        trip); a Redis outage must not turn a done change into an error."""
         version_key, _ = self._keys(user_id)
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.incr(version_key)
                 pipe.expire(version_key, VERSION_TTL_SECONDS)
                 await self._users.changed(user_id, pipe)
+                self._events.publish_into(pipe, user_id, announce)
                 await pipe.execute()
         except RedisError:
             log.warning("could not invalidate the room list of %s", user_id, exc_info=True)
@@ -86,6 +91,7 @@ def _row(room: Chatroom) -> dict[str, str | None]:
         "user_id": str(room.user_id),
         "title": room.title,
         "description": room.description,
+        "system_instruction": room.system_instruction,
         "created_at": room.created_at.isoformat(),
         "updated_at": room.updated_at.isoformat(),
     }
@@ -97,6 +103,7 @@ def _room(row: dict[str, str]) -> Chatroom:
         user_id=uuid.UUID(row["user_id"]),
         title=row["title"],
         description=row["description"],
+        system_instruction=row.get("system_instruction"),
         created_at=datetime.fromisoformat(row["created_at"]),
         updated_at=datetime.fromisoformat(row["updated_at"]),
     )

@@ -5,7 +5,8 @@ from collections.abc import AsyncGenerator
 import strawberry
 
 from gemini_graphql.api.context import Info
-from gemini_graphql.api.types.chat import ReplyEvent
+from gemini_graphql.api.types.chat import ChatroomEvent, ReplyEvent
+from gemini_graphql.chat.room_events import follow_room_events
 from gemini_graphql.errors import DomainError, ErrorCode
 from gemini_graphql.models import MessageRole
 
@@ -38,3 +39,25 @@ class ChatSubscriptions:
                 reply_id=reply.id,
                 stored=finished,
             )
+
+    @strawberry.subscription(
+        description="What happens in your rooms (or one room, with chatroomId) on every "
+        "device and connection, from the moment the subscription starts: a reconnecting "
+        "client refetches what it missed."
+    )
+    async def chatroom_events(
+        self, info: Info, chatroom_id: strawberry.ID | None = None
+    ) -> AsyncGenerator[ChatroomEvent, None]:
+        context = info.context
+        del info  # held for hours: see message_stream
+        user = await context.user()
+        services = context.services
+        room_id = None
+        if chatroom_id is not None:
+            room = await services.rooms.owned_room(user.id, chatroom_id)
+            if room is None:
+                raise DomainError(ErrorCode.NOT_FOUND, "No such chatroom.", "chatroomId")
+            room_id = room.id
+        events = follow_room_events(services.relay, services.room_events, user.id, room_id)
+        async for event in events:
+            yield ChatroomEvent.of(event, user.id)

@@ -17,11 +17,19 @@ class UsageType:
     limit: int = strawberry.field(description="Daily limit of the current tier.")
     remaining: int = strawberry.field(description="Messages left today.")
     resets_at: datetime = strawberry.field(description="Next UTC midnight, when `used` resets.")
+    tokens_today: int = strawberry.field(
+        description="Total tokens of your replies finished today (UTC day), from Gemini's "
+        "usage metadata."
+    )
 
     @classmethod
     def of(cls, usage: Usage) -> UsageType:
         return cls(
-            used=usage.used, limit=usage.limit, remaining=usage.remaining, resets_at=usage.resets_at
+            used=usage.used,
+            limit=usage.limit,
+            remaining=usage.remaining,
+            resets_at=usage.resets_at,
+            tokens_today=usage.tokens_today,
         )
 
 

@@ -3,7 +3,9 @@
 `POST /{version}/models/{model}:streamGenerateContent?alt=sse` answers with
 server-sent events (`data: {GenerateContentResponse}`), `:generateContent`
 with one JSON body. Errors use Google's error body. The API key header is
-checked; every request is recorded.
+checked; every request is recorded, with how much of its stream was sent and whether the
+client hung up first. Each chunk reports usageMetadata as Gemini does, covering the call so
+far: prompt tokens = the words of the request's texts, output tokens = the chunks sent.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import itertools
 import json
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +54,13 @@ class GeminiRequest:
     method: str  # streamGenerateContent | generateContent
     api_key: str | None
     body: dict[str, Any]
+    chunks_sent: int = 0
+    hung_up: bool = False  # the client closed the stream before its end
+    finished: bool = False  # the whole scripted stream was sent
+
+    @property
+    def prompt_tokens(self) -> int:
+        return prompt_tokens(self.body)
 
 
 def echo_chunks(body: dict[str, Any]) -> list[str]:
@@ -64,6 +74,16 @@ def echo_chunks(body: dict[str, Any]) -> list[str]:
     ]
     words = f"Echo: {user_texts[-1] if user_texts else ''}".split(" ")
     return [word + " " for word in words[:-1]] + [words[-1]]
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """The fake's token count of a request: the words of all its texts."""
+    texts = [
+        part.get("text", "")
+        for content in [*(body.get("contents") or []), body.get("systemInstruction") or {}]
+        for part in content.get("parts", [])
+    ]
+    return sum(len(text.split()) for text in texts)
 
 
 @dataclass
@@ -87,7 +107,8 @@ class FakeGemini:
         model, _, method = request.path_params["target"].partition(":")
         body = await request.json()
         api_key = request.headers.get("x-goog-api-key")
-        self.requests.append(GeminiRequest(request.url.path, model, method, api_key, body))
+        recorded = GeminiRequest(request.url.path, model, method, api_key, body)
+        self.requests.append(recorded)
         if api_key != API_KEY:
             return _error(403, "Method doesn't allow unregistered callers.")
         script = self.scripts.popleft() if self.scripts else self.default
@@ -98,40 +119,67 @@ class FakeGemini:
         chunks = script.chunks if script.chunks is not None else echo_chunks(body)
         response_id = f"fake-response-{next(self._ids)}"
         if method == "generateContent":
-            return JSONResponse(_response("".join(chunks), response_id, model, final=True))
+            usage = _usage(prompt_tokens(body), len(chunks))
+            return JSONResponse(_response("".join(chunks), response_id, model, usage, final=True))
         if method != "streamGenerateContent":
             return _error(404, f"Unknown method {method}.")
         return StreamingResponse(
-            self._events(script, chunks, response_id, model), media_type="text/event-stream"
+            self._events(script, chunks, response_id, model, recorded),
+            media_type="text/event-stream",
         )
 
-    async def _events(self, script: Script, chunks: list[str], response_id: str, model: str):
-        for index, chunk in enumerate(chunks):
-            if index == script.error_after:
-                yield _sse(
-                    {
-                        "error": {
-                            "code": 503,
-                            "message": "Scripted mid-stream failure.",
-                            "status": "UNAVAILABLE",
+    async def _events(
+        self,
+        script: Script,
+        chunks: list[str],
+        response_id: str,
+        model: str,
+        recorded: GeminiRequest,
+    ) -> AsyncIterator[bytes]:
+        prompt = prompt_tokens(recorded.body)
+        try:
+            for index, chunk in enumerate(chunks):
+                if index == script.error_after:
+                    yield _sse(
+                        {
+                            "error": {
+                                "code": 503,
+                                "message": "Scripted mid-stream failure.",
+                                "status": "UNAVAILABLE",
+                            }
                         }
-                    }
-                )
-                return
-            if index == script.drop_after:
-                raise ConnectionResetError("scripted drop")
-            if index == script.hang_after:
-                await asyncio.sleep(3600)
-            if script.delay:
-                await asyncio.sleep(script.delay)
-            yield _sse(_response(chunk, response_id, model, final=index == len(chunks) - 1))
+                    )
+                    return
+                if index == script.drop_after:
+                    raise ConnectionResetError("scripted drop")
+                if index == script.hang_after:
+                    await asyncio.sleep(3600)
+                if script.delay:
+                    await asyncio.sleep(script.delay)
+                final = index == len(chunks) - 1
+                yield _sse(_response(chunk, response_id, model, _usage(prompt, index + 1), final))
+                recorded.chunks_sent = index + 1
+            recorded.finished = True
+        except (asyncio.CancelledError, GeneratorExit):
+            recorded.hung_up = True
+            raise
 
 
 def _sse(payload: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(payload)}\r\n\r\n".encode()
 
 
-def _response(text: str, response_id: str, model: str, *, final: bool) -> dict[str, Any]:
+def _usage(prompt: int, output: int) -> dict[str, int]:
+    return {
+        "promptTokenCount": prompt,
+        "candidatesTokenCount": output,
+        "totalTokenCount": prompt + output,
+    }
+
+
+def _response(
+    text: str, response_id: str, model: str, usage: dict[str, int], final: bool
+) -> dict[str, Any]:
     candidate: dict[str, Any] = {
         "content": {"parts": [{"text": text}], "role": "model"},
         "index": 0,
@@ -140,7 +188,7 @@ def _response(text: str, response_id: str, model: str, *, final: bool) -> dict[s
         candidate["finishReason"] = "STOP"
     return {
         "candidates": [candidate],
-        "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 3, "totalTokenCount": 8},
+        "usageMetadata": usage,
         "modelVersion": model,
         "responseId": response_id,
     }
