@@ -9,6 +9,8 @@ from dataclasses import replace
 from gemini_graphql.ai.gemini import GeminiModel
 from gemini_graphql.chat.replies import ReplyGenerator
 from gemini_graphql.chat.reply_stream import ReplyChannels
+from gemini_graphql.chat.room_events import RoomEventChannels
+from gemini_graphql.chat.stops import StopRequests
 from gemini_graphql.infra.resources import Resources
 from gemini_graphql.testing.fakes.gemini import Script
 from tests.auth_flows import ME
@@ -161,6 +163,8 @@ async def test_a_finished_reply_is_never_generated_twice(
             model=model,
             system_instruction=None,
             job_timeout_seconds=15,
+            stops=StopRequests(resources.redis),
+            room_events=RoomEventChannels(chat_settings.channel_prefix),
         )
         outcome = await generator.generate(uuid.UUID(sent["reply"]["id"]), final_try=False)
     finally:

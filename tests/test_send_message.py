@@ -73,12 +73,12 @@ async def test_send_writes_both_messages_bumps_the_room_and_queues_one_job(
     room_id = await create_room(gql, user.token)
     before = await pg.fetchval("SELECT updated_at FROM chatrooms WHERE id = $1", uuid.UUID(room_id))
     payload = await send(gql, user.token, room_id, "Hello")
-    rows = await pg.fetch("SELECT id, role, status, reply_to_id FROM messages ORDER BY id")
+    rows = await pg.fetch("SELECT id, role, status, parent_id FROM messages ORDER BY id")
     assert [(row["role"], row["status"]) for row in rows] == [
         ("user", "complete"),
         ("assistant", "pending"),
     ]
-    assert rows[1]["reply_to_id"] == rows[0]["id"]
+    assert rows[1]["parent_id"] == rows[0]["id"]
     assert str(rows[1]["id"]) == payload["reply"]["id"]
     after = await pg.fetchval("SELECT updated_at FROM chatrooms WHERE id = $1", uuid.UUID(room_id))
     assert after > before

@@ -8,7 +8,7 @@ import httpx
 from google import genai
 from google.genai import errors, types
 
-from gemini_graphql.ai.model import Chunk, ModelError, TokenUsage, Turn
+from gemini_graphql.ai.model import Chunk, ModelError, TokenCounts, Turn
 from gemini_graphql.config import Settings
 
 try:  # google-genai may use httpx2, a fork with its own exception classes
@@ -82,10 +82,10 @@ class GeminiModel:
 _UNAVAILABLE = "The assistant is unavailable right now. Please try again in a few minutes."
 
 
-def _usage(metadata: types.GenerateContentResponseUsageMetadata | None) -> TokenUsage | None:
+def _usage(metadata: types.GenerateContentResponseUsageMetadata | None) -> TokenCounts | None:
     if metadata is None or metadata.total_token_count is None:
         return None
-    return TokenUsage(
+    return TokenCounts(
         prompt=metadata.prompt_token_count or 0,
         output=metadata.candidates_token_count or 0,
         total=metadata.total_token_count,

@@ -14,15 +14,15 @@ class Turn:
 
 
 @dataclass(frozen=True, slots=True)
-class TokenUsage:
+class TokenCounts:
     """Gemini's usageMetadata: within one call each report covers the call so far."""
 
     prompt: int = 0
     output: int = 0
     total: int = 0
 
-    def __add__(self, other: TokenUsage) -> TokenUsage:
-        return TokenUsage(
+    def __add__(self, other: TokenCounts) -> TokenCounts:
+        return TokenCounts(
             self.prompt + other.prompt, self.output + other.output, self.total + other.total
         )
 
@@ -31,7 +31,7 @@ class TokenUsage:
 class Chunk:
     text: str
     response_id: str | None = None
-    usage: TokenUsage | None = None  # the call's usage so far, when the model reports it
+    usage: TokenCounts | None = None  # the call's usage so far, when the model reports it
 
 
 class ModelError(Exception):

@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlmodel import col, select
 
-from gemini_graphql.ai.model import ChatModel, ModelError, TokenUsage, Turn
+from gemini_graphql.ai.model import ChatModel, ModelError, TokenCounts, Turn
 from gemini_graphql.chat.messages import message_by_id
 from gemini_graphql.chat.quota import add_tokens, give_back_one, utc_day
 from gemini_graphql.chat.reply_stream import (
@@ -306,7 +306,7 @@ class ReplyGenerator:
         exc: ModelError,
         final_try: bool,
         persist_until: float,
-        tokens: TokenUsage | None,
+        tokens: TokenCounts | None,
     ) -> ReplyOutcome | None:
         if exc.retryable and not final_try:
             # _finish below writes the text itself; the tokens of this call count either way.
@@ -354,7 +354,7 @@ class ReplyGenerator:
         await self._update(reply_id, status=MessageStatus.STREAMING.value, content=text)
 
     async def _save_progress(
-        self, reply_id: uuid.UUID, text: str, tokens: TokenUsage | None
+        self, reply_id: uuid.UUID, text: str, tokens: TokenCounts | None
     ) -> bool:
         """The growing text, and the row's heartbeat (see LEASE_MARGIN); False when the reply
         was ended elsewhere. Best effort: a save missed while the database is away is made up
@@ -397,7 +397,7 @@ class ReplyGenerator:
         text: str,
         writer: StreamWriter,
         until: float,
-        tokens: TokenUsage | None,
+        tokens: TokenCounts | None,
         error: str | None = None,
         response_id: str | None = None,
     ) -> ReplyOutcome | None:
@@ -430,7 +430,7 @@ class ReplyGenerator:
         reply: Message,
         status: MessageStatus,
         text: str,
-        tokens: TokenUsage | None,
+        tokens: TokenCounts | None,
         error: str | None,
         response_id: str | None,
     ) -> uuid.UUID | None:
@@ -482,30 +482,30 @@ class _Tokens:
 
     __slots__ = ("_before", "_call")
 
-    def __init__(self, before: TokenUsage | None) -> None:
+    def __init__(self, before: TokenCounts | None) -> None:
         self._before = before
-        self._call: TokenUsage | None = None
+        self._call: TokenCounts | None = None
 
     @classmethod
     def of(cls, reply: Message) -> _Tokens:
         if reply.total_tokens is None:
             return cls(None)
         return cls(
-            TokenUsage(reply.prompt_tokens or 0, reply.output_tokens or 0, reply.total_tokens)
+            TokenCounts(reply.prompt_tokens or 0, reply.output_tokens or 0, reply.total_tokens)
         )
 
-    def report(self, usage: TokenUsage | None) -> None:
+    def report(self, usage: TokenCounts | None) -> None:
         if usage is not None:
             self._call = usage
 
     @property
-    def total(self) -> TokenUsage | None:
+    def total(self) -> TokenCounts | None:
         if self._call is None:
             return self._before
         return self._call if self._before is None else self._before + self._call
 
 
-def _token_columns(tokens: TokenUsage | None) -> dict[str, int]:
+def _token_columns(tokens: TokenCounts | None) -> dict[str, int]:
     if tokens is None:
         return {}
     return {
