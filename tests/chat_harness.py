@@ -247,3 +247,48 @@ async def closed_with(socket: websockets.ClientConnection) -> int:
         await asyncio.wait_for(socket.recv(), 15)
     assert caught.value.rcvd is not None
     return caught.value.rcvd.code
+
+
+class Subscription:
+    """One subscription of any document on its own graphql-transport-ws connection."""
+
+    def __init__(self, client: WsClient, op_id: str) -> None:
+        self._client = client
+        self.op_id = op_id
+
+    async def next(self, timeout: float = 10) -> dict[str, Any]:
+        """The next result's data (its errors raise AssertionError)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                message = json.loads(await self._client.socket.recv())
+                if message.get("id") != self.op_id:
+                    continue
+                assert message["type"] == "next", message
+                payload = message["payload"]
+                assert not payload.get("errors"), payload
+                return payload["data"]
+
+    async def first_message(self, timeout: float = 10) -> dict[str, Any]:
+        """The next message of the operation as sent: next, error or complete."""
+        async with asyncio.timeout(timeout):
+            while True:
+                message = json.loads(await self._client.socket.recv())
+                if message.get("id") == self.op_id:
+                    return message
+
+
+@contextlib.asynccontextmanager
+async def subscribe(
+    url: str, token: str, query: str, variables: dict[str, Any] | None = None
+) -> AsyncIterator[Subscription]:
+    async with WsClient.connect(url, token) as client:
+        await client.socket.send(
+            json.dumps(
+                {
+                    "id": "1",
+                    "type": "subscribe",
+                    "payload": {"query": query, "variables": variables or {}},
+                }
+            )
+        )
+        yield Subscription(client, "1")

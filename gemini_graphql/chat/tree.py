@@ -197,7 +197,7 @@ _DESCENDANTS = (
 _DESCENDANTS = _DESCENDANTS.union_all(
     sa.select(_MESSAGES.c.id).join(_DESCENDANTS, _MESSAGES.c.parent_id == _DESCENDANTS.c.id)
 )
-_NEWEST_LEAF = sa.select(sa.func.max(_DESCENDANTS.c.id))
+_NEWEST_LEAF = sa.select(_DESCENDANTS.c.id).order_by(_DESCENDANTS.c.id.desc()).limit(1)
 
 
 async def newest_leaf(connection: AsyncConnection, message_id: uuid.UUID) -> uuid.UUID:
