@@ -1,14 +1,28 @@
 """Version 2 end to end: versions and branches, what Gemini is sent on each branch, token
-usage, room management, and the room events every device sees."""
+usage, room management, and the room events every device sees.
+
+Every test runs twice: on PostgreSQL and Redis, and on the dev mode's stores (SQLite and the
+embedded Redis), so the tree's SQL and the stop's Lua hold on both.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+import redis.asyncio as aioredis
 import sqlalchemy as sa
 
+from gemini_graphql.app.embedded_redis import EmbeddedRedis
+from gemini_graphql.config import Settings
+from gemini_graphql.ids import new_id
+from gemini_graphql.infra.migrate import migrate
+from gemini_graphql.models import Message
 from gemini_graphql.testing.fakes.gemini import FakeGemini, Script, prompt_tokens
 from tests.chat_harness import (
     Live,
@@ -61,6 +75,52 @@ EVENT_TYPES = """subscription { chatroomEvents { type chatroomId at } }"""
 USAGE = "query { me { usage { used tokensToday } } }"
 
 
+@pytest.fixture(scope="module")
+def dev_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """The dev mode's stores, once for the module: a migrated SQLite file, embedded Redis."""
+    database = tmp_path_factory.mktemp("dev") / "dev.sqlite3"
+    url = f"sqlite+aiosqlite:///{database}"
+    migrate(url)
+    embedded = EmbeddedRedis().start()
+    try:
+        yield url, embedded.url
+    finally:
+        embedded.stop()
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def chat_settings(
+    request: pytest.FixtureRequest, chat_settings: Settings, dev_stores: tuple[str, str]
+) -> Settings:
+    if request.param == "postgresql":
+        return chat_settings
+    database_url, redis_url = dev_stores
+    return replace(chat_settings, database_url=database_url, redis_url=redis_url)
+
+
+@pytest.fixture
+async def store_redis(chat_settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(chat_settings.redis_url)
+    yield client
+    await client.aclose()
+
+
+async def execute(live: Live, statement: str | sa.Executable, *rows: dict) -> list:
+    """Direct SQL on the app's own database (whichever it is)."""
+    engine = live.app.state.services.resources.database.engine
+    if isinstance(statement, str):
+        statement = sa.text(statement)
+    async with engine.begin() as connection:
+        result = await connection.execute(statement, list(rows) if len(rows) > 1 else rows[0])
+        return list(result) if result.returns_rows else []
+
+
+async def make_pro(live: Live, user_id: str) -> None:
+    users = sa.table("users", sa.column("id", sa.Uuid), sa.column("subscription_tier"))
+    statement = users.update().where(users.c.id == uuid.UUID(user_id))
+    await execute(live, statement.values(subscription_tier="pro"), {})
+
+
 async def branch(gql: GraphQLClient, token: str, room_id: str, **page: Any) -> list[dict]:
     body = await gql(BRANCH, {"id": room_id, **page}, token=token)
     assert "errors" not in body, body
@@ -93,9 +153,7 @@ async def test_versions_branches_and_what_gemini_is_sent_on_each(
 ) -> None:
     fake, _ = fake_gemini
     user, room_id = await user_with_room(live.http, sms)
-    await pg.execute(
-        "UPDATE users SET subscription_tier = 'pro' WHERE id = $1", uuid.UUID(user.user_id)
-    )
+    await make_pro(live, user.user_id)
     gql, token = live.http, user.token
     first = await send(gql, token, room_id, "first")
     a1 = await finished(live, token, first["reply"]["id"])
@@ -179,9 +237,7 @@ async def test_context_leaves_out_other_branches_and_unfinished_replies(
     ten newest COMPLETE messages of the branch, and the new question."""
     fake, _ = fake_gemini
     user, room_id = await user_with_room(live.http, sms)
-    await pg.execute(
-        "UPDATE users SET subscription_tier = 'pro' WHERE id = $1", uuid.UUID(user.user_id)
-    )
+    await make_pro(live, user.user_id)
     gql, token = live.http, user.token
     expected: list[tuple[str, str]] = []
     for index in range(8):
@@ -260,7 +316,7 @@ async def test_versions_of_a_page_cost_a_bounded_number_of_statements(
 ) -> None:
     """100 messages asking for their versions: the page, then one statement for them all."""
     user, room_id = await user_with_room(live.http, sms)
-    await seed_linear_room(pg, room_id, 120, versions_every=10)
+    await seed_linear_room(live, room_id, 120, versions_every=10)
     engine = live.app.state.services.resources.database.engine
     statements: list[str] = []
 
@@ -278,33 +334,36 @@ async def test_versions_of_a_page_cost_a_bounded_number_of_statements(
     assert len(reads) == 2, reads  # the branch page, and every version of every message
 
 
-async def seed_linear_room(pg, room_id: str, count: int, *, versions_every: int = 0) -> list:
+async def seed_linear_room(
+    live: Live, room_id: str, count: int, *, versions_every: int = 0
+) -> None:
     """`count` messages in one branch (USER, ASSISTANT, ...), written directly; every
     `versions_every`-th message also gets an older sibling off the branch."""
-    from gemini_graphql.ids import new_id
-
     room = uuid.UUID(room_id)
     parent = None
-    ids = []
     rows = []
+    now = datetime.now(UTC)
     for index in range(count):
+        role = "user" if index % 2 == 0 else "assistant"
         if versions_every and index % versions_every == 0:
-            rows.append((new_id(), parent, index, "an older version"))
-        message_id = new_id()
-        rows.append((message_id, parent, index, f"message {index}"))
-        ids.append(message_id)
-        parent = message_id
-    await pg.executemany(
-        """
-        INSERT INTO messages (id, chatroom_id, role, parent_id, content, status,
-                              created_at, updated_at)
-        VALUES ($1, $2, CASE WHEN $3 % 2 = 0 THEN 'user' ELSE 'assistant' END, $4, $5,
-                'complete', now(), now())
-        """,
-        [(message_id, room, index, parent, text) for message_id, parent, index, text in rows],
+            rows.append(dict(id=new_id(), parent_id=parent, role=role, content="an older version"))
+        rows.append(dict(id=new_id(), parent_id=parent, role=role, content=f"message {index}"))
+        parent = rows[-1]["id"]
+    table = Message.__table__  # type: ignore[attr-defined]
+    await execute(
+        live,
+        table.insert(),
+        *(
+            {**row, "chatroom_id": room, "status": "complete", "created_at": now, "updated_at": now}
+            for row in rows
+        ),
     )
-    await pg.execute("UPDATE chatrooms SET current_leaf_id = $1 WHERE id = $2", ids[-1], room)
-    return ids
+    rooms = sa.table("chatrooms", sa.column("id", sa.Uuid), sa.column("current_leaf_id", sa.Uuid))
+    await execute(
+        live,
+        rooms.update().where(rooms.c.id == room).values(current_leaf_id=parent),
+        {},
+    )
 
 
 async def events_live(events: Subscription, gql: GraphQLClient, token: str, room_id: str) -> None:
@@ -321,7 +380,7 @@ async def events_live(events: Subscription, gql: GraphQLClient, token: str, room
 
 
 async def test_every_change_reaches_every_device_and_no_one_else(
-    live: Live, worker, sms: RecordingSms, fake_gemini: tuple[FakeGemini, str], pg, redis_client
+    live: Live, worker, sms: RecordingSms, fake_gemini: tuple[FakeGemini, str], pg, store_redis
 ) -> None:
     fake, _ = fake_gemini
     user, room_id = await user_with_room(live.http, sms)
@@ -392,7 +451,7 @@ async def test_a_foreign_room_cannot_be_watched(live: Live, sms: RecordingSms) -
 
 
 async def test_deleting_a_room_stops_its_replies_and_leaves_nothing_behind(
-    live: Live, worker, sms: RecordingSms, fake_gemini: tuple[FakeGemini, str], pg, redis_client
+    live: Live, worker, sms: RecordingSms, fake_gemini: tuple[FakeGemini, str], pg, store_redis
 ) -> None:
     fake, _ = fake_gemini
     user, room_id = await user_with_room(live.http, sms)
@@ -436,7 +495,7 @@ async def test_deleting_a_room_stops_its_replies_and_leaves_nothing_behind(
     assert room_id not in str(listed)
     await asyncio.sleep(0.5)  # the worker has seen the stop by now
     for message_id in (done["reply"]["id"], reply_id):
-        assert not await redis_client.exists(f"reply:{message_id}:events")
+        assert not await store_redis.exists(f"reply:{message_id}:events")
     assert fake.requests[-1].hung_up  # Gemini is no longer read for it
     after = await stream(live.ws_url, token, reply_id)
     assert after.errors and after.errors[0]["extensions"]["code"] == "NOT_FOUND"

@@ -30,6 +30,7 @@ from gemini_graphql.chat.messages import message_by_id
 from gemini_graphql.chat.quota import add_tokens, give_back_one, utc_day
 from gemini_graphql.chat.reply_stream import (
     ReplyChannels,
+    StreamEnded,
     StreamEvent,
     StreamWriter,
     delete_streams,
@@ -223,11 +224,17 @@ class ReplyGenerator:
                     await writer.write(event, until=stream_until)
                     if time.monotonic() - saved_at >= SAVE_EVERY_SECONDS:
                         if not await self._save_progress(reply_id, text, calls.total):
-                            stop.request()  # ended elsewhere (stopped, or its room deleted)
+                            raise StreamEnded  # ended elsewhere (stopped, or its room deleted)
                         saved_at = time.monotonic()
-        except Stopped:
+        except (Stopped, StreamEnded) as exc:
             return await self._finish(
-                reply, MessageStatus.STOPPED, text, writer, persist_until, tokens=calls.total
+                reply,
+                MessageStatus.STOPPED,
+                text,
+                writer,
+                persist_until,
+                tokens=calls.total,
+                forget_if_gone=isinstance(exc, Stopped),
             )
         except (TimeoutError, ModelError) as exc:
             if stop.requested:  # failing as it was being stopped: stopped is what was asked
@@ -400,29 +407,36 @@ class ReplyGenerator:
         tokens: TokenCounts | None,
         error: str | None = None,
         response_id: str | None = None,
+        forget_if_gone: bool = False,
     ) -> ReplyOutcome | None:
         """The row first, then the final event: whoever sees the event finds the stored text.
         Nothing is written when the reply was ended elsewhere meanwhile (stopped by an api
-        process that gave up waiting, or deleted with its room)."""
+        process that gave up waiting, or deleted with its room). `forget_if_gone`: a stop
+        notice ended it, and the deleter had ended its stream before sending the notice, so
+        a stream this worker wrote to since is deleted too."""
         owner = await self._persisted(
             lambda: self._mark_finished(reply, status, text, tokens, error, response_id), until
         )
         if owner is None:
-            if await message_by_id(self._autocommit, reply.id) is None:
+            if forget_if_gone and await message_by_id(self._autocommit, reply.id) is None:
                 await delete_streams(self._redis, [reply.id])  # its room is gone: so is it
             return None
-        await writer.write(StreamEvent(writer.last_seq + 1, "", status), until=until)
         finished = RoomEvent(
             RoomEventType.REPLY_FINISHED, reply.chatroom_id, self._clock(), reply.id
         )
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                # The tokens (and a FAILED reply's unit given back) show in `usage` at once.
+                # Before the final event: whoever sees it and asks for `usage` finds the
+                # tokens (and a FAILED reply's unit given back) counted.
                 await self._users.changed(owner, pipe)
                 self._room_events.publish_into(pipe, owner, [finished])
                 await pipe.execute()
         except RedisError:
             log.warning("could not announce the end of reply %s", reply.id, exc_info=True)
+        try:
+            await writer.write(StreamEvent(writer.last_seq + 1, "", status), until=until)
+        except StreamEnded:  # ended by someone else after all: theirs is the final event
+            log.warning("reply %s was ended elsewhere as it finished", reply.id)
         return ReplyOutcome(status, text)
 
     async def _mark_finished(

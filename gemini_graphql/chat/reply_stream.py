@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from gemini_graphql.errors import DomainError, ErrorCode
 from gemini_graphql.infra.outages import Outage, is_outage
@@ -53,6 +53,10 @@ class StreamEvent:
     def decode(cls, raw: bytes | str) -> StreamEvent:
         data = json.loads(raw)
         return cls(seq=int(data["seq"]), delta=data["delta"], status=MessageStatus(data["status"]))
+
+
+class StreamEnded(Exception):
+    """The stream already ended: someone else wrote its final event (see chat.stops)."""
 
 
 def stream_key(message_id: uuid.UUID) -> str:
@@ -129,6 +133,10 @@ class StreamWriter:
                 await self._write_missing()
                 self._outage.recovered()
                 return
+            except ResponseError as exc:
+                if "equal or smaller" in str(exc):  # a seq already taken by a final event
+                    raise StreamEnded from exc
+                raise
             except (RedisError, OSError) as exc:
                 if not is_outage(exc):
                     raise

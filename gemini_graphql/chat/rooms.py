@@ -178,10 +178,12 @@ class Rooms:
         )
         in_progress = [reply_id for reply_id, status in replies if status in UNFINISHED_STATUSES]
         try:
+            # Their streams end first, then their workers are told: a worker that stops
+            # because of the notice finds the final event already written.
+            for reply_id in in_progress:
+                await self._final_events.end_stopped(reply_id)
             if in_progress:
                 await request_stop(self._redis, self._prefix, in_progress)
-                for reply_id in in_progress:
-                    await self._final_events.end_stopped(reply_id)
             await delete_streams(self._redis, [reply_id for reply_id, _ in replies])
         except RedisError:  # the room is gone; its streams expire on their own
             log.warning("could not end the reply streams of deleted room %s", room_id)
