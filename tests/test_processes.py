@@ -11,7 +11,7 @@ import httpx
 
 from gemini_graphql.testing.fakes.gemini import Script
 from gemini_graphql.testing.processes import start_api, start_worker
-from tests.chat_harness import WsClient, send, stream, user_with_room
+from tests.chat_harness import WsClient, send, stream, subscribe, user_with_room
 from tests.conftest import GraphQLClient
 
 
@@ -95,7 +95,66 @@ async def test_worker_killed_mid_reply(
         # The rerun continued the reply from what subscribers had been sent.
         continuation = fake.requests[-1].body["contents"][-1]
         assert continuation["role"] == "model" and text.startswith(continuation["parts"][0]["text"])
+        # Both calls' tokens count: each call's prompt, the output of the second, and of the
+        # killed one what it had reported by its last save (at least its first chunk).
+        first, second = fake.requests[-2], fake.requests[-1]
+        tokens = await pg.fetchrow(
+            "SELECT prompt_tokens, output_tokens, total_tokens FROM messages WHERE id = $1",
+            uuid.UUID(reply_id),
+        )
+        assert tokens["prompt_tokens"] == first.prompt_tokens + second.prompt_tokens
+        assert 1 + 3 <= tokens["output_tokens"] <= len(before.events) + 3
+        assert tokens["total_tokens"] == tokens["prompt_tokens"] + tokens["output_tokens"]
     finally:
         for process in processes:
             with contextlib.suppress(Exception):
                 await process.stop()
+
+
+EVENTS = "subscription { chatroomEvents { type chatroomId message { id status } } }"
+RENAME = """mutation($id: ID!) { updateChatroom(input: {id: $id, title: "Renamed"}) {
+  errors { code } } }"""
+
+
+async def test_room_events_reach_a_subscriber_on_another_api_process(
+    chat_settings, fake_gemini, redis_client, make_client, sms
+) -> None:
+    """A change made through api A, and a reply finished by a worker process, reach a
+    chatroomEvents subscriber on api B."""
+    fake, _ = fake_gemini
+    fake.default = Script(chunks=["one ", "two"], delay=0.01)
+    processes = []
+    try:
+        (api_a, url_a), (api_b, url_b), worker = await asyncio.gather(
+            start_api(chat_settings),
+            start_api(chat_settings),
+            start_worker(chat_settings, redis_client),
+        )
+        processes += [api_a, api_b, worker]
+        user, room_id = await user_with_room(GraphQLClient(await make_client()), sms)
+        ws_b = url_b.replace("http://", "ws://") + "/graphql"
+        async with (
+            httpx.AsyncClient(base_url=url_a, timeout=30) as http_a,
+            subscribe(ws_b, user.token, EVENTS) as events,
+        ):
+            gql_a = GraphQLClient(http_a)
+            async with asyncio.timeout(15):  # until B's subscription is live
+                while True:
+                    assert (await gql_a(RENAME, {"id": room_id}, token=user.token))["data"]
+                    try:
+                        first = (await events.next(timeout=0.3))["chatroomEvents"]
+                        break
+                    except TimeoutError:
+                        continue
+            assert first == {"type": "CHATROOM_UPDATED", "chatroomId": room_id, "message": None}
+            sent = await send(gql_a, user.token, room_id, "across processes")
+            seen = [(await events.next())["chatroomEvents"] for _ in range(3)]
+        assert [(e["type"], e["message"]["id"]) for e in seen] == [
+            ("MESSAGE_ADDED", sent["message"]["id"]),
+            ("MESSAGE_ADDED", sent["reply"]["id"]),
+            ("REPLY_FINISHED", sent["reply"]["id"]),
+        ]
+        assert seen[-1]["message"]["status"] == "COMPLETE"
+    finally:
+        for process in processes:
+            await process.stop()

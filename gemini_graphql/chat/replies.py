@@ -203,7 +203,7 @@ class ReplyGenerator:
             turns.append(Turn("model", text))  # continue the reply already under way
         calls = _Tokens.of(reply)
         response_id: str | None = None
-        saved_at = time.monotonic()
+        saved_at = -SAVE_EVERY_SECONDS  # the first chunk is saved: its call's tokens count
         stream_until = loop.time() + self._deadline
         try:
             async with (
