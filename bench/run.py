@@ -15,11 +15,13 @@ from pathlib import Path
 
 import uvloop
 
+from bench.branch_paging import branch_paging
 from bench.first_word import time_to_first_word
 from bench.hostile_documents import refusal_cpu
 from bench.http_overhead import graphql_overhead, send_message
 from bench.stack import percentile, running_stack
 from bench.stock_strawberry import http_rows, idle_rows
+from bench.stop_latency import CHUNK_SECONDS, stop_latency
 from bench.streams import live_streams
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -162,6 +164,54 @@ async def measure() -> list[tuple[str, str, str, str]]:
                 f"{len(burst):,} delivered; p50 {percentile(burst, 0.5):.1f} ms, p99 {percentile(burst, 0.99):.1f} ms",
                 "publish → client",
                 "(worst case, for information)",
+            )
+        )
+    rows += await conversation_rows()
+    return rows
+
+
+async def conversation_rows() -> list[tuple[str, str, str, str]]:
+    """6. Branch paging and 7. stop latency, on a stack of their own."""
+    rows: list[tuple[str, str, str, str]] = []
+    async with running_stack(worker=False) as stack:  # stop_latency starts its own worker
+        paging = await branch_paging(stack)
+        checked = f"pages checked: {paging.wrong_pages} wrong; errors {paging.errors()}"
+        for query, label in (
+            ("last", "`messages(last: 20)`"),
+            ("before", "`messages(last: 20, before: <first edge's cursor>)`"),
+        ):
+            ratio = paging.ratio(query)
+            ok = ratio <= 1.5 and paging.wrong_pages == 0 and paging.errors() == 0
+            rows.append(
+                (
+                    f"6. {label}, a room of 2,000 messages in 20 branches (current branch "
+                    f"{paging.trunk:,} deep) vs a linear room of 2,000, 8 connections, "
+                    f"{len(paging.loads['linear', query])} alternating rounds",
+                    f"branched p50 {paging.p50('branched', query):.1f} ms, "
+                    f"p99 {paging.p99('branched', query):.1f} ms, {paging.rps('branched', query):,.0f} req/s",
+                    f"linear p50 {paging.p50('linear', query):.1f} ms, "
+                    f"p99 {paging.p99('linear', query):.1f} ms, {paging.rps('linear', query):,.0f} req/s: "
+                    f"ratio branched/linear **{ratio:.2f}×**; {checked}",
+                    f"≤ 1.5× {'✅' if ok else '❌'}" if query == "last" else "–",
+                )
+            )
+        stops = await stop_latency(stack)
+        for problem in stops.problems:
+            print("stopReply mismatch:", problem)
+        after, sent = stops.after_response_ms, stops.after_request_ms
+        p50 = percentile(after, 0.5)
+        ok = p50 <= 100 and stops.mismatches == 0
+        rows.append(
+            (
+                f"7. `stopReply` returning → final STOPPED event at the subscriber, "
+                f"{len(stops.stop_ms)} replies streaming (fake Gemini, a chunk every {CHUNK_SECONDS * 1000:.0f} ms)",
+                f"p50 {p50:.1f} ms, p99 {percentile(after, 0.99):.1f} ms "
+                f"(max(0, ·): {stops.early} of {len(after)} finals arrived before the response)",
+                f"`stopReply` itself p50 {percentile(stops.stop_ms, 0.5):.1f} ms, "
+                f"p99 {percentile(stops.stop_ms, 0.99):.1f} ms; stop sent → final p50 "
+                f"{percentile(sent, 0.5):.1f} ms, p99 {percentile(sent, 0.99):.1f} ms; "
+                f"`me` p50 {percentile(stops.me_ms, 0.5):.1f} ms; mismatches **{stops.mismatches}**",
+                f"p50 ≤ 100 ms, 0 mismatches {'✅' if ok else '❌'}",
             )
         )
     return rows
