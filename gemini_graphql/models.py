@@ -7,8 +7,10 @@ than native enum types, so adding a value is a one-line migration.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from enum import StrEnum
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
@@ -240,3 +242,17 @@ class StripeEvent(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=255)
     type: str = Field(max_length=100)
     received_at: datetime = Field(sa_type=TIMESTAMP)
+
+
+sa.orm.configure_mappers()  # every table is declared: `loaded` needs the mappers ready
+
+T = TypeVar("T", bound=SQLModel)
+
+
+def loaded(model: type[T], row: Mapping[str, Any]) -> T:
+    """A table model from a row just read, built the way the ORM loads one: no __init__, no
+    validation of what the database returned. About 3 µs, against 70 for `model(**row)`,
+    which on a page of 100 messages was most of the request's CPU."""
+    instance = model._sa_class_manager.new_instance()  # type: ignore[attr-defined]
+    instance.__dict__.update(row)
+    return instance  # type: ignore[no-any-return]

@@ -25,7 +25,7 @@ from gemini_graphql.config import Settings
 from gemini_graphql.errors import DomainError, ErrorCode, Unauthenticated, invalid_input
 from gemini_graphql.infra.db import Database
 from gemini_graphql.infra.user_cache import UserCache
-from gemini_graphql.models import OtpPurpose, User
+from gemini_graphql.models import OtpPurpose, User, loaded
 from gemini_graphql.text import check_storable
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ class AuthService:
             row = (await connection.execute(_USER_BY_ID, {"user_id": user_id})).mappings().first()
         if row is None:
             return None
-        user = User(**row)
+        user = loaded(User, row)
         self._users.keep_user(user, ticket)
         return user
 

@@ -24,7 +24,7 @@ from gemini_graphql.errors import DomainError, ErrorCode, invalid_input
 from gemini_graphql.infra.db import Database
 from gemini_graphql.infra.relay import Relay
 from gemini_graphql.infra.user_cache import UserCache
-from gemini_graphql.models import Chatroom, Message, MessageRole, MessageStatus
+from gemini_graphql.models import Chatroom, Message, MessageRole, MessageStatus, loaded
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class Conversation:
             user_id,
             [RoomEvent(RoomEventType.BRANCH_CHANGED, message.chatroom_id, now, leaf)],
         )
-        return Chatroom(**row)
+        return loaded(Chatroom, row)
 
     async def stop(self, user_id: uuid.UUID, raw_id: str) -> Message:
         """The reply, STOPPED (or as it already ended): returns once the stop took effect.
@@ -179,7 +179,7 @@ class Conversation:
             )
             if row is None:
                 return None
-            stopped = Message(**row)
+            stopped = loaded(Message, row)
             if stopped.total_tokens:
                 await add_tokens(connection, user_id, stopped.total_tokens, utc_day(now))
         if stopped.total_tokens:

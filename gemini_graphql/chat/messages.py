@@ -33,7 +33,14 @@ from gemini_graphql.errors import DomainError, ErrorCode, InvalidArgument, inval
 from gemini_graphql.ids import new_id, parse_id
 from gemini_graphql.infra.db import Database
 from gemini_graphql.infra.relay import Relay
-from gemini_graphql.models import Chatroom, Message, MessageRole, MessageStatus, Subscription
+from gemini_graphql.models import (
+    Chatroom,
+    Message,
+    MessageRole,
+    MessageStatus,
+    Subscription,
+    loaded,
+)
 from gemini_graphql.text import check_storable
 
 log = logging.getLogger(__name__)
@@ -314,7 +321,7 @@ async def _one(
     # and an ORM session cost several times the query.
     async with autocommit.connect() as connection:
         row = (await connection.execute(statement, parameters)).mappings().first()
-    return Message(**row) if row is not None else None
+    return loaded(Message, row) if row is not None else None
 
 
 async def _limit_reached(connection: AsyncConnection, user_id: uuid.UUID) -> DomainError:

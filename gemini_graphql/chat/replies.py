@@ -43,7 +43,7 @@ from gemini_graphql.clock import Clock
 from gemini_graphql.infra.db import Database
 from gemini_graphql.infra.outages import Outage, is_outage
 from gemini_graphql.infra.user_cache import UserCache
-from gemini_graphql.models import Chatroom, Message, MessageRole, MessageStatus
+from gemini_graphql.models import Chatroom, Message, MessageRole, MessageStatus, loaded
 
 _ROOMS = Chatroom.__table__  # type: ignore[attr-defined]
 _INSTRUCTION = sa.select(_ROOMS.c.system_instruction).where(_ROOMS.c.id == sa.bindparam("room_id"))
@@ -355,7 +355,7 @@ class ReplyGenerator:
         async with self._autocommit.begin() as connection:
             parameters = {"reply_id": reply_id, "now": self._clock()}
             row = (await connection.execute(_CLAIM, parameters)).mappings().first()
-        return Message(**row) if row is not None else None
+        return loaded(Message, row) if row is not None else None
 
     async def _set_streaming(self, reply_id: uuid.UUID, text: str) -> None:
         await self._update(reply_id, status=MessageStatus.STREAMING.value, content=text)

@@ -27,7 +27,7 @@ from gemini_graphql.clock import Clock
 from gemini_graphql.errors import DomainError, ErrorCode, invalid_input
 from gemini_graphql.ids import parse_id
 from gemini_graphql.infra.db import Database
-from gemini_graphql.models import UNFINISHED_STATUSES, Chatroom, Message, MessageRole
+from gemini_graphql.models import UNFINISHED_STATUSES, Chatroom, Message, MessageRole, loaded
 from gemini_graphql.text import check_storable
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ class Rooms:
         await self._cache.invalidate(
             user_id, [RoomEvent(RoomEventType.CHATROOM_UPDATED, room_id, now)]
         )
-        return Chatroom(**row)
+        return loaded(Chatroom, row)
 
     async def delete(self, user_id: uuid.UUID, raw_id: str) -> uuid.UUID:
         """The room and its messages, in one transaction; then its replies in progress are

@@ -21,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gemini_graphql.models import Chatroom, Message
+from gemini_graphql.models import Chatroom, Message, loaded
 
 _ROOMS = Chatroom.__table__  # type: ignore[attr-defined]
 _MESSAGES = Message.__table__  # type: ignore[attr-defined]
@@ -120,7 +120,7 @@ async def branch_rows(
     else:
         statement = _AFTER if cursor is not None else _FIRST
     rows = (await connection.execute(statement, parameters)).mappings().all()
-    return [Message(**row) for row in rows]
+    return [loaded(Message, row) for row in rows]
 
 
 # The context of a reply: the branch ending at the message it answers. Replies that are not
@@ -180,7 +180,7 @@ async def versions_of(
         return found
     rows = await connection.execute(_SIBLINGS, {"parent_ids": parents, "root_rooms": roots})
     for row in rows.mappings():
-        message = Message(**row)
+        message = loaded(Message, row)
         group = (message.chatroom_id, message.parent_id)
         if group in found:
             found[group].append(message)
