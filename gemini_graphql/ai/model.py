@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -49,3 +50,25 @@ class ChatModel(Protocol):
 
         Closing the iterator early (a stopped reply) must end the call, not drain it."""
         ...
+
+
+ABANDON_READS = 1000  # chunks already received and skipped while ending a call
+
+
+async def abandon(chunks: AsyncGenerator[Chunk, None]) -> None:
+    """End a model call now, without reading the rest of it (a stopped reply).
+
+    A read cancelled in flight unwinds the SDK's whole chain of generators, which closes the
+    HTTP response at once; closing the stream at a yield would leave the inner generators
+    (which hold themselves in reference cycles) to the garbage collector, and the
+    connection open and still receiving until then. Chunks that had already arrived are
+    skipped."""
+    try:
+        for _ in range(ABANDON_READS):
+            try:
+                async with asyncio.timeout(0):
+                    await anext(chunks)
+            except (TimeoutError, StopAsyncIteration, ModelError):
+                return
+    finally:
+        await chunks.aclose()

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlmodel import col, select
 
-from gemini_graphql.ai.model import ChatModel, ModelError, TokenCounts, Turn
+from gemini_graphql.ai.model import ChatModel, Chunk, ModelError, TokenCounts, Turn, abandon
 from gemini_graphql.chat.messages import message_by_id
 from gemini_graphql.chat.quota import add_tokens, give_back_one, utc_day
 from gemini_graphql.chat.reply_stream import (
@@ -206,10 +206,8 @@ class ReplyGenerator:
         saved_at = -SAVE_EVERY_SECONDS  # the first chunk is saved: its call's tokens count
         stream_until = loop.time() + self._deadline
         try:
-            async with (
-                asyncio.timeout(self._deadline),
-                contextlib.aclosing(self._model.stream(turns, started.instruction)) as chunks,
-            ):
+            chunks = self._model.stream(turns, started.instruction)
+            async with asyncio.timeout(self._deadline), _ended(chunks):
                 while True:
                     async with stop.interruptible():  # a stop cuts the read from the model
                         chunk = await anext(chunks, None)
@@ -527,3 +525,15 @@ def _token_columns(tokens: TokenCounts | None) -> dict[str, int]:
         "output_tokens": tokens.output,
         "total_tokens": tokens.total,
     }
+
+
+@contextlib.asynccontextmanager
+async def _ended(chunks: AsyncIterator[Chunk]) -> AsyncIterator[None]:
+    """The model's call is over when the block is: read to its end, or abandoned."""
+    try:
+        yield
+    except BaseException:
+        await abandon(chunks)  # type: ignore[arg-type]
+        raise
+    else:
+        await chunks.aclose()  # type: ignore[attr-defined]
