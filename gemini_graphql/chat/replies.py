@@ -290,7 +290,8 @@ class ReplyGenerator:
             return None
         sent = await history(self._redis, reply_id)
         if reply.is_finished:
-            await self._ensure_final_event(reply, sent)
+            if reply.status != MessageStatus.STOPPED.value:  # a stopper writes its own end
+                await self._ensure_final_event(reply, sent)
             return ReplyOutcome(MessageStatus(reply.status), reply.content)
         if sent and sent[-1].is_final:  # cannot happen: the row is written before the event
             log.error("reply %s has a final event but is %s", reply_id, reply.status)
@@ -481,11 +482,15 @@ class ReplyGenerator:
             return
         writer = StreamWriter(self._redis, self._channels, reply.id, sent, self._streams)
         until = asyncio.get_running_loop().time() + self._job_timeout - PERSIST_MARGIN_SECONDS
-        if not sent:  # Redis lost the stream: the whole stored text, as one event
-            await writer.write(StreamEvent(1, reply.content, MessageStatus.STREAMING), until=until)
-        await writer.write(
-            StreamEvent(writer.last_seq + 1, "", MessageStatus(reply.status)), until=until
-        )
+        try:
+            if not sent:  # Redis lost the stream: the whole stored text, as one event
+                event = StreamEvent(1, reply.content, MessageStatus.STREAMING)
+                await writer.write(event, until=until)
+            await writer.write(
+                StreamEvent(writer.last_seq + 1, "", MessageStatus(reply.status)), until=until
+            )
+        except StreamEnded:  # someone else ended it meanwhile: theirs is the end
+            pass
 
 
 class _Tokens:
