@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable
 
 import sqlalchemy as sa
 from redis.asyncio import Redis
@@ -96,16 +97,20 @@ class Conversation:
         question = await self._messages.get(reply.parent_id)
         if question is None:
             raise _not_found()
-        return await self._messages.add_turn(
-            user_id, reply.chatroom_id, content=None, parent_id=None, question=question
+        return await _on_message_id(
+            self._messages.add_turn(
+                user_id, reply.chatroom_id, content=None, parent_id=None, question=question
+            )
         )
 
     async def edit(self, user_id: uuid.UUID, raw_id: str, content: str) -> Sent:
         """A new version of a USER message, with its own reply."""
         content = clean_content(content)
         message = await self._owned(user_id, raw_id, MessageRole.USER)
-        return await self._messages.add_turn(
-            user_id, message.chatroom_id, content=content, parent_id=message.parent_id
+        return await _on_message_id(
+            self._messages.add_turn(
+                user_id, message.chatroom_id, content=content, parent_id=message.parent_id
+            )
         )
 
     async def select_version(self, user_id: uuid.UUID, raw_id: str) -> Chatroom:
@@ -213,6 +218,16 @@ class Conversation:
             which = "an ASSISTANT reply" if role is MessageRole.ASSISTANT else "a USER message"
             raise invalid_input("messageId", f"This needs the id of {which}.")
         return message
+
+
+async def _on_message_id(adding: Awaitable[Sent]) -> Sent:
+    """The room went after its message was found: NOT_FOUND on this input's messageId."""
+    try:
+        return await adding
+    except DomainError as error:
+        if error.code is ErrorCode.NOT_FOUND:
+            raise _not_found() from None
+        raise
 
 
 def _not_found() -> DomainError:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -105,7 +105,10 @@ class FakeGemini:
 
     async def _handle(self, request: Request) -> Response:
         model, _, method = request.path_params["target"].partition(":")
-        body = await request.json()
+        try:
+            body = await request.json()
+        except ClientDisconnect:  # the client hung up before sending all of its request
+            return Response(status_code=499)
         api_key = request.headers.get("x-goog-api-key")
         recorded = GeminiRequest(request.url.path, model, method, api_key, body)
         self.requests.append(recorded)
