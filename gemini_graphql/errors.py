@@ -41,10 +41,12 @@ class InvalidArgument(Exception):
 
 
 class Unauthenticated(Exception):
-    """No token, or one that is invalid, expired or revoked."""
+    """No token, or one that is invalid, expired or revoked. `reason` says which, in a few
+    words (a websocket's close reason carries it)."""
 
-    def __init__(self, message: str = "Authentication required.") -> None:
+    def __init__(self, message: str = "Authentication required.", reason: str = "no token") -> None:
         super().__init__(message)
+        self.reason = reason
 
 
 class RateLimited(Exception):

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import websockets
+from websockets.exceptions import ConnectionClosed
 
 from tests.auth_flows import login
 from tests.chat_harness import PROTOCOL, closed_with
@@ -38,18 +39,36 @@ async def test_valid_token_is_acknowledged(
 
 
 @pytest.mark.parametrize(
-    "payload",
+    ("payload", "reason"),
     [
-        {},
-        {"authorization": "Bearer not-a-token"},
-        {"authorization": "Bearer"},
-        {"authToken": 12345},
-        {"authorization": "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."},
+        ({}, "no token"),
+        ({"authorization": "Bearer not-a-token"}, "token invalid"),
+        ({"authorization": "Bearer"}, "token invalid"),  # "Bearer" is taken as the token
+        ({"authToken": 12345}, "no token"),
+        ({"authorization": "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."}, "token invalid"),
     ],
 )
-async def test_bad_token_closes_with_4403(ws_url: str, payload: object) -> None:
+async def test_bad_token_closes_with_4403_saying_why(
+    ws_url: str, payload: object, reason: str
+) -> None:
     socket = await init(ws_url, payload)
-    assert await closed_with(socket) == 4403
+    assert await closed_because(socket) == (4403, f"Forbidden: {reason}")
+
+
+async def test_expired_token_closes_with_4403_token_expired(
+    ws_url: str, gql: GraphQLClient, sms: RecordingSms, clock, base_settings
+) -> None:
+    user = await login(gql, sms)
+    clock.advance(minutes=base_settings.access_token_expire_minutes, seconds=1)
+    socket = await init(ws_url, {"authorization": f"Bearer {user.token}"})
+    assert await closed_because(socket) == (4403, "Forbidden: token expired")
+
+
+async def closed_because(socket: websockets.ClientConnection) -> tuple[int, str]:
+    with pytest.raises(ConnectionClosed) as caught:
+        await asyncio.wait_for(socket.recv(), 15)
+    assert caught.value.rcvd is not None
+    return caught.value.rcvd.code, caught.value.rcvd.reason
 
 
 async def test_payload_that_is_not_an_object_is_a_protocol_error(ws_url: str) -> None:
@@ -66,7 +85,7 @@ async def test_revoked_token_closes_with_4403(
         token=user.token,
     )
     socket = await init(ws_url, {"authorization": f"Bearer {user.token}"})
-    assert await closed_with(socket) == 4403
+    assert await closed_because(socket) == (4403, "Forbidden: token revoked")
 
 
 async def test_no_connection_init_closes_with_4408(ws_url: str) -> None:

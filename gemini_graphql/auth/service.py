@@ -236,7 +236,9 @@ class AuthService:
         claims = self.tokens.decode(token)
         user = await self._user_by_id(claims.user_id)
         if user is None or not user.is_active or user.token_version != claims.version:
-            raise Unauthenticated("The access token is no longer valid; log in again.")
+            raise Unauthenticated(
+                "The access token is no longer valid; log in again.", "token revoked"
+            )
         return user
 
     async def _user_by_id(self, user_id: uuid.UUID) -> User | None:

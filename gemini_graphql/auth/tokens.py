@@ -70,7 +70,7 @@ class TokenCodec:
         else:
             self._verified.move_to_end(token)
         if claims.expires_at <= self._clock().timestamp():
-            raise Unauthenticated("The access token has expired; log in again.")
+            raise Unauthenticated("The access token has expired; log in again.", "token expired")
         return claims
 
     def _verify(self, token: str) -> TokenClaims:
@@ -89,16 +89,16 @@ class TokenCodec:
                 },
             )
         except jwt.PyJWTError:
-            raise Unauthenticated("The access token is invalid.") from None
+            raise Unauthenticated("The access token is invalid.", "token invalid") from None
         exp, version = claims["exp"], claims[VERSION_CLAIM]
         if not isinstance(exp, int):
-            raise Unauthenticated("The access token is invalid.")
+            raise Unauthenticated("The access token is invalid.", "token invalid")
         try:
             user_id = uuid.UUID(claims["sub"])
         except (ValueError, TypeError, AttributeError):
-            raise Unauthenticated("The access token is invalid.") from None
+            raise Unauthenticated("The access token is invalid.", "token invalid") from None
         if not isinstance(version, int):
-            raise Unauthenticated("The access token is invalid.")
+            raise Unauthenticated("The access token is invalid.", "token invalid")
         return TokenClaims(user_id=user_id, version=version, expires_at=exp)
 
 

@@ -270,8 +270,8 @@ class _Connection:
         try:
             user = await self._context.user()
             self._lease = await self._limits.leases.take(str(user.id))
-        except Unauthenticated:
-            raise _Close(4403, "Forbidden") from None
+        except Unauthenticated as exc:  # which: no token, token invalid, expired or revoked
+            raise _Close(4403, f"Forbidden: {exc.reason}") from None
         except Exception as exc:  # noqa: BLE001 - graphql-core lets a resolver's error out here
             if not is_outage(exc):
                 raise
