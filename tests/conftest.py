@@ -28,7 +28,7 @@ from gemini_graphql.infra.migrate import migrate
 from tests.redis_claim import RedisClaim
 
 # The chat fixtures (fake Gemini, worker, live server) for every test module.
-pytest_plugins = ["tests.chat_harness"]
+pytest_plugins = ["tests.chat_harness", "tests.node_tools"]
 
 ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
