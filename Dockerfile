@@ -6,7 +6,8 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# Dependencies first, so code changes do not reinstall them.
+# Dependencies first, so code changes do not reinstall them. The core package only: no extras
+# (the dev extra's embedded SQLite and Redis, and the test tools, stay out of the image).
 COPY pyproject.toml README.md ./
 RUN mkdir gemini_graphql && touch gemini_graphql/__init__.py \
     && pip install . && pip uninstall -y gemini-graphql

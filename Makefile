@@ -3,19 +3,22 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# Where `gemini-graphql dev` keeps its SQLite database (app/dev.py); `make clean` keeps it.
+DEV_DATA := .gemini-graphql
 
-.PHONY: dev test lint services install schema bench clean
+.PHONY: dev test lint services install schema bench clean clean-dev-data
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[dev,test]'
 	touch $@
 
 install: $(VENV)/.installed
 
+# HOST and PORT reach it from the environment or the command line: `PORT=8001 make dev`.
 dev: install
 	$(BIN)/gemini-graphql dev
 
@@ -37,3 +40,9 @@ schema: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+	@if [ -e $(DEV_DATA) ]; then \
+		echo "kept make dev's data in $(DEV_DATA)/; delete it with: make clean-dev-data (rm -rf $(DEV_DATA))"; \
+	fi
+
+clean-dev-data:
+	rm -rf $(DEV_DATA)

@@ -2,6 +2,11 @@
 
 A bad value stops the process with a message that names the variable, so an
 operator never has to guess which line of `.env` is wrong.
+
+Nothing here (or anywhere in the service) reads a `.env` file: docker compose passes it to
+the containers, which always run with APP_ENV=production (compose.yaml), and `dev` and the
+tests see only their own environment, so a production `.env` left in the working tree never
+configures them. Unset APP_ENV means dev; the image sets production.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -26,6 +31,26 @@ MIN_PRODUCTION_SECRET_BYTES = 32
 MIN_SECRET_ENTROPY_BITS = 128
 MIN_SECRET_DISTINCT_CHARACTERS = 16
 _SECRET_HINT = "use e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
+_SECRET_NEEDED = (
+    f"production needs a random secret of at least {MIN_PRODUCTION_SECRET_BYTES} bytes; "
+    f"{_SECRET_HINT}"
+)
+
+# `.env.example` is the production template: every value there to replace holds this, and
+# production refuses a setting that still does (one line each, saying what to put instead).
+PLACEHOLDER = "change-me"
+# As a word of its own (in any case), so that e.g. exchange-meetings.example is no placeholder.
+_PLACEHOLDER_PATTERN = re.compile(rf"(?<![a-z0-9]){re.escape(PLACEHOLDER)}(?![a-z0-9])", re.I)
+_PLACEHOLDER_HINTS = {
+    "SECRET_KEY": _SECRET_HINT,
+    "GEMINI_API_KEY": "set your Gemini API key (https://aistudio.google.com/apikey)",
+    "SMS_WEBHOOK_URL": "set the URL of your SMS gateway's webhook",
+    "SMS_WEBHOOK_TOKEN": "set your SMS gateway's token, or leave it empty",
+    "DATABASE_URL": (
+        "set its password (POSTGRES_PASSWORD under docker compose), e.g. "
+        "`python -c 'import secrets; print(secrets.token_urlsafe(24))'`"
+    ),
+}
 
 # In dev, any page served from this machine may call the API.
 LOCALHOST_ORIGIN = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?"
@@ -214,9 +239,20 @@ class Settings:
         """Combinations that are invalid even when each value parses."""
         found: list[str] = []
         if self.is_production:
+            placeholders = self.placeholders()
+            found.extend(
+                f"{name}: still the placeholder from .env.example; "
+                f"{_PLACEHOLDER_HINTS.get(name, 'set a real value or leave it empty')}"
+                for name in placeholders
+            )
             secret_problem = _production_secret_problem(self.secret_key)
-            if secret_problem:
+            if secret_problem and "SECRET_KEY" not in placeholders:
                 found.append(f"SECRET_KEY: {secret_problem}")
+            if self.database_url.startswith("sqlite"):
+                found.append(
+                    "DATABASE_URL: SQLite is the dev mode's store; production needs a "
+                    "postgresql:// URL"
+                )
             if self.sms_backend == "console":
                 found.append(
                     "SMS_BACKEND: 'console' prints login codes to the log; "
@@ -231,6 +267,16 @@ class Settings:
                 )
             if self.stripe_secret_key and not self.stripe_price_id:
                 found.append("STRIPE_PRICE_ID: required with STRIPE_SECRET_KEY")
+            if self.stripe_secret_key:
+                for name, url in (
+                    ("STRIPE_SUCCESS_URL", self.stripe_success_url),
+                    ("STRIPE_CANCEL_URL", self.stripe_cancel_url),
+                ):
+                    if re.match(LOCALHOST_ORIGIN + r"(/|$)", url):
+                        found.append(
+                            f"{name}: a localhost page (the dev default); set your app's page "
+                            "Stripe Checkout sends users back to"
+                        )
             if "*" in self.cors_origins and self.cors_allow_credentials:
                 found.append(
                     "CORS_ORIGINS: '*' with CORS_ALLOW_CREDENTIALS lets any site act for users"
@@ -241,19 +287,29 @@ class Settings:
             found.append("PRO_DAILY_LIMIT: must not be lower than BASIC_DAILY_LIMIT")
         return found
 
+    def placeholders(self) -> list[str]:
+        """The variables whose values still hold .env.example's placeholder, in the order of
+        the fields (e.g. a DATABASE_URL whose password is one)."""
+        names = []
+        for field in fields(self):
+            value = getattr(self, field.name)
+            values = value if isinstance(value, tuple) else (value,)
+            if any(isinstance(item, str) and _PLACEHOLDER_PATTERN.search(item) for item in values):
+                names.append(field.name.upper())
+        return names
+
 
 def _production_secret_problem(secret: str) -> str | None:
     """Why `secret` cannot sign production tokens, or None: anyone who guesses it can mint
     tokens for any user, so it must be long and look random, not just long."""
     if not secret:
-        return (
-            f"not set; production needs a random secret of at least "
-            f"{MIN_PRODUCTION_SECRET_BYTES} bytes"
-        )
+        return f"not set; {_SECRET_NEEDED}"
+    if secret == DEV_SECRET_KEY:  # what Settings() holds when nothing set one
+        return f"not set (only dev has a default key); {_SECRET_NEEDED}"
     if secret in KNOWN_DEFAULT_SECRETS:
-        return "a known default value; set a random secret"
+        return f"a known default value; {_SECRET_NEEDED}"
     if len(secret.encode()) < MIN_PRODUCTION_SECRET_BYTES:
-        return f"must be at least {MIN_PRODUCTION_SECRET_BYTES} bytes in production"
+        return f"must be at least {MIN_PRODUCTION_SECRET_BYTES} bytes in production; {_SECRET_HINT}"
     distinct = len(set(secret))
     if distinct == 1:
         return f"too predictable (one character repeated); {_SECRET_HINT}"

@@ -27,6 +27,7 @@ PRODUCTION = {
     "GEMINI_API_KEY": "key",
 }
 HINT = "use e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
+NEEDED = f"production needs a random secret of at least 32 bytes; {HINT}"
 
 
 def test_defaults() -> None:
@@ -147,11 +148,12 @@ def secret_problems(secret: str | None) -> list[str]:
 @pytest.mark.parametrize(
     "secret, problem",
     [
-        (None, "SECRET_KEY: not set; production needs a random secret of at least 32 bytes"),
-        ("", "SECRET_KEY: not set; production needs a random secret of at least 32 bytes"),
-        (DEV_SECRET_KEY, "SECRET_KEY: a known default value; set a random secret"),
-        ("changeme", "SECRET_KEY: a known default value; set a random secret"),
-        ("short-secret", "SECRET_KEY: must be at least 32 bytes in production"),
+        (None, f"SECRET_KEY: not set; {NEEDED}"),
+        ("", f"SECRET_KEY: not set; {NEEDED}"),
+        ("   ", f"SECRET_KEY: not set; {NEEDED}"),
+        (DEV_SECRET_KEY, f"SECRET_KEY: not set (only dev has a default key); {NEEDED}"),
+        ("changeme", f"SECRET_KEY: a known default value; {NEEDED}"),
+        ("short-secret", f"SECRET_KEY: must be at least 32 bytes in production; {HINT}"),
         ("a" * 64, f"SECRET_KEY: too predictable (one character repeated); {HINT}"),
         (
             "0123456789abcde" * 5,
@@ -166,6 +168,7 @@ def secret_problems(secret: str | None) -> list[str]:
     ids=[
         "unset",
         "empty",
+        "blank",
         "dev default",
         "known default",
         "short",
@@ -176,6 +179,119 @@ def secret_problems(secret: str | None) -> list[str]:
 )
 def test_production_refuses_weak_secrets_with_one_line(secret: str | None, problem: str) -> None:
     assert secret_problems(secret) == [problem]
+
+
+def test_an_unset_key_says_so_however_production_is_reached() -> None:
+    """Settings made in code (or copied to production with `replace`) hold the dev key when
+    nothing set one: that is reported as not set, with what to set, never as a default."""
+    for settings in (
+        Settings(app_env=AppEnv.PRODUCTION),
+        replace(Settings(), app_env=AppEnv.PRODUCTION),
+    ):
+        [problem] = [line for line in settings.problems() if line.startswith("SECRET_KEY")]
+        assert problem.startswith("SECRET_KEY: not set") and HINT in problem
+        assert "known default" not in problem
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "hint"),
+    [
+        ("SECRET_KEY", "change-me-to-a-random-secret", HINT),
+        ("GEMINI_API_KEY", "change-me-to-your-gemini-api-key", "Gemini API key"),
+        ("SMS_WEBHOOK_URL", "change-me-to-your-sms-gateway-url", "SMS gateway"),
+        ("SMS_WEBHOOK_TOKEN", "CHANGE-ME", "SMS gateway"),
+        ("DATABASE_URL", "postgresql://gemini:change-me@postgres:5432/gemini", "POSTGRES_PASSWORD"),
+        ("STRIPE_SECRET_KEY", "sk_live_change-me", "set a real value or leave it empty"),
+        ("CORS_ORIGINS", "https://app.example.com, https://change-me.example", "a real value"),
+    ],
+    ids=[
+        "secret key",
+        "gemini key",
+        "sms url",
+        "sms token in capitals",
+        "database password",
+        "stripe key",
+        "one of the origins",
+    ],
+)
+def test_production_refuses_a_placeholder_left_from_env_example(
+    name: str, value: str, hint: str
+) -> None:
+    """.env.example's change-me-... values are refused in production, one line naming the
+    variable and what to put there (the value itself is not echoed)."""
+    env = {
+        **PRODUCTION,
+        "SECRET_KEY": STRONG,
+        "STRIPE_WEBHOOK_SECRET": "whsec_x",
+        "STRIPE_PRICE_ID": "price_x",
+        "STRIPE_SUCCESS_URL": "https://app.example.com/ok?session_id={CHECKOUT_SESSION_ID}",
+        "STRIPE_CANCEL_URL": "https://app.example.com/cancel",
+        name: value,
+    }
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    [problem] = caught.value.problems
+    assert problem.startswith(f"{name}: still the placeholder from .env.example; ")
+    assert hint in problem and value not in problem
+    # Outside production a placeholder is just a value (dev and test never read .env).
+    assert Settings.from_env({**env, "APP_ENV": "test"}).app_env is AppEnv.TEST
+
+
+def test_a_placeholder_is_a_word_of_its_own() -> None:
+    env = {**PRODUCTION, "SECRET_KEY": STRONG}
+    for url in ("https://exchange-meetings.example/sms", "https://sms.example/change-mexico"):
+        assert Settings.from_env({**env, "SMS_WEBHOOK_URL": url}).sms_webhook_url == url
+    for url in ("https://sms.change-me.example/", "https://x.example/?to=CHANGE-ME"):
+        with pytest.raises(ConfigError):
+            Settings.from_env({**env, "SMS_WEBHOOK_URL": url})
+
+
+def test_placeholders_are_named_by_the_variables_from_env_reads() -> None:
+    """A placeholder is reported under its field's name upper-cased: that must be the
+    variable from_env reads it from."""
+    from dataclasses import fields
+    from pathlib import Path
+
+    from gemini_graphql import config
+
+    source = Path(config.__file__).read_text()
+    for field in fields(Settings):
+        assert f'"{field.name.upper()}"' in source, field.name
+
+
+def test_production_refuses_the_dev_store() -> None:
+    env = {**PRODUCTION, "SECRET_KEY": STRONG, "DATABASE_URL": "sqlite:///dev.sqlite3"}
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    assert caught.value.problems == [
+        "DATABASE_URL: SQLite is the dev mode's store; production needs a postgresql:// URL"
+    ]
+
+
+def test_production_with_stripe_refuses_the_localhost_return_pages() -> None:
+    env = {
+        **PRODUCTION,
+        "SECRET_KEY": STRONG,
+        "STRIPE_SECRET_KEY": "sk_live_x",
+        "STRIPE_WEBHOOK_SECRET": "whsec_x",
+        "STRIPE_PRICE_ID": "price_x",
+    }
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    assert [p.split(":")[0] for p in caught.value.problems] == [
+        "STRIPE_SUCCESS_URL",
+        "STRIPE_CANCEL_URL",
+    ]
+    ok = Settings.from_env(
+        {
+            **env,
+            "STRIPE_SUCCESS_URL": "https://app.example.com/ok?session_id={CHECKOUT_SESSION_ID}",
+            "STRIPE_CANCEL_URL": "https://app.example.com/cancel",
+        }
+    )
+    assert ok.payments_enabled
+    # Without Stripe the (unused) defaults are fine.
+    assert Settings.from_env({**PRODUCTION, "SECRET_KEY": STRONG}).is_production
 
 
 def test_production_accepts_random_secrets() -> None:
@@ -216,6 +332,8 @@ def test_production_refuses_every_detectable_misconfiguration() -> None:
         "GEMINI_API_KEY",
         "STRIPE_WEBHOOK_SECRET",
         "STRIPE_PRICE_ID",
+        "STRIPE_SUCCESS_URL",
+        "STRIPE_CANCEL_URL",
         "CORS_ORIGINS",
     ]
     assert "sk_live_x" not in str(caught.value)  # names the variable, never echoes a secret

@@ -1,16 +1,151 @@
-"""Dockerfile and compose.yaml, checked as far as can be without Docker."""
+"""Dockerfile, compose.yaml, .env.example, pyproject.toml, Makefile and .gitignore, checked as
+far as can be without Docker: each trap that following the README literally fell into has a
+test here (and tests/test_production_start.py runs the README's production steps)."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 import yaml
 
 from gemini_graphql.cli import build_parser
+from gemini_graphql.config import PLACEHOLDER, ConfigError, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
+APP_SERVICES = ("api", "worker", "migrate")
+# What compose refuses to start without (a `${NAME:?...}` guard each): the values production
+# cannot run without, and the database password, which PostgreSQL keeps from its first start.
+REQUIRED = ("SECRET_KEY", "GEMINI_API_KEY", "SMS_WEBHOOK_URL", "POSTGRES_PASSWORD")
+# The dev extra (pyproject.toml): what `gemini-graphql dev` runs on and production never needs.
+DEV_PACKAGES = ("aiosqlite", "fakeredis", "lupa")
+# A sitecustomize that makes the dev extra's packages unimportable, as in the image.
+NO_DEV_EXTRA = textwrap.dedent(
+    f"""
+    import sys
+
+    class _NoDevExtra:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {DEV_PACKAGES!r}:
+                raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+            return None
+
+    sys.meta_path.insert(0, _NoDevExtra())
+    """
+)
+
+
+def without_dev_extra(directory: Path) -> dict[str, str]:
+    """Environment entries that hide the dev extra from a Python process started with them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "sitecustomize.py").write_text(NO_DEV_EXTRA)
+    return {"PYTHONPATH": str(directory)}
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines, as docker compose reads an env file (comments and blank lines skipped;
+    .env.example is kept to the subset every reader agrees on: see the tests below)."""
+    env = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, separator, value = line.partition("=")
+        assert separator, f"not KEY=VALUE: {line!r}"
+        env[key.strip()] = value.strip()
+    return env
+
+
+class ComposeError(Exception):
+    """What `docker compose` prints (one line) when it refuses the file."""
+
+
+_VARIABLE = re.compile(r"\$(?:\$|\{([A-Za-z0-9_]+)(?:(:?[-?])([^}]*))?\}|([A-Za-z0-9_]+))")
+
+
+def interpolate(text: str, variables: Mapping[str, str]) -> str:
+    """Compose's interpolation of one value: $$, $NAME, ${NAME}, ${NAME:-default},
+    ${NAME-default}, ${NAME:?error}, ${NAME?error}."""
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1) or match.group(4)
+        operator, argument = match.group(2), match.group(3) or ""
+        value = variables.get(name)
+        unset = value is None or (operator is not None and operator.startswith(":") and not value)
+        if operator in ("-", ":-"):
+            return argument if unset else value  # type: ignore[return-value]
+        if operator in ("?", ":?"):
+            if unset:
+                raise ComposeError(f"required variable {name} is missing a value: {argument}")
+            return value  # type: ignore[return-value]
+        return value or ""
+
+    return _VARIABLE.sub(one, text)
+
+
+def _interpolated(node: object, variables: Mapping[str, str], where: str) -> object:
+    if isinstance(node, dict):
+        return {k: _interpolated(v, variables, f"{where}.{k}") for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolated(v, variables, where) for v in node]
+    if isinstance(node, str):
+        try:
+            return interpolate(node, variables)
+        except ComposeError as error:
+            raise ComposeError(f"error while interpolating {where}: {error}") from None
+    return node
+
+
+def compose_config(variables: Mapping[str, str]) -> dict:
+    """compose.yaml as `docker compose config` resolves it with `variables` (the project's
+    .env and the shell); raises ComposeError, one line, when compose would refuse."""
+    raw = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    return _interpolated(raw, variables, "")  # type: ignore[return-value]
+
+
+def container_env(service: str, dotenv: Mapping[str, str]) -> dict[str, str]:
+    """The environment compose gives `service` when `dotenv` is the project's .env: its
+    env_file, overridden by its `environment:` (interpolated from the same .env)."""
+    config = compose_config(dotenv)["services"][service]
+    env: dict[str, str] = {}
+    for entry in config.get("env_file", []):
+        if entry["path"] == ".env":
+            env.update(dotenv)
+    env.update({key: str(value) for key, value in config.get("environment", {}).items()})
+    return env
+
+
+def env_example() -> dict[str, str]:
+    return read_env_file(ROOT / ".env.example")
+
+
+def placeholder_names(env: Mapping[str, str]) -> set[str]:
+    return {name for name, value in env.items() if PLACEHOLDER in value.lower()}
+
+
+def filled(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` with its placeholders and POSTGRES_PASSWORD replaced by real-looking values, as
+    an operator following .env.example would."""
+    import secrets
+
+    real = {
+        "SECRET_KEY": secrets.token_urlsafe(48),
+        "GEMINI_API_KEY": "AIza-test-key",
+        "SMS_WEBHOOK_URL": "https://sms.internal.example/send",
+        "POSTGRES_PASSWORD": secrets.token_urlsafe(24),
+    }
+    assert placeholder_names(env) <= set(real), placeholder_names(env) - set(real)
+    return {**env, **{name: value for name, value in real.items() if name in env}}
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +239,229 @@ def test_env_example_documents_every_setting() -> None:
         re.findall(r"^([A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE)
     )
     assert read <= documented, read - documented
+
+
+# The Dockerfile carries the core package only.
+
+
+def test_the_image_installs_the_core_package_without_extras() -> None:
+    installs = [
+        args
+        for op, args in dockerfile_instructions()
+        if op == "RUN" and re.search(r"\bpip install\b", args)
+    ]
+    assert installs
+    for args in installs:
+        for command in re.findall(r"pip install[^&;]*", args):
+            assert "[" not in command and " -e " not in command and " -r " not in command, command
+    runtime = dockerfile_instructions()
+    runtime = runtime[[i for i, (op, _) in enumerate(runtime) if op == "FROM"][-1] :]
+    assert any(op == "ENV" and "APP_ENV=production" in args for op, args in runtime)
+
+
+def test_dev_packages_are_an_extra_not_core_dependencies() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def names(requirements: list[str]) -> set[str]:
+        return {
+            re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0].lower()
+            for requirement in requirements
+        }
+
+    assert names(project["dependencies"]).isdisjoint(DEV_PACKAGES)
+    extras = project["optional-dependencies"]
+    assert {"aiosqlite", "fakeredis"} <= names(extras["dev"])
+    assert any(r.startswith("fakeredis[lua]") for r in extras["dev"])  # lupa, for arq's scripts
+    assert {"pytest", "pyyaml"} <= names(extras["test"])
+
+
+def test_make_installs_the_dev_and_test_extras() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    installs = re.findall(r"pip install[^\n]*-e\s+'?\.\[([a-z,]+)\]", makefile)
+    assert installs and all({"dev", "test"} <= set(extras.split(",")) for extras in installs)
+
+
+def test_serve_worker_and_migrate_need_no_dev_extra(tmp_path: Path) -> None:
+    """What the image runs imports without the dev extra (and the blocker really blocks)."""
+    code = (
+        "import importlib\n"
+        "for name in ('gemini_graphql.cli', 'gemini_graphql.app.asgi', 'gemini_graphql.app.worker',"
+        " 'gemini_graphql.infra.migrate', 'gemini_graphql.web.server'):\n"
+        "    importlib.import_module(name)\n"
+        "for name in " + repr(DEV_PACKAGES) + ":\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except ModuleNotFoundError:\n"
+        "        pass\n"
+        "    else:\n"
+        "        raise SystemExit(f'{name} is importable')\n"
+    )
+    env = {"PATH": os.environ.get("PATH", ""), **without_dev_extra(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# compose: always production, and no start without the required secrets.
+
+
+def test_compose_runs_production_whatever_env_says(compose: dict) -> None:
+    """APP_ENV (and where serve listens) are set in `environment:`, which wins over env_file:
+    a .env copied from an old dev template cannot turn the services into dev mode."""
+    assert "${APP_ENV" not in (ROOT / "compose.yaml").read_text()
+    for name in APP_SERVICES:
+        assert compose["services"][name]["environment"]["APP_ENV"] == "production", name
+    dotenv = {**filled(env_example()), "APP_ENV": "dev", "HOST": "127.0.0.1", "PORT": "9000"}
+    for name in APP_SERVICES:
+        env = container_env(name, dotenv)
+        assert (env["APP_ENV"], env["HOST"], env["PORT"]) == ("production", "0.0.0.0", "8000")
+        assert env["SECRET_KEY"] == dotenv["SECRET_KEY"]
+    # What the containers get from a filled .env.example is a valid production configuration.
+    settings = Settings.from_env(container_env("api", filled(env_example())))
+    assert settings.is_production and settings.database_url.startswith("postgresql+asyncpg://")
+
+
+def test_compose_guards_every_required_secret(compose: dict) -> None:
+    text = (ROOT / "compose.yaml").read_text()
+    for name in REQUIRED:
+        assert re.search(r"\$\{" + name + r":\?[^}]*\.env", text), f"no ${{{name}:?...}} guard"
+    for name in ("SECRET_KEY", "GEMINI_API_KEY", "SMS_WEBHOOK_URL"):
+        for service in APP_SERVICES:
+            assert f"${{{name}:?" in compose["services"][service]["environment"][name], service
+    assert (
+        "${POSTGRES_PASSWORD:?"
+        in compose["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"]
+    )
+    assert "${POSTGRES_PASSWORD:?" in compose["services"]["api"]["environment"]["DATABASE_URL"]
+
+
+@pytest.mark.parametrize("missing", REQUIRED)
+def test_compose_refuses_to_start_without_a_required_secret_in_one_line(missing: str) -> None:
+    complete = filled(env_example())
+    compose_config(complete)  # the filled template starts
+    for dotenv in ({k: v for k, v in complete.items() if k != missing}, {**complete, missing: ""}):
+        with pytest.raises(ComposeError) as caught:
+            compose_config(dotenv)
+        message = str(caught.value)
+        assert "\n" not in message and f"required variable {missing} is missing" in message
+        assert f"set {missing} in .env (see .env.example)" in message
+
+
+def test_compose_refuses_no_env_and_the_unfilled_template() -> None:
+    with pytest.raises(ComposeError):
+        compose_config({})  # no .env at all
+    # Copied but not filled in: the empty POSTGRES_PASSWORD stops it (before PostgreSQL
+    # creates its volume with a password nobody chose); the placeholders get past compose
+    # and are refused by the service (test_production_start.py).
+    with pytest.raises(ComposeError, match="POSTGRES_PASSWORD"):
+        compose_config(env_example())
+    compose_config({**env_example(), "POSTGRES_PASSWORD": "x" * 24})
+
+
+# .env.example: a production template whose placeholders production refuses.
+
+
+def test_env_example_is_a_production_template() -> None:
+    env = env_example()
+    assert env["APP_ENV"] == "production"
+    assert env["SMS_BACKEND"] == "webhook"
+    assert {"SECRET_KEY", "GEMINI_API_KEY", "SMS_WEBHOOK_URL"} <= placeholder_names(env)
+    assert env["POSTGRES_PASSWORD"] == ""  # compose's guard asks for it
+    assert all(env[name] for name in REQUIRED if name != "POSTGRES_PASSWORD")
+
+
+def test_env_example_is_read_alike_by_compose_and_shells() -> None:
+    """Unquoted values with no `$` (compose would interpolate it) and no `#` after a value
+    (some readers take it for a comment): every reader of the file sees the same values."""
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            assert re.fullmatch(r"[A-Z][A-Z0-9_]*", key), line
+            assert "$" not in value and "#" not in value and value == value.strip(), line
+            assert not value.startswith(("'", '"')), line
+
+
+def test_settings_refuse_the_env_example_until_every_placeholder_is_filled() -> None:
+    env = env_example()
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    named = [problem.split(":")[0] for problem in caught.value.problems]
+    assert sorted(named) == sorted(placeholder_names(env))  # one line each, nothing else
+    for problem in caught.value.problems:
+        assert "placeholder from .env.example" in problem
+    assert Settings.from_env(filled(env)).is_production
+    for name in placeholder_names(env):  # each one alone is refused
+        with pytest.raises(ConfigError) as caught:
+            Settings.from_env({**filled(env), name: env[name]})
+        assert [problem.split(":")[0] for problem in caught.value.problems] == [name]
+
+
+# Dev data: ignored by git, kept by `make clean`, deleted only when asked.
+
+
+def test_gitignore_covers_the_dev_data_and_env() -> None:
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+
+    def ignored(path: str) -> bool:
+        result = subprocess.run(
+            ["git", "check-ignore", "--no-index", "-q", path], cwd=ROOT, timeout=30
+        )
+        return result.returncode == 0
+
+    for path in (
+        ".gemini-graphql/dev.sqlite3",
+        ".gemini-graphql/dev.sqlite3-wal",
+        ".gemini-graphql/dev.sqlite3-shm",
+        ".env",
+    ):
+        assert ignored(path), path
+    assert not ignored(".env.example")
+
+
+def make(directory: Path, *args: str, env: Mapping[str, str] | None = None) -> str:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-C", str(directory), *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_make_clean_keeps_dev_data_and_says_how_to_delete_it(tmp_path: Path) -> None:
+    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / ".gemini-graphql").mkdir()
+    (tmp_path / ".gemini-graphql" / "dev.sqlite3").write_text("")
+    output = make(tmp_path, "clean")
+    assert not (tmp_path / ".venv").exists()
+    assert (tmp_path / ".gemini-graphql" / "dev.sqlite3").exists()
+    assert "make clean-dev-data" in output and "rm -rf .gemini-graphql" in output
+    make(tmp_path, "clean-dev-data")
+    assert not (tmp_path / ".gemini-graphql").exists()
+    assert "dev-data" not in make(tmp_path, "clean")  # nothing to say when there is none
+
+
+def test_make_dev_passes_host_and_port_through(tmp_path: Path) -> None:
+    """`PORT=8001 make dev` (or `make dev PORT=8001`) reaches `gemini-graphql dev`."""
+    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").write_text("")
+    fake = bin_dir / "gemini-graphql"
+    fake.write_text('#!/bin/sh\necho "ran: $* PORT=$PORT HOST=$HOST"\n')
+    fake.chmod(0o755)
+    stamp = tmp_path / ".venv" / ".installed"
+    stamp.write_text("")
+    mtime = (tmp_path / "pyproject.toml").stat().st_mtime + 10
+    os.utime(stamp, (mtime, mtime))  # installed: make does not reinstall
+    assert "ran: dev PORT=8001 HOST=" in make(tmp_path, "dev", env={"PORT": "8001"})
+    output = make(tmp_path, "dev", "PORT=8002", "HOST=0.0.0.0")
+    assert "ran: dev PORT=8002 HOST=0.0.0.0" in output
