@@ -13,7 +13,7 @@ from starlette.routing import Route
 from gemini_graphql.api.schema import Extension, build_schema
 from gemini_graphql.api.transport.documents import Documents
 from gemini_graphql.api.transport.extensions import SchemaHooks
-from gemini_graphql.api.transport.graphiql import graphiql
+from gemini_graphql.api.transport.graphiql import graphiql, graphiql_routes
 from gemini_graphql.api.transport.http import GraphQLOverHTTP
 from gemini_graphql.api.transport.strawberry_seams import graphql_schema
 from gemini_graphql.api.transport.websocket import GraphQLWebSocket
@@ -46,7 +46,7 @@ def create_app(
     schema = build_schema(extensions)
     documents = Documents(graphql_schema(schema), introspection=not settings.is_production)
     hooks = SchemaHooks.of(schema, documents)
-    graphql = GraphQLOverHTTP(schema, documents, hooks, ide=graphiql(schema, settings))
+    graphql = GraphQLOverHTTP(schema, documents, hooks, ide=graphiql(settings))
     graphql_ws = GraphQLWebSocket(schema, documents, hooks, settings)
 
     @asynccontextmanager
@@ -77,6 +77,7 @@ def create_app(
             Route("/", root, methods=["GET"], name="root"),
             Route("/health", health, methods=["GET"], name="health"),
             Route("/webhook/stripe", stripe_webhook, methods=["POST"], name="stripe_webhook"),
+            *graphiql_routes(settings),  # GraphiQL's files, outside production
         ],
         middleware=[
             Middleware(RequestIdMiddleware),
