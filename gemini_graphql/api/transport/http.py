@@ -5,7 +5,7 @@ our authentication and data access together (bench/ compares the two on every ru
 a request is a cached document lookup and one `execute` with Strawberry's own execution
 context, so resolvers see exactly what they see over the websocket (which runs the same
 way). The schema's extensions, when it has any, run around that (`extensions.py`); the
-GraphiQL page is still Strawberry's view.
+GraphiQL page and its files are `graphiql.py`'s.
 """
 
 from __future__ import annotations
