@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from pathlib import Path
 
 from gemini_graphql.config import ConfigError, Settings
-from gemini_graphql.infra.migrate import migrate
+from gemini_graphql.infra.migrate import NotReady, migrate, require_schema
 from gemini_graphql.logs import configure_logging
+
+log = logging.getLogger(__name__)
+NOT_READY = 1  # the exit status when a store is missing, unreachable or behind
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,10 +47,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gemini-graphql: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings)
+    try:
+        return _run(args, settings)
+    except NotReady as exc:
+        # One line saying what to do; the traceback behind it only with DEBUG=true.
+        log.debug("%s: not ready", args.command, exc_info=exc.__cause__ or exc)
+        print(f"gemini-graphql {args.command}: {exc}", file=sys.stderr, flush=True)
+        return NOT_READY
 
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
+        # Before uvicorn starts (and forks its workers): an api on a database that is missing
+        # or not migrated would report itself healthy and fail every request.
+        require_schema(settings.database_url)
         return _serve(settings, args.host, args.port, args.workers)
     if args.command == "worker":
+        require_schema(settings.database_url)
         return _worker(settings)
     if args.command == "migrate":
         migrate(settings.database_url)

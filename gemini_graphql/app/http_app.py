@@ -21,6 +21,7 @@ from gemini_graphql.auth.sms import SmsSender
 from gemini_graphql.clock import Clock, utc_now
 from gemini_graphql.config import Settings
 from gemini_graphql.infra.leases import Leases
+from gemini_graphql.infra.migrate import SchemaWatch
 from gemini_graphql.infra.resources import Resources
 from gemini_graphql.services import Services
 from gemini_graphql.web.cors import cors_middleware
@@ -55,11 +56,15 @@ def create_app(
         services = Services.build(resources, sms=sms)
         # Other processes' changes drop this process's copies of users (see user_cache).
         services.relay.watch(resources.users.channel, resources.users)
+        # /health says "migrations pending" when the database falls behind the code's head
+        # (`serve` refuses to start on one; this catches a revision added while it runs).
+        schema = SchemaWatch.of_scripts()
         # Everything built so far lives as long as the process: keep it out of the garbage
         # collector's scans, whose full passes otherwise stall every request for tens of ms.
         gc.freeze()
         app.state.resources = resources
         app.state.services = services
+        app.state.schema = schema
         # Websockets one user holds open, counted across every api process.
         app.state.websocket_leases = Leases(
             resources.redis, "websockets", limit=settings.max_websockets_per_user

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from gemini_graphql import __version__
+from gemini_graphql.infra.migrate import SchemaWatch
 from gemini_graphql.infra.resources import Resources
 
 HEALTH_TIMEOUT_SECONDS = 2.0
@@ -29,9 +30,14 @@ async def root(request: Request) -> JSONResponse:
 
 
 async def health(request: Request) -> JSONResponse:
-    """200 when the database and Redis answer within a couple of seconds; 503 naming what failed."""
+    """200 when the database and Redis answer within a couple of seconds and the database is at
+    the code's migration head; 503 naming what failed ("migrations pending": the schema is
+    behind, read again every few seconds)."""
     resources: Resources = request.app.state.resources
-    database, redis = await asyncio.gather(_check_database(resources), _check_redis(resources))
+    schema: SchemaWatch | None = getattr(request.app.state, "schema", None)
+    database, redis = await asyncio.gather(
+        _check_database(resources, schema), _check_redis(resources)
+    )
     database_name = "sqlite" if resources.database.engine.dialect.name == "sqlite" else "postgres"
     checks = {database_name: database, "redis": redis}
     healthy = all(state == "ok" for state in checks.values())
@@ -41,12 +47,17 @@ async def health(request: Request) -> JSONResponse:
     )
 
 
-async def _check_database(resources: Resources) -> str:
+async def _check_database(resources: Resources, schema: SchemaWatch | None) -> str:
     async def ping() -> None:
         async with resources.database.engine.connect() as connection:
             await connection.execute(sa.text("SELECT 1"))
+            if schema is not None:
+                await schema.refresh(connection)
 
-    return await _probe(ping())
+    state = await _probe(ping())
+    if state == "ok" and schema is not None and schema.pending:
+        return "migrations pending"
+    return state
 
 
 async def _check_redis(resources: Resources) -> str:
