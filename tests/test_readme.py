@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
@@ -23,12 +24,14 @@ from typing import Any
 import graphql
 import pytest
 
+from gemini_graphql.testing.processes import free_port
 from tests.chat_harness import Subscription, subscribe
 from tests.conftest import GraphQLClient
+from tests.node_tools import CHROMIUM_ARGS, NODE_DIR
 from tests.test_dev_mode import dev_server
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-RUNNABLE = {"sh", "python", "js", "graphql"}
+RUNNABLE = {"sh", "python", "js", "html", "graphql"}
 BLOCK = re.compile(
     r"(?:<!-- not run: (?P<reason>[^>]+?) -->\n)?^```(?P<lang>[a-z]*)\n(?P<body>.*?)^```$",
     re.S | re.M,
@@ -65,7 +68,7 @@ def test_every_runnable_block_runs_here_or_says_why_not() -> None:
             assert len(block.skip_reason.split()) >= 3, f"README.md:{block.line}: say why"
     kinds = [block.lang for block in runnable()]
     # What test_the_readme_as_written runs, in README order: a new block must be added there.
-    assert kinds == ["graphql", "graphql", "sh", "js", "python", "graphql", "js"], kinds
+    assert kinds == ["graphql", "graphql", "sh", "js", "html", "python", "graphql", "js"], kinds
 
 
 @dataclass
@@ -160,9 +163,13 @@ async def shell(script: str, cwd: Path) -> str:
     return output
 
 
-async def program(*command: str, cwd: Path) -> str:
+async def program(*command: str, cwd: Path, env: dict[str, str] | None = None) -> str:
     process = await asyncio.create_subprocess_exec(
-        *command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        *command,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     output = (await asyncio.wait_for(process.communicate(), 60))[0].decode()
     assert process.returncode == 0, output
@@ -170,10 +177,10 @@ async def program(*command: str, cwd: Path) -> str:
 
 
 async def test_the_readme_as_written(
-    dev: tuple[GraphQLClient, str, str], node_modules: Path, tmp_path: Path
+    dev: tuple[GraphQLClient, str, str], node_modules: Path, chromium: str, tmp_path: Path
 ) -> None:
     gql, ws_url, address = dev
-    walk, graphiql, curl, node_chat, python_chat, versions, node_events = runnable()
+    walk, graphiql, curl, node_chat, browser_chat, python_chat, versions, node_events = runnable()
     reader = Reader(gql, ws_url)
 
     # GraphiQL, step by step (the Authorization header is the accessToken noted down).
@@ -199,6 +206,9 @@ async def test_the_readme_as_written(
     (tmp_path / "chat.mjs").write_text(node_chat.at(address))
     printed = await program("node", "chat.mjs", token, room, cwd=tmp_path)
     assert "Hello from Node" in printed and re.search(r"\(\d+ events\)\s*$", printed), printed
+    (tmp_path / "chat.html").write_text(browser_chat.at(address))
+    shown = await in_browser(tmp_path, chromium, f"chat.html?token={token}&room={room}")
+    assert "Hello from the browser" in shown and re.search(r"\(\d+ events\)$", shown), shown
     (tmp_path / "chat.py").write_text(python_chat.at(address))
     printed = await program(sys.executable, "chat.py", token, room, cwd=tmp_path)
     assert "Hello from Python" in printed and re.search(r"\(\d+ events\)\s*$", printed), printed
@@ -215,6 +225,53 @@ async def test_the_readme_as_written(
     assert lines[0].startswith("MESSAGE_ADDED") and "USER" in lines[0], printed
     assert any(line.startswith("stopped: STOPPED") for line in lines), printed
     assert lines[-1].startswith("REPLY_FINISHED") and "ASSISTANT STOPPED" in lines[-1], printed
+
+
+async def in_browser(folder: Path, chromium: str, page: str) -> str:
+    """What the README's page shows, served as it says (`python3 -m http.server`), in
+    headless chromium with nothing reachable but this machine."""
+    port = free_port()
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "http.server",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        cwd=folder,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        await wait_for_port(port)
+        output = await program(
+            "node",
+            str(NODE_DIR / "page_check.mjs"),
+            f"http://127.0.0.1:{port}/{page}",
+            "#reply",
+            r"\(\d+ events\)$",
+            cwd=NODE_DIR,
+            env={"CHROMIUM": chromium, "CHROMIUM_ARGS": json.dumps(CHROMIUM_ARGS)},
+        )
+    finally:
+        server.terminate()
+        await server.wait()
+    report = json.loads(output.strip().splitlines()[-1])
+    assert report["outside"] == [] and report["pageErrors"] == [], report
+    assert "error" not in report, report
+    return report["shown"]
+
+
+async def wait_for_port(port: int) -> None:
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            return
 
 
 def test_the_python_example_is_a_script_of_its_own() -> None:
