@@ -53,13 +53,12 @@ def node_modules() -> Path:
 def chromium() -> str:
     """Debian's chromium, installed with apt when missing."""
     if not Path(CHROMIUM).is_file() and shutil.which("apt-get") and os.geteuid() == 0:
-        subprocess.run(
-            ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"],
-            check=True,
-            timeout=600,
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-            stdout=subprocess.DEVNULL,
-        )
+        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        if subprocess.run(install, timeout=600, env=env, capture_output=True).returncode:
+            # A fresh machine may not have the package lists yet.
+            subprocess.run(["apt-get", "update", "-q"], timeout=600, env=env, capture_output=True)
+            subprocess.run(install, check=True, timeout=600, env=env, capture_output=True)
     if not Path(CHROMIUM).is_file():
         _missing(f"{CHROMIUM} is needed (Debian: apt-get install chromium)")
     return CHROMIUM
