@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -15,6 +16,9 @@ from gemini_graphql.logs import configure_logging
 
 log = logging.getLogger(__name__)
 NOT_READY = 1  # the exit status when a store is missing, unreachable or behind
+# How often a worker writes its arq health-check key (arq's default is hourly); the key lives
+# a second longer. Its poll loop writes it, which waits while all its job slots are busy.
+WORKER_HEALTH_SECONDS = 15
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", default=None, help="default: $HOST or 127.0.0.1")
     dev.add_argument("--port", type=int, default=None, help="default: $PORT or 8000")
 
-    commands.add_parser("worker", help="run an arq worker that generates replies")
+    worker = commands.add_parser("worker", help="run an arq worker that generates replies")
+    worker.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 0 if a worker on this host recorded its health in Redis lately, else 1 "
+        "(a liveness probe; it starts no worker)",
+    )
     commands.add_parser("migrate", help="apply database migrations (alembic upgrade head)")
 
     export = commands.add_parser("export-schema", help="write the GraphQL SDL")
@@ -74,6 +84,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         # or not migrated would report itself healthy and fail every request.
         require_schema(settings.database_url)
         return _serve(settings, args.host, args.port, args.workers)
+    if args.command == "worker" and args.check:
+        return asyncio.run(_check_worker(settings))
     if args.command == "worker":
         require_schema(settings.database_url)
         return _worker(settings)
@@ -124,7 +136,40 @@ def _worker(settings: Settings) -> int:
     # uvloop, as the api runs under uvicorn: a reply's socket writes (Redis, PostgreSQL,
     # Gemini) cost a fifth of the worker's CPU on asyncio's own loop.
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    build_worker(settings).run()  # arq handles SIGINT/SIGTERM: the job in flight finishes
+    worker = build_worker(settings)
+    # arq's health-check key, one per host (a pod, a container): `worker --check` in the
+    # same pod then speaks for that pod's worker, not for any worker of the queue.
+    worker.health_check_key = worker_health_key(worker.queue_name)
+    worker.health_check_interval = WORKER_HEALTH_SECONDS
+    worker.run()  # arq handles SIGINT/SIGTERM: the job in flight finishes
+    return 0
+
+
+def worker_health_key(queue_name: str) -> str:
+    """arq's `<queue_name>:health-check`, with this host's name after it."""
+    from arq.constants import health_check_key_suffix
+
+    return f"{queue_name}{health_check_key_suffix}:{socket.gethostname()}"
+
+
+async def _check_worker(settings: Settings) -> int:
+    """0 when this host's worker wrote its health key within its interval (arq's
+    check_health, on our Redis URL and key); 1 when it did not or Redis does not answer."""
+    import redis.asyncio as aioredis
+    from arq.constants import default_queue_name
+
+    client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        health = await client.get(worker_health_key(default_queue_name))
+    except Exception as exc:  # unreachable, refused, timed out: not alive as far as we know
+        print(f"gemini-graphql worker --check: Redis unavailable ({type(exc).__name__})")
+        return 1
+    finally:
+        await client.aclose()
+    if health is None:
+        print("gemini-graphql worker --check: no worker on this host recorded its health lately")
+        return 1
+    print(f"gemini-graphql worker --check: alive ({health.decode(errors='replace')})")
     return 0
 
 

@@ -30,7 +30,7 @@ from gemini_graphql.web.middleware import (
     RequestIdMiddleware,
     WebSocketShortcut,
 )
-from gemini_graphql.web.routes import health, root
+from gemini_graphql.web.routes import health, live, ready, root
 from gemini_graphql.web.security_headers import SecurityHeadersMiddleware
 from gemini_graphql.web.stripe_webhook import stripe_webhook
 
@@ -81,6 +81,8 @@ def create_app(
             Route("/graphql", graphql, methods=["GET", "POST"], name="graphql"),
             Route("/", root, methods=["GET"], name="root"),
             Route("/health", health, methods=["GET"], name="health"),
+            Route("/health/live", live, methods=["GET"], name="health_live"),
+            Route("/health/ready", ready, methods=["GET"], name="health_ready"),
             Route("/webhook/stripe", stripe_webhook, methods=["POST"], name="stripe_webhook"),
             *graphiql_routes(settings),  # GraphiQL's files, outside production
         ],

@@ -1,4 +1,8 @@
-"""The plain routes: what this service is, and whether it is healthy."""
+"""The plain routes: what this service is, and whether it is healthy.
+
+/health and /health/ready: the database and Redis answer and the schema is at head (ready
+for traffic). /health/live: the process answers at all (restart it if not); it checks
+nothing else, so an outage of a store takes pods out of rotation without restarting them."""
 
 from __future__ import annotations
 
@@ -27,6 +31,16 @@ async def root(request: Request) -> JSONResponse:
             },
         }
     )
+
+
+async def live(request: Request) -> JSONResponse:
+    """200 whenever the event loop answers: no store is asked."""
+    return JSONResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> JSONResponse:
+    """What /health says: 503 takes this process out of a load balancer's rotation."""
+    return await health(request)
 
 
 async def health(request: Request) -> JSONResponse:
