@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 # Where `gemini-graphql dev` keeps its SQLite database (app/dev.py); `make clean` keeps it.
 DEV_DATA := .gemini-graphql
 
-.PHONY: dev test lint services install schema bench clean clean-dev-data
+.PHONY: dev test lint services install schema bench collection clean clean-dev-data
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ bench: install services
 
 schema: install
 	$(BIN)/gemini-graphql export-schema --output schema.graphql
+
+# The Postman collection for client teams, from examples/operations.graphql (commit the result).
+collection: install
+	$(BIN)/python -m examples.build_collection
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
