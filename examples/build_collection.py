@@ -117,7 +117,11 @@ the access token in {{token}}; Chat creates a room and sends a message (keeping 
 Billing needs Stripe configured (else PAYMENTS_UNAVAILABLE comes back as a payload error).
 
 Expected failures come back as data: each payload's `errors` list (code, field, message), \
-with HTTP 200. Subscriptions need a websocket client: see their folder."""
+with HTTP 200. Subscriptions need a websocket client: see their folder.
+
+Running it again right away can meet RATE_LIMITED (codes per number are throttled: wait the \
+retryAfter seconds) and, after a few runs a day, DAILY_LIMIT_REACHED (BASIC's daily messages); \
+set {{mobileNumber}} to another number for a fresh account."""
 
 FOLDER_DESCRIPTIONS = {
     "Auth": "Sign up, log in with a one-time code or a password, reset and change the password.",
