@@ -16,6 +16,9 @@ from gemini_graphql.logs import configure_logging
 
 log = logging.getLogger(__name__)
 NOT_READY = 1  # the exit status when a store is missing, unreachable or behind
+# How long `serve` lets open requests finish after SIGTERM (an orchestrator's grace period
+# must be longer: deploy/ manifests give it 40 s).
+API_DRAIN_SECONDS = 30
 # How often a worker writes its arq health-check key (arq's default is hourly); the key lives
 # a second longer. Its poll loop writes it, which waits while all its job slots are busy.
 WORKER_HEALTH_SECONDS = 15
@@ -122,7 +125,7 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int)
         workers=workers,
         proxy_headers=True,
         log_level="debug" if settings.debug else "info",
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=API_DRAIN_SECONDS,
         **uvicorn_options(settings),
     )
     return 0
