@@ -24,8 +24,11 @@ API_DRAIN_SECONDS = 30
 WORKER_HEALTH_SECONDS = 15
 
 
+PROG = "gemini-graphql"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gemini-graphql", description=__doc__)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the api process under uvicorn")
@@ -56,8 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
 DEV_EXTRA = ("fakeredis", "lupa", "aiosqlite")  # the `dev` extra: embedded stores
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with a leading `gemini-graphql` dropped: the image's ENTRYPOINT is
+    gemini-graphql, and platforms that hand a configured command line to the ENTRYPOINT as
+    its arguments (Fly's processes and release_command, for one) would otherwise run
+    `gemini-graphql gemini-graphql migrate`. Manifests then say the whole command wherever
+    the platform keeps or replaces the ENTRYPOINT."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == [PROG]:
+        words = words[1:]
+    return build_parser().parse_args(words)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if args.command == "dev" and os.environ.get("APP_ENV", "").strip().lower() == "production":
         # Before the production checks, which would otherwise speak for a mode not asked for.
         print(
