@@ -9,6 +9,8 @@ import contextlib
 import json
 import re
 import shlex
+import shutil
+import subprocess
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -209,6 +211,25 @@ def test_kubernetes_objects_are_complete_and_listed() -> None:
     kustomization = load(KUBERNETES / "kustomization.yaml")[0]
     files = {p.name for p in KUBERNETES.glob("*.yaml")} - {"kustomization.yaml"}
     assert sorted(kustomization["resources"]) == sorted(files)
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kustomize_builds_the_base() -> None:
+    """`kubectl kustomize` (offline) renders every object, the image set by `images:`."""
+    built = subprocess.run(
+        ["kubectl", "kustomize", str(KUBERNETES)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    rendered = [doc for doc in yaml.safe_load_all(built) if doc]
+    names = {(o["kind"], o["metadata"]["name"]) for o in rendered}
+    assert names == {(o["kind"], o["metadata"]["name"]) for o in kubernetes_objects()}
+    for obj in rendered:
+        assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "gemini-graphql"
+        if "template" in obj.get("spec", {}):
+            assert {c["image"] for c in containers(obj)} == {"gemini-graphql:latest"}
 
 
 def test_kubernetes_selectors_fit_together() -> None:
