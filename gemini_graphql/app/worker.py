@@ -6,16 +6,19 @@ import asyncio
 import logging
 import time
 import uuid
+from datetime import UTC
 from typing import Any
 
 from arq import Retry
-from arq.cron import cron
+from arq.cron import CronJob, cron
 from arq.worker import Worker, func
 from redis.exceptions import RedisError
 
 from gemini_graphql.ai.gemini import GeminiModel
 from gemini_graphql.ai.model import ChatModel
 from gemini_graphql.ai.offline import OfflineModel
+from gemini_graphql.auth.cleanup import delete_old_otps
+from gemini_graphql.billing.cleanup import delete_old_stripe_events
 from gemini_graphql.chat.replies import ReplyGenerator, RetryLater
 from gemini_graphql.chat.reply_queue import (
     GENERATE_REPLY,
@@ -44,6 +47,12 @@ MAX_TRIES = 4  # model failures worth retrying
 MAX_JOB_TRIES = 25
 OUTAGE_RETRY_MAX_SECONDS = 30.0
 CONCURRENT_JOBS = 50  # replies mostly wait on the network
+# arq gives each tick of a cron job one job id, and refuses to queue an id it holds (queued,
+# or its result kept), so one worker runs each tick. A worker reaching the tick after the run
+# has finished would queue it again (arq keeps no result of a cron job by default), and it
+# would run once arq's in-progress mark of the first run expires (60 s): the result, kept
+# this long, turns that worker away.
+CRON_RESULT_KEEP_SECONDS = 600
 
 
 async def generate_reply(ctx: dict[str, Any], reply_id: str) -> str | None:
@@ -167,6 +176,33 @@ async def requeue_stranded_replies(ctx: dict[str, Any]) -> int:
     return requeued
 
 
+async def delete_expired_otps(ctx: dict[str, Any]) -> int:
+    """Hourly: the one-time codes older than a day, used or expired (auth.cleanup)."""
+    resources: Resources = ctx["resources"]
+    deleted = await delete_old_otps(resources.database, resources.clock())
+    log.info("deleted %d old one-time codes", deleted, extra={"outcome": "cleaned"})
+    return deleted
+
+
+async def delete_old_stripe_event_ids(ctx: dict[str, Any]) -> int:
+    """Daily: the processed Stripe event ids older than 30 days (billing.cleanup)."""
+    resources: Resources = ctx["resources"]
+    deleted = await delete_old_stripe_events(resources.database, resources.clock())
+    log.info("deleted %d old Stripe event ids", deleted, extra={"outcome": "cleaned"})
+    return deleted
+
+
+def cron_jobs() -> list[CronJob]:
+    """The scheduled jobs, times in UTC; each tick runs once across all workers."""
+    keep = CRON_RESULT_KEEP_SECONDS
+    return [
+        # Every minute, and at each start.
+        cron(requeue_stranded_replies, run_at_startup=True, keep_result=keep),
+        cron(delete_expired_otps, minute=5, keep_result=keep),  # hourly, at :05
+        cron(delete_old_stripe_event_ids, hour=3, minute=35, keep_result=keep),  # daily
+    ]
+
+
 def default_model(settings: Settings) -> ChatModel:
     """Gemini with a key; otherwise the offline model (production refuses to start without one)."""
     return GeminiModel(settings) if settings.gemini_api_key else OfflineModel()
@@ -223,8 +259,8 @@ def build_worker(
     return ReplyWorker(
         wakeups=wakeups,
         functions=[func(generate_reply, name=GENERATE_REPLY, max_tries=MAX_JOB_TRIES + 1)],
-        # Once a minute across all workers (arq runs each tick's job once), and at each start.
-        cron_jobs=[cron(requeue_stranded_replies, run_at_startup=True)],
+        cron_jobs=cron_jobs(),
+        timezone=UTC,  # for the cron schedules
         redis_pool=resources.redis,
         on_startup=startup,
         on_shutdown=shutdown,
