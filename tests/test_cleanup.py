@@ -22,7 +22,6 @@ from gemini_graphql.app.worker import (
     delete_old_stripe_event_ids,
     requeue_stranded_replies,
 )
-from gemini_graphql.auth import cleanup as otp_cleanup
 from gemini_graphql.auth.cleanup import OTP_KEEP
 from gemini_graphql.auth.otp import SEND_WINDOW, TTL
 from gemini_graphql.billing.cleanup import STRIPE_EVENT_KEEP
@@ -30,6 +29,7 @@ from gemini_graphql.chat import reply_stream
 from gemini_graphql.chat.reply_queue import reply_job_id
 from gemini_graphql.chat.reply_stream import history, stream_key
 from gemini_graphql.config import Settings
+from gemini_graphql.infra import db
 from gemini_graphql.testing.fakes.gemini import Script
 from tests.chat_harness import Live, running_worker, send, stream, user_with_room
 from tests.conftest import FakeClock, RecordingSms
@@ -164,7 +164,7 @@ async def test_old_used_or_expired_otps_are_deleted(
 async def test_many_old_otps_are_deleted_in_batches(
     chat_settings: Settings, clock: FakeClock, pg, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(otp_cleanup, "BATCH", 7)
+    monkeypatch.setattr(db, "DELETE_BATCH", 7)
     old = clock.now - timedelta(days=2)
     await pg.executemany(
         "INSERT INTO otps (id, mobile_number, code_hash, purpose, expires_at, attempts,"

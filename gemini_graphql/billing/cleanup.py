@@ -6,27 +6,17 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from gemini_graphql.infra.db import Database
+from gemini_graphql.infra.db import Database, delete_in_batches
 from gemini_graphql.models import StripeEvent
 
 # An event id is kept to recognise redeliveries: Stripe retries a webhook for up to 3 days,
 # so after 30 no redelivery can come.
 STRIPE_EVENT_KEEP = timedelta(days=30)
-BATCH = 5000  # rows per DELETE: short transactions, however much piled up
 
 _EVENTS = StripeEvent.__table__  # type: ignore[attr-defined]
 
 
 async def delete_old_stripe_events(database: Database, now: datetime) -> int:
     """Delete the event ids received more than STRIPE_EVENT_KEEP ago; how many."""
-    doomed = (
-        sa.select(_EVENTS.c.id).where(_EVENTS.c.received_at < now - STRIPE_EVENT_KEEP).limit(BATCH)
-    )
-    statement = sa.delete(_EVENTS).where(_EVENTS.c.id.in_(doomed.scalar_subquery()))
-    deleted = 0
-    while True:
-        async with database.autocommit.begin() as connection:
-            count = (await connection.execute(statement)).rowcount
-        deleted += count
-        if count < BATCH:
-            return deleted
+    doomed = sa.select(_EVENTS.c.id).where(_EVENTS.c.received_at < now - STRIPE_EVENT_KEEP)
+    return await delete_in_batches(database, _EVENTS, doomed)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import (
@@ -101,6 +102,22 @@ def autocommit_engine(engine: AsyncEngine) -> AsyncEngine:
 def create_read_session_factory(engine: AsyncEngine) -> SessionFactory:
     """Sessions for single reads on the hot path (see autocommit_engine)."""
     return create_session_factory(autocommit_engine(engine))
+
+
+DELETE_BATCH = 5000  # rows per DELETE: short transactions, however much piled up
+
+
+async def delete_in_batches(database: Database, table: sa.Table, doomed: sa.Select[Any]) -> int:
+    """Delete the rows of `table` whose id `doomed` selects, DELETE_BATCH at a time; how many."""
+    batch = DELETE_BATCH
+    statement = sa.delete(table).where(table.c.id.in_(doomed.limit(batch).scalar_subquery()))
+    deleted = 0
+    while True:
+        async with database.autocommit.begin() as connection:
+            count = (await connection.execute(statement)).rowcount
+        deleted += count
+        if count < batch:
+            return deleted
 
 
 def insert_for(session: AsyncSession) -> Callable[..., Any]:
