@@ -8,6 +8,7 @@ embedded Redis), so the tree's SQL and the stop's Lua hold on both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -499,3 +500,41 @@ async def test_deleting_a_room_stops_its_replies_and_leaves_nothing_behind(
     assert fake.requests[-1].hung_up  # Gemini is no longer read for it
     after = await stream(live.ws_url, token, reply_id)
     assert after.errors and after.errors[0]["extensions"]["code"] == "NOT_FOUND"
+
+
+async def test_room_events_cost_no_database_read_unless_their_fields_are_asked_for(
+    live: Live, sms: RecordingSms
+) -> None:
+    """Five devices watching: a rename costs the same statements as with nobody watching."""
+    user, room_id = await user_with_room(live.http, sms)
+    gql, token = live.http, user.token
+    engine = live.app.state.services.resources.database.engine
+    statements: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args) -> None:
+        statements.append(statement)
+
+    async def rename(title: str) -> int:
+        statements.clear()
+        sa.event.listen(engine.sync_engine, "before_cursor_execute", count)
+        try:
+            await mutate(gql, token, UPDATE, input={"id": room_id, "title": title})
+            for device in devices:
+                assert (await device.next())["chatroomEvents"]["type"] == "CHATROOM_UPDATED"
+        finally:
+            sa.event.remove(engine.sync_engine, "before_cursor_execute", count)
+        return len(statements)
+
+    devices: list[Subscription] = []
+    alone = await rename("Nobody watching")
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(5):
+            device = await stack.enter_async_context(subscribe(live.ws_url, token, EVENT_TYPES))
+            await events_live(device, gql, token, room_id)
+            devices.append(device)
+        for device in devices:  # the other devices' probes
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    await device.next(timeout=0.3)
+        watched = await rename("Five devices watching")
+    assert watched == alone, statements
