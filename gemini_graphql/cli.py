@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -19,12 +18,8 @@ NOT_READY = 1  # the exit status when a store is missing, unreachable or behind
 # How long `serve` lets open requests finish after SIGTERM (an orchestrator's grace period
 # must be longer: deploy/ manifests give it 40 s).
 API_DRAIN_SECONDS = 30
-# How often a worker writes its arq health-check key (arq's default is hourly); the key lives
-# a second longer. Its poll loop writes it, which waits while all its job slots are busy.
-WORKER_HEALTH_SECONDS = 15
-
-
 PROG = "gemini-graphql"
+DEV_EXTRA = ("fakeredis", "lupa", "aiosqlite")  # the `dev` extra: embedded stores
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,9 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export-schema", help="write the GraphQL SDL")
     export.add_argument("--output", default="schema.graphql", help="'-' for stdout")
     return parser
-
-
-DEV_EXTRA = ("fakeredis", "lupa", "aiosqlite")  # the `dev` extra: embedded stores
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -154,31 +146,20 @@ def _worker(settings: Settings) -> int:
     # uvloop, as the api runs under uvicorn: a reply's socket writes (Redis, PostgreSQL,
     # Gemini) cost a fifth of the worker's CPU on asyncio's own loop.
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    worker = build_worker(settings)
-    # arq's health-check key, one per host (a pod, a container): `worker --check` in the
-    # same pod then speaks for that pod's worker, not for any worker of the queue.
-    worker.health_check_key = worker_health_key(worker.queue_name)
-    worker.health_check_interval = WORKER_HEALTH_SECONDS
-    worker.run()  # arq handles SIGINT/SIGTERM: the job in flight finishes
+    build_worker(settings).run()  # arq handles SIGINT/SIGTERM: the job in flight finishes
     return 0
-
-
-def worker_health_key(queue_name: str) -> str:
-    """arq's `<queue_name>:health-check`, with this host's name after it."""
-    from arq.constants import health_check_key_suffix
-
-    return f"{queue_name}{health_check_key_suffix}:{socket.gethostname()}"
 
 
 async def _check_worker(settings: Settings) -> int:
     """0 when this host's worker wrote its health key within its interval (arq's
     check_health, on our Redis URL and key); 1 when it did not or Redis does not answer."""
     import redis.asyncio as aioredis
-    from arq.constants import default_queue_name
+
+    from gemini_graphql.app.worker import worker_health_key
 
     client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=3)
     try:
-        health = await client.get(worker_health_key(default_queue_name))
+        health = await client.get(worker_health_key())
     except Exception as exc:  # unreachable, refused, timed out: not alive as far as we know
         print(f"gemini-graphql worker --check: Redis unavailable ({type(exc).__name__})")
         return 1

@@ -67,7 +67,7 @@ def run_dev(settings: Settings, host: str | None, port: int | None) -> int:
             )
         else:
             asyncio.run(_check_redis(settings.redis_url))
-            notes.append(f"redis: {redacted_redis_url(settings.redis_url)}")
+            notes.append(f"redis: {redacted_url(settings.redis_url)}")
         notes.append(
             f"gemini: {settings.gemini_model} through the Gemini API"
             if settings.gemini_api_key
@@ -134,19 +134,9 @@ def _why_redis_unusable(exc: BaseException, url: str) -> str:
     elif "refused" in reason.lower() or "Connect call failed" in str(exc):
         reason = "connection refused"
     elif isinstance(exc, redis_errors.ResponseError):
-        return f"Redis at {where} refused {redacted_redis_url(url)}: {reason}. Check REDIS_URL."
+        return f"Redis at {where} refused {redacted_url(url)}: {reason}. Check REDIS_URL."
     reason = reason[:1].lower() + reason[1:] if reason else type(exc).__name__
     return f"cannot reach Redis at {where}: {reason}. Is it running? Check REDIS_URL."
-
-
-def redacted_redis_url(url: str) -> str:
-    """The URL with its password (if any) as ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    credentials, host = parts.netloc.rsplit("@", 1)
-    user = credentials.split(":", 1)[0]
-    return url.replace(f"//{parts.netloc}", f"//{user}:***@{host}", 1)
 
 
 class _DevServer(uvicorn.Server):

@@ -58,13 +58,13 @@ def create_app(
         services.relay.watch(resources.users.channel, resources.users)
         # /health says "migrations pending" when the database falls behind the code's head
         # (`serve` refuses to start on one; this catches a revision added while it runs).
-        schema = SchemaWatch.of_scripts()
+        schema_watch = SchemaWatch.of_scripts()
         # Everything built so far lives as long as the process: keep it out of the garbage
         # collector's scans, whose full passes otherwise stall every request for tens of ms.
         gc.freeze()
         app.state.resources = resources
         app.state.services = services
-        app.state.schema = schema
+        app.state.schema = schema_watch
         # Websockets one user holds open, counted across every api process.
         app.state.websocket_leases = Leases(
             resources.redis, "websockets", limit=settings.max_websockets_per_user

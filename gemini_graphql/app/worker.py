@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 import uuid
 from datetime import UTC
 from typing import Any
 
 from arq import Retry
+from arq.constants import default_queue_name, health_check_key_suffix
 from arq.cron import CronJob, cron
 from arq.worker import Worker, func
 from redis.exceptions import RedisError
@@ -46,7 +48,10 @@ MAX_TRIES = 4  # model failures worth retrying
 # while the database was away) is found by the stranded-reply sweep.
 MAX_JOB_TRIES = 25
 OUTAGE_RETRY_MAX_SECONDS = 30.0
-CONCURRENT_JOBS = 50  # replies mostly wait on the network
+CONCURRENT_JOBS = 50
+# How often a worker writes its arq health-check key (arq's default is hourly); the key lives
+# a second longer. Its poll loop writes it, which waits while all its job slots are busy.
+WORKER_HEALTH_SECONDS = 15  # replies mostly wait on the network
 # arq gives each tick of a cron job one job id, and refuses to queue an id it holds (queued,
 # or its result kept), so one worker runs each tick. A worker reaching the tick after the run
 # has finished would queue it again (arq keeps no result of a cron job by default), and it
@@ -271,4 +276,13 @@ def build_worker(
         # On SIGTERM the reply in flight may finish; past this, arq cancels and requeues it
         # (and the rerun continues it from what was already streamed).
         job_completion_wait=settings.worker_job_timeout_seconds,
+        # One key per host (a pod, a container): `worker --check` there speaks for that
+        # host's worker, not for any worker of the queue.
+        health_check_key=worker_health_key(),
+        health_check_interval=WORKER_HEALTH_SECONDS,
     )
+
+
+def worker_health_key(queue_name: str = default_queue_name) -> str:
+    """arq's `<queue_name>:health-check`, with this host's name after it."""
+    return f"{queue_name}{health_check_key_suffix}:{socket.gethostname()}"

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from gemini_graphql.chat.messages import Messages, Sent, clean_content
 from gemini_graphql.chat.quota import add_tokens, utc_day
-from gemini_graphql.chat.reply_stream import history
+from gemini_graphql.chat.reply_stream import history, text_of
 from gemini_graphql.chat.room_events import RoomEvent, RoomEventChannels, RoomEventType
 from gemini_graphql.chat.stops import FinalEvents, request_stop
 from gemini_graphql.chat.tree import newest_leaf
@@ -25,7 +25,14 @@ from gemini_graphql.errors import DomainError, ErrorCode, invalid_input
 from gemini_graphql.infra.db import Database
 from gemini_graphql.infra.relay import Relay
 from gemini_graphql.infra.user_cache import UserCache
-from gemini_graphql.models import Chatroom, Message, MessageRole, MessageStatus, loaded
+from gemini_graphql.models import (
+    UNFINISHED_STATUSES,
+    Chatroom,
+    Message,
+    MessageRole,
+    MessageStatus,
+    loaded,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +54,7 @@ _STOP_STREAMING = (  # only a reply nobody finished meanwhile; the text its stre
     sa.update(_MESSAGES)
     .where(
         _MESSAGES.c.id == sa.bindparam("reply_id"),
-        _MESSAGES.c.status.in_((MessageStatus.PENDING.value, MessageStatus.STREAMING.value)),
+        _MESSAGES.c.status.in_(sorted(status.value for status in UNFINISHED_STATUSES)),
     )
     .values(
         status=MessageStatus.STOPPED.value,
@@ -208,7 +215,7 @@ class Conversation:
         return stopped
 
     async def _streamed(self, reply_id: uuid.UUID) -> str:
-        return "".join(event.delta for event in await history(self._redis, reply_id))
+        return text_of(await history(self._redis, reply_id))
 
     async def _owned(self, user_id: uuid.UUID, raw_id: str, role: MessageRole | None) -> Message:
         message = await self._messages.owned_message(user_id, raw_id)

@@ -35,6 +35,7 @@ from gemini_graphql.chat.reply_stream import (
     StreamWriter,
     delete_streams,
     history,
+    text_of,
 )
 from gemini_graphql.chat.room_events import RoomEvent, RoomEventChannels, RoomEventType
 from gemini_graphql.chat.stops import Stopped, StopRequests, StopSignal
@@ -43,7 +44,14 @@ from gemini_graphql.clock import Clock
 from gemini_graphql.infra.db import Database
 from gemini_graphql.infra.outages import Outage, is_outage
 from gemini_graphql.infra.user_cache import UserCache
-from gemini_graphql.models import Chatroom, Message, MessageRole, MessageStatus, loaded
+from gemini_graphql.models import (
+    UNFINISHED_STATUSES,
+    Chatroom,
+    Message,
+    MessageRole,
+    MessageStatus,
+    loaded,
+)
 
 _ROOMS = Chatroom.__table__  # type: ignore[attr-defined]
 _INSTRUCTION = sa.select(_ROOMS.c.system_instruction).where(_ROOMS.c.id == sa.bindparam("room_id"))
@@ -64,7 +72,7 @@ SAVE_EVERY_SECONDS = 1.0  # how often the growing text is written to the row (th
 # until this long before arq's own timeout would cancel the job.
 PERSIST_MARGIN_SECONDS = 2.0
 T = TypeVar("T")
-_IN_PROGRESS = (MessageStatus.PENDING.value, MessageStatus.STREAMING.value)
+_IN_PROGRESS = tuple(sorted(status.value for status in UNFINISHED_STATUSES))
 _MESSAGES = Message.__table__  # type: ignore[attr-defined]
 _TOO_SLOW = "The assistant took too long to answer. Please try again."
 
@@ -138,7 +146,7 @@ class _Started:
 
     @property
     def text(self) -> str:
-        return "".join(event.delta for event in self.sent)
+        return text_of(self.sent)
 
 
 class ReplyGenerator:
@@ -156,8 +164,9 @@ class ReplyGenerator:
         stops: StopRequests,
         room_events: RoomEventChannels,
     ) -> None:
-        """`system_instruction`: for rooms without one of their own. The model's part of a reply ends 5 s before the job's own timeout, so a reply is
-        finished (or failed) by us, not cancelled by arq half written."""
+        """`system_instruction`: for rooms without one of their own. The model's part of a
+        reply ends 5 s before the job's own timeout, so a reply is finished (or failed) by us,
+        not cancelled by arq half written."""
         self._job_timeout = job_timeout_seconds
         self._deadline = max(1.0, job_timeout_seconds - 5.0)
         self._database = Outage(log, "PostgreSQL (replies)")
@@ -296,7 +305,7 @@ class ReplyGenerator:
         if sent and sent[-1].is_final:  # cannot happen: the row is written before the event
             log.error("reply %s has a final event but is %s", reply_id, reply.status)
             return None
-        text = "".join(event.delta for event in sent) if sent else reply.content
+        text = text_of(sent) if sent else reply.content
         # Independent, so together: the first word waits for neither twice. A stop asked
         # while no worker had the reply is found from its marker.
         _, (turns, instruction), _ = await asyncio.gather(
@@ -329,7 +338,7 @@ class ReplyGenerator:
         if reply is None or reply.is_finished:
             return
         sent = await history(self._redis, reply_id)
-        text = "".join(event.delta for event in sent) if sent else reply.content
+        text = text_of(sent) if sent else reply.content
         until = asyncio.get_running_loop().time() + self._job_timeout - PERSIST_MARGIN_SECONDS
         writer = StreamWriter(self._redis, self._channels, reply_id, sent, self._streams)
         tokens = _Tokens.of(reply).total

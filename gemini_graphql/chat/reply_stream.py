@@ -16,7 +16,7 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -160,6 +160,11 @@ class StreamWriter:
             pipe.expire(key, FINISHED_TTL_SECONDS if final else LIVE_TTL_SECONDS)
             await pipe.execute()
         self._written = len(self._events)
+
+
+def text_of(events: Iterable[StreamEvent]) -> str:
+    """The reply's text as these events carried it."""
+    return "".join(event.delta for event in events)
 
 
 async def history(redis: Redis, message_id: uuid.UUID, after: int = 0) -> list[StreamEvent]:

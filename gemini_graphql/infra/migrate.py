@@ -240,8 +240,9 @@ def describe_database(database_url: str) -> str:
     return f'the database "{target.database}" on {target.where}'
 
 
-def redacted_url(database_url: str) -> str:
-    return make_url(database_url).render_as_string(hide_password=True)
+def redacted_url(url: str) -> str:
+    """A store's URL (PostgreSQL, SQLite, Redis) with its password, if any, as ***."""
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def why_database_unusable(exc: BaseException, database_url: str) -> str | None:
