@@ -1,11 +1,14 @@
-"""Build the Postman collection (v2.1) of examples/operations.graphql for client teams.
+"""Build the Postman collection (v2.1) of examples/operations.graphql for client teams, and
+the example tabs GraphiQL opens with in dev mode.
 
     python -m examples.build_collection      (or: make collection)
 
 writes examples/gemini-graphql.postman_collection.json from examples/operations.graphql (the
 operations), examples/variables.json (their example variables, by operation name) and
-schema.graphql (each request's description). The output is committed; tests/test_examples.py
-fails while it is stale. `--check` exits 1 instead of writing when the file would change.
+schema.graphql (each request's description), and
+gemini_graphql/api/transport/graphiql_assets/example_tabs.json (package data: an installed
+wheel has no examples/ to read). Both are committed; tests/test_examples.py fails while
+either is stale. `--check` exits 1 instead of writing when a file would change.
 
 Only graphql-core and the standard library: the service never imports this.
 """
@@ -13,8 +16,10 @@ Only graphql-core and the standard library: the service never imports this.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from graphql import (
     DocumentNode,
@@ -32,7 +37,11 @@ OPERATIONS = HERE / "operations.graphql"
 VARIABLES = HERE / "variables.json"
 SCHEMA = ROOT / "schema.graphql"
 OUTPUT = HERE / "gemini-graphql.postman_collection.json"
+TABS_OUTPUT = (
+    ROOT / "gemini_graphql" / "api" / "transport" / "graphiql_assets" / "example_tabs.json"
+)
 
+PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")  # a Postman variable in variables.json
 POSTMAN_SCHEMA = "https://schema.getpostman.com/json/collection/v2.1.0/collection.json"
 SUBSCRIPTIONS = "Subscriptions (websocket)"
 
@@ -270,21 +279,73 @@ def render() -> str:
     return json.dumps(build_collection(), indent=2, ensure_ascii=False) + "\n"
 
 
+# --- GraphiQL's example tabs ------------------------------------------------------------------
+
+
+def tab_values() -> dict[str, str]:
+    """What each {{variable}} reads in a GraphiQL tab, which has no collection variables: a
+    starting value as is, and for a captured one where to copy it from, e.g. "<devCode from
+    SendOtp>" (the first request that captures it)."""
+    values = {key: value for key, value, _ in COLLECTION_VARIABLES if value}
+    for name, captures in CAPTURES.items():
+        for variable, path in captures:
+            values.setdefault(variable, f"<{path.split('.', 1)[1]} from {name}>")
+    return values
+
+
+def filled_in(value: Any, values: dict[str, str]) -> Any:
+    """`value` with each {{variable}} in its strings replaced by values[variable]."""
+    if isinstance(value, str):
+        return PLACEHOLDER.sub(lambda match: values[match.group(1)], value)
+    if isinstance(value, dict):
+        return {key: filled_in(item, values) for key, item in value.items()}
+    if isinstance(value, list):
+        return [filled_in(item, values) for item in value]
+    return value
+
+
+def build_tabs() -> list[dict[str, str | None]]:
+    """GraphiQL's `defaultTabs`: one tab per operation, in the order of operations.graphql
+    (GraphiQL titles each with its operation's name), with its example variables and, for
+    the operations that need one, an Authorization header to complete."""
+    values = tab_values()
+    variables = load_variables()
+    token_header = json.dumps({"Authorization": f"Bearer {values['token']}"})
+    tabs: list[dict[str, str | None]] = []
+    for operation in load_operations():
+        assert operation.name is not None  # build_collection refuses nameless operations
+        example = filled_in(variables[operation.name.value], values)
+        tabs.append(
+            {
+                "query": source_of(operation),
+                "variables": json.dumps(example, indent=2, ensure_ascii=False) if example else None,
+                "headers": token_header if needs_token(operation) else None,
+            }
+        )
+    return tabs
+
+
+def render_tabs() -> str:
+    """example_tabs.json's exact text."""
+    return json.dumps(build_tabs(), indent=2, ensure_ascii=False) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    text = render()
-    current = OUTPUT.read_text() if OUTPUT.is_file() else None
-    if "--check" in args:
-        if current != text:
-            print(f"{OUTPUT.relative_to(ROOT)} is stale: run `make collection`", file=sys.stderr)
-            return 1
-        return 0
-    if current != text:
-        OUTPUT.write_text(text)
-        print(f"wrote {OUTPUT.relative_to(ROOT)}")
-    else:
-        print(f"{OUTPUT.relative_to(ROOT)} is up to date")
-    return 0
+    stale = 0
+    for output, text in ((OUTPUT, render()), (TABS_OUTPUT, render_tabs())):
+        current = output.read_text() if output.is_file() else None
+        name = output.relative_to(ROOT)
+        if "--check" in args:
+            if current != text:
+                print(f"{name} is stale: run `make collection`", file=sys.stderr)
+                stale = 1
+        elif current != text:
+            output.write_text(text)
+            print(f"wrote {name}")
+        else:
+            print(f"{name} is up to date")
+    return stale
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -286,3 +288,58 @@ async def test_login_room_and_message_run_against_the_app(
     assert sent["reply"]["status"] == "PENDING"
     messages = results["Chatroom"]["chatroom"]["messages"]["edges"]
     assert [edge["node"]["id"] for edge in messages] == [values["messageId"], values["replyId"]]
+
+
+# --- GraphiQL's example tabs ----------------------------------------------------------------
+
+
+def test_committed_example_tabs_are_current() -> None:
+    assert collection.TABS_OUTPUT.read_bytes() == collection.render_tabs().encode(), (
+        f"{collection.TABS_OUTPUT.relative_to(ROOT)} is stale: run `make collection`"
+    )
+
+
+def test_a_tab_per_operation_that_runs_as_it_opens(schema: GraphQLSchema) -> None:
+    """Each tab holds one operation of operations.graphql, in order, valid, with variables
+    that coerce and no Postman {{placeholder}} (GraphiQL has none: a captured value reads
+    where to copy it from), and a header to complete where the operation needs a token."""
+    tabs = json.loads(collection.TABS_OUTPUT.read_text())
+    operations = collection.load_operations()
+    assert len(tabs) == len(operations)
+    problems = []
+    for tab, expected in zip(tabs, operations, strict=True):
+        operation = only_operation(tab["query"])
+        assert operation.name and expected.name
+        assert operation.name.value == expected.name.value
+        problems += [
+            f"{expected.name.value}: {e.message}" for e in validate(schema, parse(tab["query"]))
+        ]
+        variables = json.loads(tab["variables"]) if tab["variables"] is not None else {}
+        problems += [
+            f"{expected.name.value}: {m}" for m in coercion_errors(schema, operation, variables)
+        ]
+        assert "{{" not in json.dumps(tab), expected.name.value
+        if collection.needs_token(operation):
+            assert json.loads(tab["headers"]) == {
+                "Authorization": "Bearer <accessToken from VerifyOtp>"
+            }, expected.name.value
+        else:
+            assert tab["headers"] is None, expected.name.value
+    assert not problems, "\n".join(problems)
+    by_name = {only_operation(tab["query"]).name.value: tab for tab in tabs}  # type: ignore[union-attr]
+    assert (
+        json.loads(by_name["VerifyOtp"]["variables"])["input"]["code"] == "<devCode from SendOtp>"
+    )
+    assert json.loads(by_name["Signup"]["variables"])["input"]["mobileNumber"] == "+14155550123"
+
+
+def test_build_collection_check_passes() -> None:
+    """`python -m examples.build_collection --check` (what CI may run) finds both files current."""
+    done = subprocess.run(
+        [sys.executable, "-m", "examples.build_collection", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr

@@ -1,21 +1,28 @@
 """GraphiQL's page loads nothing from outside: every file it names is served by the app, with
-the page's integrity value, the right content type and immutable caching; production serves
-neither the page nor the files."""
+the page's integrity value, the right content type and immutable caching; its example tabs
+come in the page as data; production serves neither the page nor the files."""
 
 from __future__ import annotations
 
+import json
 import re
+import tomllib
 from dataclasses import replace
+from fnmatch import fnmatch
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from examples import build_collection as examples
 from gemini_graphql.api.transport import graphiql
 from gemini_graphql.app.http_app import create_app
 from gemini_graphql.config import AppEnv, Settings
+from gemini_graphql.web.security_headers import PAGE_CSP
 
+ROOT = Path(__file__).resolve().parents[1]
 PAGE = {"Accept": "text/html"}
 TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 # The one absolute URL the page holds: the SVG namespace inside its data: favicon.
@@ -132,3 +139,61 @@ async def test_the_asset_urls_follow_a_root_path() -> None:
     assert {url for _, url, _ in loads_of(page.text)} == {
         f"/api/graphiql/assets/{asset.name}" for asset in graphiql.ASSETS
     }
+
+
+class _DataBlocks(HTMLParser):
+    """The text of every <script type="application/json"> of a page, by id."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks: dict[str, str] = {}
+        self._open: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "script" and found.get("type") == "application/json":
+            self._open = found.get("id") or ""
+            self.blocks[self._open] = ""
+
+    def handle_data(self, data: str) -> None:
+        if self._open is not None:
+            self.blocks[self._open] += data
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self._open = None
+
+
+async def test_the_page_carries_the_example_tabs_as_a_data_block(
+    client: httpx.AsyncClient,
+) -> None:
+    """The tabs GraphiQL opens with are the packaged example_tabs.json, one per example
+    operation, in a JSON block (data, not code: the page's CSP stays as it was)."""
+    page = await client.get("/graphql", headers=PAGE)
+    parser = _DataBlocks()
+    parser.feed(page.text)
+    tabs = json.loads(parser.blocks["example-tabs"])
+    assert tabs == json.loads(graphiql.EXAMPLE_TABS.read_text(encoding="utf-8"))
+    assert len(tabs) == len(examples.load_operations()) > 20
+    assert all(set(tab) == {"query", "variables", "headers"} for tab in tabs)
+    assert page.headers["content-security-policy"] == PAGE_CSP.decode()
+
+
+def test_json_in_the_page_cannot_end_its_element() -> None:
+    hostile = {"query": "</script><script>alert(1)</script><!-- & -->", "n": [1, "\\<"]}
+    text = graphiql.script_json(hostile)
+    assert not {"<", ">", "&"} & set(text)
+    assert json.loads(text) == hostile
+
+
+def test_every_file_the_page_reads_is_package_data() -> None:
+    """A wheel carries what pyproject's package-data names: the template, the example tabs
+    and every asset (the page reads nothing outside the package)."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["gemini_graphql.api.transport"]
+    package = graphiql.ASSET_DIR.parent
+    read = [graphiql.ASSET_DIR / "graphiql.html", graphiql.EXAMPLE_TABS]
+    read += [graphiql.ASSET_DIR / asset.name for asset in graphiql.ASSETS]
+    for path in read:
+        relative = path.relative_to(package).as_posix()
+        assert any(fnmatch(relative, pattern) for pattern in patterns), relative

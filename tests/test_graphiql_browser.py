@@ -1,8 +1,9 @@
 """GraphiQL in a real browser with no internet, as a newcomer meets it: `gemini-graphql dev`
 (offline model), headless chromium driven by tests/node/graphiql_check.mjs, every request
-outside the app blocked. The page loads (its files from the app, integrity checked), a
-query runs with the token from the Headers tab, and a reply streams into the result pane
-over GraphiQL's own websocket client."""
+outside the app blocked. The page loads (its files from the app, integrity checked) with a
+tab per example operation, whose examples run as they open, a query runs with the token
+from the Headers tab, and a reply streams into the result pane over GraphiQL's own
+websocket client."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from examples import build_collection as examples
+from gemini_graphql.api.transport import graphiql
 from tests.auth_flows import SEND_OTP, SIGNUP, VERIFY_OTP
 from tests.chat_harness import CREATE_ROOM
 from tests.node_tools import CHROMIUM_ARGS, NODE_DIR
@@ -75,6 +78,25 @@ async def test_graphiql_works_offline(tmp_path: Path, node_modules: Path, chromi
     assert len(loaded) == 7, report["requests"]
     assert [sheet["applied"] for sheet in report["stylesheets"]] == [True, True]
     assert report["websockets"] == [url.replace("http://", "ws://") + "/graphql"]
+
+    # A tab per example operation, titled with its name, in the order of the examples; the
+    # first opens with its query and variables, runs as it is, and so does another one.
+    tabs = json.loads(graphiql.EXAMPLE_TABS.read_text())
+    names = [operation.name.value for operation in examples.load_operations() if operation.name]
+    assert report["tabs"] == names and len(names) == len(tabs) > 20
+    first, send_otp = tabs[0], tabs[names.index("SendOtp")]
+    assert report["firstTab"]["active"] == "Signup"
+    assert report["firstTab"]["query"] == first["query"]
+    assert json.loads(report["firstTab"]["variables"]) == json.loads(first["variables"])
+    signup = pane(report["signup"])["data"]["signup"]
+    example_number = json.loads(first["variables"])["input"]["mobileNumber"]
+    assert signup["errors"] == [] and signup["user"]["mobileNumber"] == example_number
+    assert report["sendOtpTab"]["active"] == "SendOtp"
+    assert report["sendOtpTab"]["query"] == send_otp["query"]
+    assert json.loads(report["sendOtpTab"]["variables"]) == json.loads(send_otp["variables"])
+    sent = pane(report["sendOtp"])["data"]["sendOtp"]
+    assert sent["sent"] is True and sent["errors"] == []
+    assert re.fullmatch(r"\d{6}", sent["devCode"]), sent
 
     # `{ me { id } }` with the Headers tab's token.
     assert pane(report["me"]) == {"data": {"me": {"id": user_id}}}

@@ -1,7 +1,8 @@
 // GraphiQL in headless chromium, as a newcomer uses it, with nothing reachable but this
-// machine: open the page, put the token in the Headers tab, run `{ me { id } }`, send a
-// message over HTTP, then run a messageStream subscription for its reply in GraphiQL and
-// watch the result pane. Prints one JSON report on stdout (tests/test_graphiql_browser.py
+// machine: open the page (a fresh profile: its example tabs), run the first example tab
+// (Signup) as it opens, switch to the SendOtp tab and run it, put the token in the Headers
+// tab, run `{ me { id } }`, send a message over HTTP, then run a messageStream subscription
+// for its reply in GraphiQL and watch the result pane. Prints one JSON report on stdout (tests/test_graphiql_browser.py
 // asserts on it); exits non-zero when a step times out.
 //
 //   CHROMIUM=/usr/bin/chromium CHROMIUM_ARGS='["--headless", ...]' \
@@ -79,6 +80,42 @@ try {
       applied: link.sheet !== null,
     })),
   );
+
+  // The example tabs: their titles, and the active one's query and variables as opened.
+  const editorText = (selector) =>
+    page.evaluate((s) => document.querySelector(s).CodeMirror.getValue(), selector);
+  const variables = ".graphiql-editor-tool .graphiql-editor:not(.hidden) .CodeMirror";
+  const execute = () => page.getByRole("button", { name: /^Execute query/ }).click();
+  const answered = (field) =>
+    page.waitForFunction(
+      (f) => document.querySelector(".graphiql-response")?.textContent.includes(`"${f}"`),
+      field,
+      { timeout: STEP_MS },
+    );
+  report.tabs = await page.evaluate(() =>
+    [...document.querySelectorAll('[role="tab"] .graphiql-tab-button')].map((b) => b.textContent),
+  );
+  const opened = async () => ({
+    active: await page.evaluate(
+      () => document.querySelector(".graphiql-tab-active .graphiql-tab-button")?.textContent,
+    ),
+    query: await editorText(query),
+    variables: await editorText(variables),
+  });
+  report.firstTab = await opened();
+  await execute();
+  await answered("signup");
+  report.signup = await shown();
+  await page.locator(".graphiql-tab-button", { hasText: /^SendOtp$/ }).click();
+  await page.waitForFunction(
+    () => document.querySelector(".graphiql-tab-active .graphiql-tab-button")?.textContent === "SendOtp",
+    null,
+    { timeout: STEP_MS },
+  );
+  report.sendOtpTab = await opened();
+  await execute();
+  await answered("sendOtp");
+  report.sendOtp = await shown();
 
   await page.getByRole("button", { name: "Headers", exact: true }).click();
   const headers = ".graphiql-editor-tool .graphiql-editor:not(.hidden) .CodeMirror";
