@@ -112,6 +112,8 @@ class Otp(SQLModel, table=True):
         _check_in("purpose", OtpPurpose, "ck_otps_purpose"),
         sa.Index("ix_otps_number_purpose_created", "mobile_number", "purpose", "created_at"),
         sa.Index("ix_otps_number_created", "mobile_number", "created_at"),
+        # The hourly clean-up's range (auth.cleanup): the oldest codes, of every number.
+        sa.Index("ix_otps_created_at", "created_at"),
     )
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
@@ -238,6 +240,10 @@ class StripeEvent(SQLModel, table=True):
     """Each processed Stripe event id, once: redeliveries are recognised and skipped."""
 
     __tablename__ = "stripe_events"
+    __table_args__ = (
+        # The daily clean-up's range (billing.cleanup): the oldest event ids.
+        sa.Index("ix_stripe_events_received_at", "received_at"),
+    )
 
     id: str = Field(primary_key=True, max_length=255)
     type: str = Field(max_length=100)

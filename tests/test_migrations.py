@@ -8,7 +8,7 @@ import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel import SQLModel
 
 import gemini_graphql.models  # noqa: F401
+from gemini_graphql.auth.cleanup import OTP_KEEP, delete_old_otps
+from gemini_graphql.auth.otp import TTL
+from gemini_graphql.billing.cleanup import STRIPE_EVENT_KEEP, delete_old_stripe_events
 from gemini_graphql.ids import new_id
+from gemini_graphql.infra.db import Database
 from gemini_graphql.infra.migrate import alembic_config, migrate
 from tests.conftest import ADMIN_DSN
 
@@ -403,3 +407,163 @@ def test_0003_makes_v1_rooms_one_branch_and_downgrades_back_on_sqlite(tmp_path: 
     chat = sorted([*data.chat_messages, question, stopped])
     expected = _expected_parents(chat) | _expected_parents(data.other_messages)
     assert parents == {h(m): h(p) for m, p in expected.items()}
+
+
+# -- 0004: the indexes of the scheduled clean-ups --------------------------------------------
+
+CLEANUP_INDEXES = {
+    ("otps", "ix_otps_created_at"),
+    ("stripe_events", "ix_stripe_events_received_at"),
+}
+
+
+async def _pg_indexes(conn: asyncpg.Connection) -> set[tuple[str, str]]:
+    rows = await conn.fetch(
+        "SELECT tablename, indexname FROM pg_indexes WHERE schemaname = 'public'"
+        " AND tablename IN ('otps', 'stripe_events')"
+    )
+    return {(row["tablename"], row["indexname"]) for row in rows}
+
+
+async def test_0004_adds_the_cleanup_indexes_and_downgrades_back_on_postgresql() -> None:
+    async with _fresh_database() as (url, dsn):
+        config = alembic_config(url)
+        await asyncio.to_thread(command.upgrade, config, "0004")
+        conn = await asyncpg.connect(dsn)
+        try:
+            assert await _pg_indexes(conn) >= CLEANUP_INDEXES
+            await asyncio.to_thread(command.downgrade, config, "0003")
+            assert await conn.fetchval("SELECT version_num FROM alembic_version") == "0003"
+            assert await _pg_indexes(conn) & CLEANUP_INDEXES == set()
+            await asyncio.to_thread(command.upgrade, config, "head")
+            assert await _pg_indexes(conn) >= CLEANUP_INDEXES
+            assert await _schema_diff(url) == []
+        finally:
+            await conn.close()
+
+
+def test_0004_adds_the_cleanup_indexes_and_downgrades_back_on_sqlite(tmp_path: Path) -> None:
+    """Dev mode's SQLite file migrates the same way."""
+    path = tmp_path / "dev.sqlite3"
+    url = f"sqlite+aiosqlite:///{path}"
+
+    def indexes() -> set[tuple[str, str]]:
+        conn = sqlite3.connect(path)
+        try:
+            rows = conn.execute(
+                "SELECT tbl_name, name FROM sqlite_master WHERE type = 'index'"
+            ).fetchall()
+        finally:
+            conn.close()
+        return set(rows)
+
+    migrate(url, "0004")
+    assert indexes() >= CLEANUP_INDEXES
+    command.downgrade(alembic_config(url), "0003")
+    assert indexes() & CLEANUP_INDEXES == set()
+    migrate(url)
+    assert indexes() >= CLEANUP_INDEXES
+
+
+@asynccontextmanager
+async def _statements_of(database: Database, start: str) -> AsyncIterator[list[Any]]:
+    """(statement, parameters) of every statement starting with `start` that `database`
+    sends while the block runs: the SQL exactly as the code under test built it."""
+    seen: list[Any] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.startswith(start):
+            seen.append((statement, parameters))
+
+    sync_engine = database.engine.sync_engine
+    sa.event.listen(sync_engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(sync_engine, "before_cursor_execute", record)
+
+
+RECENT, OLD = 50_000, 1_000  # rows of a table the clean-up keeps, and rows it deletes
+
+
+async def _explained(conn: asyncpg.Connection, captured: list[Any]) -> str:
+    """PostgreSQL's plan of the first captured statement, as EXPLAIN prints it."""
+    statement, parameters = captured[0]
+    return "\n".join(row[0] for row in await conn.fetch("EXPLAIN " + statement, *parameters))
+
+
+def _batch_scan(plan: str) -> str:
+    """How the batch's rows are found: the plan's line under its Limit (the SELECT ... LIMIT
+    of the DELETE's IN), without its costs."""
+    lines = plan.splitlines()
+    limit = next(i for i, line in enumerate(lines) if "->  Limit" in line)
+    return lines[limit + 1].split("->", 1)[1].split("  (cost=")[0].strip()
+
+
+async def test_the_cleanup_deletes_find_their_rows_through_the_0004_indexes() -> None:
+    """With a day of codes (and a month of event ids) in the tables and a few older rows,
+    the DELETE each clean-up runs selects its batch through the 0004 index, where without it
+    every batch reads the whole table. The plans are the planner's own choice (no
+    enable_seqscan = off). Whether the DELETE then reaches the rows by primary key or by a
+    scan it judges cheaper is the planner's choice too (at this size, a scan; at 200,000
+    rows, the key)."""
+    now = datetime.now(UTC)
+    async with _fresh_database() as (url, dsn):
+        config = alembic_config(url)
+        await asyncio.to_thread(command.upgrade, config, "head")
+        conn = await asyncpg.connect(dsn)
+        database = Database.open(url)
+        try:
+            # Oldest first, as time wrote them: OLD rows past keeping, then RECENT spread
+            # over the day (or the month) that is kept.
+            old_codes = [now - OTP_KEEP - timedelta(hours=1, seconds=OLD - i) for i in range(OLD)]
+            kept_codes = [now - OTP_KEEP + timedelta(seconds=i * 0.5) for i in range(RECENT)]
+            await conn.copy_records_to_table(
+                "otps",
+                records=[
+                    (new_id(), f"+1415555{i % 10_000:04d}", "0" * 64, "login", at + TTL, at)
+                    for i, at in enumerate(old_codes + kept_codes)
+                ],
+                columns=["id", "mobile_number", "code_hash", "purpose", "expires_at", "created_at"],
+            )
+            old_events = [now - STRIPE_EVENT_KEEP - timedelta(seconds=OLD - i) for i in range(OLD)]
+            kept_events = [
+                now - STRIPE_EVENT_KEEP + timedelta(seconds=i * 50) for i in range(RECENT)
+            ]
+            await conn.copy_records_to_table(
+                "stripe_events",
+                records=[
+                    (f"evt_{i}", "invoice.paid", at)
+                    for i, at in enumerate(old_events + kept_events)
+                ],
+                columns=["id", "type", "received_at"],
+            )
+            await conn.execute("ANALYZE otps")
+            await conn.execute("ANALYZE stripe_events")
+
+            async with _statements_of(database, "DELETE FROM otps") as otp_deletes:
+                assert await delete_old_otps(database, now) == OLD
+            async with _statements_of(database, "DELETE FROM stripe_events") as event_deletes:
+                assert await delete_old_stripe_events(database, now) == OLD
+            assert await conn.fetchval("SELECT count(*) FROM otps") == RECENT
+            assert await conn.fetchval("SELECT count(*) FROM stripe_events") == RECENT
+
+            otp_plan = await _explained(conn, otp_deletes)
+            event_plan = await _explained(conn, event_deletes)
+            print(f"\n{otp_plan}\n\n{event_plan}")  # for the record (pytest -s)
+            assert _batch_scan(otp_plan) == "Index Scan using ix_otps_created_at on otps otps_1"
+            assert _batch_scan(event_plan) == (
+                "Index Scan using ix_stripe_events_received_at on stripe_events stripe_events_1"
+            )
+
+            # What the indexes save: without them, each batch is a scan of the whole table.
+            await asyncio.to_thread(command.downgrade, config, "0003")
+            await conn.execute("ANALYZE otps")
+            await conn.execute("ANALYZE stripe_events")
+            assert _batch_scan(await _explained(conn, otp_deletes)) == "Seq Scan on otps otps_1"
+            assert _batch_scan(await _explained(conn, event_deletes)) == (
+                "Seq Scan on stripe_events stripe_events_1"
+            )
+        finally:
+            await database.close()
+            await conn.close()
