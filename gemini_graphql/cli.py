@@ -15,9 +15,10 @@ from gemini_graphql.logs import configure_logging
 
 log = logging.getLogger(__name__)
 NOT_READY = 1  # the exit status when a store is missing, unreachable or behind
-# How long `serve` lets open requests finish after SIGTERM (an orchestrator's grace period
-# must be longer: deploy/ manifests give it 40 s).
-API_DRAIN_SECONDS = 30
+# How long `serve` lets open requests finish once it stops listening (uvicorn's
+# timeout_graceful_shutdown), after DRAIN_GRACE_SECONDS of serving on from SIGTERM: an
+# orchestrator's grace period must be longer than both together (tests/test_deploy_manifests).
+API_SHUTDOWN_SECONDS = 30
 PROG = "gemini-graphql"
 DEV_EXTRA = ("fakeredis", "lupa", "aiosqlite")  # the `dev` extra: embedded stores
 
@@ -121,21 +122,23 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve(settings: Settings, host: str | None, port: int | None, workers: int) -> int:
-    import uvicorn
+    from gemini_graphql.web import server
 
-    from gemini_graphql.web.server import uvicorn_options
-
-    uvicorn.run(
-        "gemini_graphql.app.asgi:app",
-        host=host or settings.host,
-        port=port or settings.port,
-        workers=workers,
-        proxy_headers=True,
-        log_level="debug" if settings.debug else "info",
-        timeout_graceful_shutdown=API_DRAIN_SECONDS,
-        **uvicorn_options(settings),
+    # SIGTERM: not ready but serving for DRAIN_GRACE_SECONDS, then uvicorn's shutdown (see
+    # server.DrainingServer); a second SIGTERM or Ctrl-C skips the wait.
+    return server.run(
+        server.ServeConfig(
+            "gemini_graphql.app.asgi:app",
+            drain_grace_seconds=settings.drain_grace_seconds,
+            host=host or settings.host,
+            port=port or settings.port,
+            workers=workers,
+            proxy_headers=True,
+            log_level="debug" if settings.debug else "info",
+            timeout_graceful_shutdown=API_SHUTDOWN_SECONDS,
+            **server.uvicorn_options(settings),
+        )
     )
-    return 0
 
 
 def _worker(settings: Settings) -> int:

@@ -55,6 +55,11 @@ _PLACEHOLDER_HINTS = {
 # In dev, any page served from this machine may call the API.
 LOCALHOST_ORIGIN = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?"
 
+# DRAIN_GRACE_SECONDS unset in production: load balancers notice a failing readiness check
+# within about this long (Kubernetes' probe here: every 5 s, out after 2 failures; Fly and
+# Render check every 10 s). Elsewhere unset means 0: Ctrl-C and test processes stop at once.
+PRODUCTION_DRAIN_GRACE_SECONDS = 10.0
+
 
 class AppEnv(StrEnum):
     DEV = "dev"
@@ -134,6 +139,9 @@ class Settings:
     http_body_timeout_seconds: float = 30.0
     # Clients reach the service over HTTPS only (a TLS proxy in front): send HSTS.
     force_https: bool = False
+    # After SIGTERM, `serve` answers /health/ready with 503 but goes on serving this long, so
+    # that load balancers stop sending it traffic before it stops listening.
+    drain_grace_seconds: float = 0.0
 
     @property
     def is_production(self) -> bool:
@@ -229,6 +237,11 @@ class Settings:
                 "HTTP_BODY_TIMEOUT_SECONDS", _positive_float, 30.0
             ),
             force_https=reader.get("FORCE_HTTPS", _bool, False),
+            drain_grace_seconds=reader.get(
+                "DRAIN_GRACE_SECONDS",
+                _non_negative_float,
+                PRODUCTION_DRAIN_GRACE_SECONDS if app_env is AppEnv.PRODUCTION else 0.0,
+            ),
         )
         reader.problems.extend(settings.problems())
         if reader.problems:

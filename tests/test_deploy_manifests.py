@@ -12,7 +12,7 @@ import shlex
 import shutil
 import subprocess
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from gemini_graphql.app.http_app import create_app
-from gemini_graphql.cli import API_DRAIN_SECONDS, parse_args
+from gemini_graphql.cli import API_SHUTDOWN_SECONDS, parse_args
 from gemini_graphql.config import ConfigError, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +37,24 @@ MANIFESTS = sorted(
     ]
 )
 JOB_TIMEOUT = Settings().worker_job_timeout_seconds
+# A production configuration but for what a manifest sets (secrets come from elsewhere).
+PRODUCTION = {
+    "APP_ENV": "production",
+    "SECRET_KEY": "k" * 16 + "3xAmple-only-Not-A-Real-Key-0123456789",
+    "GEMINI_API_KEY": "example-gemini-key",
+    "SMS_BACKEND": "webhook",
+    "SMS_WEBHOOK_URL": "https://sms.example.com/send",
+}
+SIGKILL_MARGIN = 5  # seconds beyond the api's longest stop, for the lifespan's clean-up
+
+
+def api_stop_seconds(env: Mapping[str, str]) -> float:
+    """The longest an api takes from SIGTERM to exit in production with `env` set: the drain's
+    grace (DRAIN_GRACE_SECONDS, as Settings reads it with its production default), then up
+    to API_SHUTDOWN_SECONDS for open requests."""
+    settings = Settings.from_env({**PRODUCTION, **{k: str(v) for k, v in env.items()}})
+    assert settings.is_production
+    return settings.drain_grace_seconds + API_SHUTDOWN_SECONDS
 
 
 def load(path: Path) -> list[Any]:
@@ -261,7 +279,6 @@ def test_kubernetes_probes_resources_and_grace_periods() -> None:
     assert worker_container["livenessProbe"]["exec"]["command"][1:] == ["worker", "--check"]
     for c in (api_container, worker_container):
         assert {"requests", "limits"} <= c["resources"].keys()
-    assert api["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > API_DRAIN_SECONDS
     worker_grace = worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert worker_grace >= JOB_TIMEOUT + 10
     assert k8s("Job", "gemini-graphql-migrate")["spec"]["template"]["spec"]["containers"][0][
@@ -273,7 +290,44 @@ def test_other_platforms_give_the_worker_time_to_finish_a_reply() -> None:
     assert load(ROOT / "fly.toml")[0]["kill_timeout"] >= JOB_TIMEOUT + 10
     stop = {t["family"]: t["containerDefinitions"][0].get("stopTimeout") for t in ecs_tasks()}
     assert stop["gemini-graphql-worker"] >= JOB_TIMEOUT + 10
-    assert stop["gemini-graphql-api"] > API_DRAIN_SECONDS
+    render = {s["name"]: s for s in load(ROOT / "render.yaml")[0]["services"]}
+    assert render["gemini-graphql-worker"]["maxShutdownDelaySeconds"] >= JOB_TIMEOUT + 10
+    railway_worker = load(ROOT / "deploy" / "railway-worker.json")[0]["deploy"]
+    assert railway_worker["drainingSeconds"] >= JOB_TIMEOUT + 10
+
+
+def test_every_platform_lets_the_api_drain_then_finish_open_requests() -> None:
+    """From SIGTERM to SIGKILL each platform waits longer than the api's drain (not ready,
+    still serving) and its graceful shutdown after it, with the variables it sets."""
+    configmap = k8s("ConfigMap", "gemini-graphql")["data"]
+    api_pod = k8s("Deployment", "gemini-graphql-api")["spec"]["template"]["spec"]
+    (ecs,) = [t for t in ecs_tasks() if t["family"] == "gemini-graphql-api"]
+    ecs_api = ecs["containerDefinitions"][0]
+    render = {s["name"]: s for s in load(ROOT / "render.yaml")[0]["services"]}
+    render_api = render["gemini-graphql-api"]
+    render_env = {e["key"]: e["value"] for e in render_api["envVars"] if "value" in e}
+    fly = load(ROOT / "fly.toml")[0]
+    compose = load(ROOT / "compose.yaml")[0]["services"]["api"]
+    grace = re.fullmatch(r"(\d+)s", compose["stop_grace_period"])
+    assert grace, compose["stop_grace_period"]
+    example = dict(
+        re.findall(r"^(DRAIN_GRACE_SECONDS)=(.*)$", (ROOT / ".env.example").read_text(), re.M)
+    )
+    platforms = {
+        "kubernetes": (api_pod["terminationGracePeriodSeconds"], configmap),
+        "ecs": (ecs_api["stopTimeout"], {e["name"]: e["value"] for e in ecs_api["environment"]}),
+        "render": (render_api["maxShutdownDelaySeconds"], render_env),
+        "fly": (fly["kill_timeout"], fly.get("env", {})),
+        "railway": (load(ROOT / "railway.json")[0]["deploy"]["drainingSeconds"], {}),
+        "compose": (int(grace.group(1)), example),  # .env.example is compose's .env
+    }
+    short = {
+        name: (seconds, api_stop_seconds(env))
+        for name, (seconds, env) in platforms.items()
+        if seconds < api_stop_seconds(env) + SIGKILL_MARGIN
+    }
+    assert not short, f"grace periods (given, the api's stop) too short: {short}"
+    assert api_stop_seconds({}) > API_SHUTDOWN_SECONDS  # production drains by default
 
 
 def test_ecs_logs_to_cloudwatch_and_takes_secrets_by_reference() -> None:
