@@ -31,8 +31,8 @@ from gemini_graphql.chat.reply_stream import (
     FINISHED_TTL_SECONDS,
     ReplyChannels,
     StreamEvent,
-    stream_key,
 )
+from gemini_graphql.config import RedisNames
 from gemini_graphql.ids import new_id
 from gemini_graphql.models import MessageStatus
 
@@ -110,7 +110,7 @@ async def live_streams(stack: Stack) -> dict[str, object]:
     replies = await make_pending_replies(stack, max(sizes))
     pid = stack.api.pid
     client = await Client.start(stack)
-    publisher = await Publisher.open(stack.settings.redis_url, stack.settings.channel_prefix)
+    publisher = await Publisher.open(stack.settings.redis_url, stack.settings.redis_names)
     try:
         await client.ask({"op": "subscribe", "ids": replies[:5]})  # warm the process up
         await client.ask({"op": "close_all"})
@@ -174,10 +174,10 @@ class Publisher:
         self._channels = channels
 
     @classmethod
-    async def open(cls, redis_url: str, channel_prefix: str) -> Publisher:
+    async def open(cls, redis_url: str, names: RedisNames) -> Publisher:
         url = urlparse(redis_url)
         reader, writer = await asyncio.open_connection(url.hostname, url.port or 6379)
-        publisher = cls(reader, writer, ReplyChannels(channel_prefix))
+        publisher = cls(reader, writer, ReplyChannels(names))
         await publisher._send([_command(b"SELECT", (url.path.strip("/") or "0").encode())])
         return publisher
 
@@ -186,7 +186,7 @@ class Publisher:
         ttl = str(FINISHED_TTL_SECONDS).encode()
         commands = []
         for message_id in ids:
-            key = stream_key(message_id).encode()
+            key = self._channels.stream(message_id).encode()
             commands.append(_command(b"XADD", key, entry, b"e", payload))
             commands.append(_command(b"EXPIRE", key, ttl))
             commands.append(_command(b"PUBLISH", self._channels.of(message_id).encode(), payload))

@@ -162,7 +162,7 @@ async def _check_worker(settings: Settings) -> int:
 
     client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=3)
     try:
-        health = await client.get(worker_health_key())
+        health = await client.get(worker_health_key(settings.redis_names.arq_queue))
     except Exception as exc:  # unreachable, refused, timed out: not alive as far as we know
         print(f"gemini-graphql worker --check: Redis unavailable ({type(exc).__name__})")
         return 1

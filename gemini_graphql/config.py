@@ -23,6 +23,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 T = TypeVar("T")
 
+APP_NAME = "gemini-graphql"
+
 DEV_SECRET_KEY = "dev-only-secret-key-do-not-use-in-production"
 KNOWN_DEFAULT_SECRETS = frozenset(
     {DEV_SECRET_KEY, "changeme", "change-me", "secret", "please-change-me-to-32-random-bytes!!"}
@@ -118,10 +120,9 @@ class Settings:
     auth_rate_per_number: int = 10
     max_body_bytes: int = 1024 * 1024
     redis_max_connections: int = 32
-    # Put before every Redis pub/sub channel name. Keys are per database but channels are
-    # per server, so deployments sharing a server would hear each other's notices; empty
-    # means "db<N>:" for REDIS_URL's database N (see `channel_prefix`).
-    redis_channel_prefix: str = ""
+    # What every Redis key and pub/sub channel of this deployment starts with (RedisNames),
+    # so that deployments sharing a Redis server, even one database, never meet there.
+    redis_prefix: str = APP_NAME
     # How long a process may keep a user's row and room list between change notices
     # (bounds changes made outside the service, e.g. by hand in SQL); 0 keeps nothing.
     user_cache_seconds: float = 30.0
@@ -159,12 +160,15 @@ class Settings:
         return self.is_dev and re.fullmatch(LOCALHOST_ORIGIN, origin) is not None
 
     @property
-    def channel_prefix(self) -> str:
-        """What every pub/sub channel name of this deployment starts with: the chosen prefix,
-        or "db<N>:" for REDIS_URL's database N, so that deployments on different databases
-        of one server are apart with no configuration. Worked out here, not stored, so a
+    def redis_names(self) -> RedisNames:
+        """This deployment's Redis key and channel names. Worked out here, not stored, so a
         `replace(settings, redis_url=...)` gets its own."""
-        return self.redis_channel_prefix or f"db{redis_database(self.redis_url)}:"
+        return RedisNames(self.redis_prefix, redis_database(self.redis_url))
+
+    @property
+    def channel_prefix(self) -> str:
+        """What every pub/sub channel name of this deployment starts with (RedisNames)."""
+        return self.redis_names.channel_prefix
 
     @property
     def payments_enabled(self) -> bool:
@@ -225,7 +229,7 @@ class Settings:
             ),
             max_websockets_per_user=reader.get("MAX_WEBSOCKETS_PER_USER", _positive_int, 20),
             redis_max_connections=reader.get("REDIS_MAX_CONNECTIONS", _positive_int, 32),
-            redis_channel_prefix=reader.get("REDIS_CHANNEL_PREFIX", str, ""),
+            redis_prefix=reader.get("REDIS_PREFIX", _redis_prefix, defaults.redis_prefix),
             user_cache_seconds=reader.get("USER_CACHE_SECONDS", _non_negative_float, 30.0),
             stream_idle_timeout_seconds=reader.get(
                 "STREAM_IDLE_TIMEOUT_SECONDS", _positive_float, 300.0
@@ -243,6 +247,11 @@ class Settings:
                 PRODUCTION_DRAIN_GRACE_SECONDS if app_env is AppEnv.PRODUCTION else 0.0,
             ),
         )
+        if env.get("REDIS_CHANNEL_PREFIX", "").strip():  # retired: refused, not ignored
+            reader.problems.append(
+                "REDIS_CHANNEL_PREFIX: no longer read; every key and channel now starts with "
+                "REDIS_PREFIX (channels with <prefix>:db<N>:): set that instead"
+            )
         reader.problems.extend(settings.problems())
         if reader.problems:
             raise ConfigError(reader.problems)
@@ -431,6 +440,50 @@ def _sms_backend(raw: str) -> str:
     if raw not in {"console", "webhook"}:
         raise ValueError(f"expected 'console' or 'webhook', got {raw!r}")
     return raw
+
+
+# Letters, digits and . _ - : only: no spaces, and none of the glob characters (* ? [ ] \)
+# that would turn `SCAN MATCH <prefix>:*` or `PSUBSCRIBE` into a pattern of other names.
+_REDIS_PREFIX = re.compile(r"[A-Za-z0-9._-][A-Za-z0-9._:-]{0,63}")
+
+
+def _redis_prefix(raw: str) -> str:
+    """A trailing ':' is dropped: RedisNames puts one after the prefix."""
+    if not _REDIS_PREFIX.fullmatch(raw):
+        raise ValueError(
+            "expected up to 64 letters, digits, '.', '_', '-' or ':' (not first), with no "
+            f"spaces, got {raw!r}"
+        )
+    return raw.rstrip(":")
+
+
+@dataclass(frozen=True, slots=True)
+class RedisNames:
+    """Every Redis key and pub/sub channel name of one deployment, built here and only here.
+
+    Keys are `<prefix>:<name>` (keys belong to a database); channels `<prefix>:db<N>:<name>`
+    (channels belong to the whole server, so the database is part of their name). Two
+    deployments sharing a server, or even a database, differ in `prefix` and so in every
+    name. arq's own job keys (`arq:job:<job id>`, ...) carry the prefix in the job id.
+    """
+
+    prefix: str
+    database: int = 0
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}:{name}"
+
+    @property
+    def channel_prefix(self) -> str:
+        return f"{self.prefix}:db{self.database}:"
+
+    def channel(self, name: str) -> str:
+        return self.channel_prefix + name
+
+    @property
+    def arq_queue(self) -> str:
+        """The arq queue (a sorted set) that api processes fill and workers poll."""
+        return self.key("arq:queue")
 
 
 def _redis_url(raw: str) -> str:

@@ -44,8 +44,9 @@ class Services:
             resources.clock,
         )
         room_events = RoomEventChannels(settings.channel_prefix)
-        rooms_cache = RoomListCache(redis, users, room_events)
-        final_events = FinalEvents(redis, ReplyChannels(settings.channel_prefix))
+        rooms_cache = RoomListCache(redis, users, room_events, settings.redis_names)
+        reply_channels = ReplyChannels(settings.redis_names)
+        final_events = FinalEvents(redis, reply_channels)
         idle_timeout = settings.stream_idle_timeout_seconds
         # Quiet subscribers re-check often enough to notice a stalled reply in time.
         relay = Relay(redis, resync_after=min(RESYNC_AFTER_SECONDS, idle_timeout / 3))
@@ -71,7 +72,7 @@ class Services:
                 cache=rooms_cache,
                 redis=redis,
                 final_events=final_events,
-                channel_prefix=settings.channel_prefix,
+                channels=reply_channels,
                 clock=clock,
             ),
             messages=messages,
@@ -83,7 +84,7 @@ class Services:
                 users=users,
                 room_events=room_events,
                 relay=relay,
-                channel_prefix=settings.channel_prefix,
+                channels=reply_channels,
                 clock=clock,
             ),
             billing=Billing(

@@ -112,12 +112,11 @@ def redis_claim() -> Iterator[RedisClaim | None]:
 def base_settings(database_url: str, redis_claim: RedisClaim | None) -> Settings:
     # Pub/sub channels are per server, not per database: a prefix of the run's own keeps
     # other runs' (and other deployments') notices away even on a shared database.
-    run_id = redis_claim.run_id if redis_claim else f"{os.getpid()}:{secrets.token_hex(4)}"
     return Settings(
         app_env=AppEnv.TEST,
         database_url=database_url,
         redis_url=redis_claim.url if redis_claim else f"{REDIS_BASE}/{REDIS_DB}",
-        redis_channel_prefix=f"test:{run_id}:",
+        redis_prefix=f"test:{os.getpid()}:{secrets.token_hex(4)}",
         secret_key=secrets.token_urlsafe(48),
         auth_rate_per_ip=1000,
         auth_rate_per_number=1000,
@@ -127,7 +126,7 @@ def base_settings(database_url: str, redis_claim: RedisClaim | None) -> Settings
 @pytest.fixture(scope="session")
 def reply_channels(base_settings: Settings) -> ReplyChannels:
     """The run's reply channels, for tests that publish or follow replies directly."""
-    return ReplyChannels(base_settings.channel_prefix)
+    return ReplyChannels(base_settings.redis_names)
 
 
 @pytest.fixture(scope="session")

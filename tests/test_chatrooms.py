@@ -8,6 +8,7 @@ import uuid
 import pytest
 from sqlalchemy import event
 
+from gemini_graphql.config import Settings
 from tests.auth_flows import login
 from tests.chat_harness import CREATE_ROOM, ROOM_MESSAGES, create_room, send
 from tests.conftest import GraphQLClient, RecordingSms
@@ -128,14 +129,15 @@ async def test_first_page_is_served_from_the_cache(
 
 
 async def test_cache_is_per_user_and_expires(
-    gql: GraphQLClient, sms: RecordingSms, redis_client
+    gql: GraphQLClient, sms: RecordingSms, redis_client, base_settings: Settings
 ) -> None:
     ada, bob = await login(gql, sms), await login(gql, sms)
     await create_room(gql, ada.token, "ada's")
     await create_room(gql, bob.token, "bob's")
     assert titles(await gql(ROOMS, {}, token=ada.token)) == ["ada's"]
     assert titles(await gql(ROOMS, {}, token=bob.token)) == ["bob's"]
-    keys = [key async for key in redis_client.scan_iter(match="rooms:first:*")]
+    pages = base_settings.redis_names.key("rooms:first:*")
+    keys = [key async for key in redis_client.scan_iter(match=pages)]
     assert len(keys) == 2
     ttls = [await redis_client.ttl(key) for key in keys]
     assert all(0 < ttl <= 600 for ttl in ttls), ttls

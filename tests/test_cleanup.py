@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from arq.constants import default_queue_name, result_key_prefix
+from arq.constants import result_key_prefix
 
 from gemini_graphql.app import worker as worker_module
 from gemini_graphql.app.worker import (
@@ -27,8 +27,8 @@ from gemini_graphql.auth.otp import SEND_WINDOW, TTL
 from gemini_graphql.billing.cleanup import STRIPE_EVENT_KEEP
 from gemini_graphql.chat import reply_stream
 from gemini_graphql.chat.reply_queue import reply_job_id
-from gemini_graphql.chat.reply_stream import history, stream_key
-from gemini_graphql.config import Settings
+from gemini_graphql.chat.reply_stream import ReplyChannels, history
+from gemini_graphql.config import RedisNames, Settings
 from gemini_graphql.infra import db
 from gemini_graphql.testing.fakes.gemini import Script
 from tests.chat_harness import Live, running_worker, send, stream, user_with_room
@@ -80,7 +80,8 @@ def test_the_schedules() -> None:
     UTC; each keeping its result, so a worker late to a tick finds it taken."""
     assert max(TTL, SEND_WINDOW) < OTP_KEEP  # never a code the throttle still counts
     assert timedelta(days=3) < STRIPE_EVENT_KEEP  # Stripe's retries are over
-    jobs = {job.name: job for job in worker_module.cron_jobs()}
+    names = RedisNames("a-deployment")
+    jobs = {job.name.removeprefix("a-deployment:"): job for job in worker_module.cron_jobs(names)}
     start = datetime(2026, 1, 1, 0, 0, 30, tzinfo=UTC)
 
     def runs(name: str, count: int) -> list[datetime]:
@@ -118,11 +119,12 @@ async def test_build_worker_registers_the_cron_jobs(
     chat_settings: Settings, clock: FakeClock
 ) -> None:
     worker = build_worker(chat_settings, clock=clock, handle_signals=False)
+    names = chat_settings.redis_names
     try:
         assert {job.name for job in worker.cron_jobs} == {
-            "cron:requeue_stranded_replies",
-            "cron:delete_expired_otps",
-            "cron:delete_old_stripe_event_ids",
+            names.key("cron:requeue_stranded_replies"),
+            names.key("cron:delete_expired_otps"),
+            names.key("cron:delete_old_stripe_event_ids"),
         }
         assert {job.coroutine for job in worker.cron_jobs} == {
             requeue_stranded_replies,
@@ -214,9 +216,10 @@ async def test_a_pending_reply_stranded_for_days_is_failed_readably(
     caplog.set_level(logging.INFO, logger=WORKER_LOG)
     user, room_id = await user_with_room(live.http, sms)
     reply_id = (await send(live.http, user.token, room_id, "anyone there?"))["reply"]["id"]
-    job_id = reply_job_id(uuid.UUID(reply_id))
+    names = chat_settings.redis_names
+    job_id = reply_job_id(names, uuid.UUID(reply_id))
     await redis_client.delete(f"arq:job:{job_id}")  # Redis lost its job
-    await redis_client.zrem(default_queue_name, job_id)
+    await redis_client.zrem(names.arq_queue, job_id)
     user_id = uuid.UUID(user.user_id)
     spent = await pg.fetchrow(
         "SELECT daily_message_count, last_message_date FROM users WHERE id = $1", user_id
@@ -238,17 +241,18 @@ async def test_a_pending_reply_stranded_for_days_is_failed_readably(
     assert after["last_message_date"] == spent["last_message_date"]
     assert after["daily_message_count"] == 0
     # Its subscribers get the end, and the stream then expires.
-    events = await history(redis_client, uuid.UUID(reply_id))
+    channels = ReplyChannels(names)
+    events = await history(redis_client, channels, uuid.UUID(reply_id))
     assert [event.status.value for event in events] == ["failed"]
     assert (
         0
-        < await redis_client.ttl(stream_key(uuid.UUID(reply_id)))
+        < await redis_client.ttl(channels.stream(uuid.UUID(reply_id)))
         <= (reply_stream.FINISHED_TTL_SECONDS)
     )
     assert cleanup_lines(caplog, "stranded") == [
         "queued 0 stranded replies again, failed 1 older ones"
     ]
-    assert await redis_client.zcard(default_queue_name) == 0
+    assert await redis_client.zcard(names.arq_queue) == 0
 
 
 async def test_each_tick_runs_once_across_workers(
@@ -261,8 +265,11 @@ async def test_each_tick_runs_once_across_workers(
         await add_otp(pg, clock.now, age=timedelta(days=2))
     tick = datetime.now(UTC) + timedelta(seconds=1.5)
 
+    names = chat_settings.redis_names
+    name = names.key("cron:delete_expired_otps")
+
     def at_tick(worker) -> None:
-        (job,) = (job for job in worker.cron_jobs if job.name == "cron:delete_expired_otps")
+        (job,) = (job for job in worker.cron_jobs if job.name == name)
         job.next_run = tick
 
     async with (
@@ -280,11 +287,11 @@ async def test_each_tick_runs_once_across_workers(
             await asyncio.sleep(1.5)
     assert cleanup_lines(caplog, "one-time codes") == ["deleted 3 old one-time codes"]
     assert await remaining(pg, "otps") == set()
-    job_id = f"cron:delete_expired_otps:{round(tick.timestamp() * 1000)}"
+    job_id = f"{name}:{round(tick.timestamp() * 1000)}"
     assert await redis_client.exists(result_key_prefix + job_id)
     # Not queued again by the late worker either (to run once arq's in-progress mark of the
     # finished run expires, 60 s on).
-    assert await redis_client.zscore(default_queue_name, job_id) is None
+    assert await redis_client.zscore(names.arq_queue, job_id) is None
 
 
 async def test_finished_replies_leave_no_redis_key_without_expiry(
@@ -331,12 +338,14 @@ async def test_finished_replies_leave_no_redis_key_without_expiry(
             if ttl == -1 and key.decode() not in (CLAIM_KEY, MARK_KEY)
         }
         assert forever == set()
-        streams = {stream_key(uuid.UUID(reply_id)).encode() for reply_id in replies}
+        channels = ReplyChannels(chat_settings.redis_names)
+        streams = {channels.stream(uuid.UUID(reply_id)).encode() for reply_id in replies}
         # The earliest may have expired already; those left expire within the finished TTL.
         present = {key for key in streams if ttls.get(key, -2) != -2}
         assert {key: ttls[key] for key in present if not 0 <= ttls[key] <= finished_ttl} == {}
-        assert not {key for key in ttls if key.startswith(b"reply:")} - streams
+        reply_keys = chat_settings.redis_names.key("reply:")
+        assert not {key for key in ttls if key.startswith(reply_keys.encode())} - streams
 
         await asyncio.sleep(finished_ttl + 1)
-    left = [key async for key in redis_client.scan_iter(match="reply:*", count=1000)]
+    left = [key async for key in redis_client.scan_iter(match=f"{reply_keys}*", count=1000)]
     assert left == []

@@ -91,42 +91,33 @@ def test_every_bad_variable_is_named() -> None:
 
 
 @pytest.mark.parametrize(
-    ("url", "prefix"),
+    ("url", "database"),
     [
-        ("redis://127.0.0.1:6379/0", "db0:"),
-        ("redis://127.0.0.1:6379/13", "db13:"),
-        ("redis://127.0.0.1:6379", "db0:"),
-        ("redis://127.0.0.1:6379/", "db0:"),
-        ("rediss://:pw@redis.internal:6380/2", "db2:"),
-        ("redis://127.0.0.1:6379/1?db=7", "db7:"),  # the query wins, as in redis-py
-        ("unix:///run/redis/redis.sock", "db0:"),
-        ("unix:///run/redis/redis.sock?db=5", "db5:"),
+        ("redis://127.0.0.1:6379/0", 0),
+        ("redis://127.0.0.1:6379/13", 13),
+        ("redis://127.0.0.1:6379", 0),
+        ("redis://127.0.0.1:6379/", 0),
+        ("rediss://:pw@redis.internal:6380/2", 2),
+        ("redis://127.0.0.1:6379/1?db=7", 7),  # the query wins, as in redis-py
+        ("unix:///run/redis/redis.sock", 0),
+        ("unix:///run/redis/redis.sock?db=5", 5),
     ],
 )
-def test_the_channel_prefix_defaults_to_the_database_number(url: str, prefix: str) -> None:
-    """Channels are per server, keys per database: deployments on different databases of
-    one server are kept apart with no configuration."""
+def test_channel_names_carry_the_database_number(url: str, database: int) -> None:
+    """Channels are per server, keys per database: the same REDIS_PREFIX on different
+    databases of one server is still two sets of channels."""
     settings = Settings.from_env({"REDIS_URL": url})
-    assert settings.redis_channel_prefix == ""
-    assert settings.channel_prefix == prefix
+    assert settings.channel_prefix == f"gemini-graphql:db{database}:"
+    assert settings.redis_names.key("x") == "gemini-graphql:x"  # keys: the database is theirs
     assert redis_database(url) == parse_url(url).get("db", 0)  # the database redis-py uses
 
 
-def test_the_channel_prefix_can_be_chosen() -> None:
-    env = {"REDIS_URL": "redis://127.0.0.1:6379/3", "REDIS_CHANNEL_PREFIX": "staging:"}
-    assert Settings.from_env(env).channel_prefix == "staging:"
-    # Set but empty, like any variable here, means the default: a deployment cannot lose
-    # its namespace by copying a blank line from .env.example.
-    assert Settings.from_env({**env, "REDIS_CHANNEL_PREFIX": " "}).channel_prefix == "db3:"
-
-
-def test_the_derived_prefix_follows_the_url() -> None:
+def test_the_channel_names_follow_the_url() -> None:
     """Derived when asked, not stored: settings copied with another REDIS_URL (the dev
-    server's embedded Redis, the benchmarks) get that database's prefix."""
-    assert Settings().channel_prefix == "db0:"
-    assert replace(Settings(), redis_url="redis://127.0.0.1:6379/14").channel_prefix == "db14:"
-    chosen = Settings(redis_channel_prefix="x:")
-    assert replace(chosen, redis_url="redis://127.0.0.1:6379/14").channel_prefix == "x:"
+    server's embedded Redis, the benchmarks) get that database's channels."""
+    assert Settings().channel_prefix == "gemini-graphql:db0:"
+    chosen = Settings(redis_prefix="x")
+    assert replace(chosen, redis_url="redis://127.0.0.1:6379/14").channel_prefix == "x:db14:"
 
 
 def test_a_redis_database_that_is_not_a_number_is_refused() -> None:

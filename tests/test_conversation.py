@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 import sqlalchemy as sa
 
 from gemini_graphql.app.embedded_redis import EmbeddedRedis
+from gemini_graphql.chat.reply_stream import ReplyChannels
 from gemini_graphql.config import Settings
 from gemini_graphql.ids import new_id
 from gemini_graphql.infra.migrate import migrate
@@ -452,7 +453,13 @@ async def test_a_foreign_room_cannot_be_watched(live: Live, sms: RecordingSms) -
 
 
 async def test_deleting_a_room_stops_its_replies_and_leaves_nothing_behind(
-    live: Live, worker, sms: RecordingSms, fake_gemini: tuple[FakeGemini, str], pg, store_redis
+    live: Live,
+    worker,
+    sms: RecordingSms,
+    fake_gemini: tuple[FakeGemini, str],
+    pg,
+    store_redis,
+    reply_channels: ReplyChannels,
 ) -> None:
     fake, _ = fake_gemini
     user, room_id = await user_with_room(live.http, sms)
@@ -496,7 +503,7 @@ async def test_deleting_a_room_stops_its_replies_and_leaves_nothing_behind(
     assert room_id not in str(listed)
     await asyncio.sleep(0.5)  # the worker has seen the stop by now
     for message_id in (done["reply"]["id"], reply_id):
-        assert not await store_redis.exists(f"reply:{message_id}:events")
+        assert not await store_redis.exists(reply_channels.stream(uuid.UUID(message_id)))
     assert fake.requests[-1].hung_up  # Gemini is no longer read for it
     after = await stream(live.ws_url, token, reply_id)
     assert after.errors and after.errors[0]["extensions"]["code"] == "NOT_FOUND"

@@ -516,7 +516,7 @@ async def test_a_queued_reply_of_a_deleted_room_never_reaches_gemini(
     async with running_worker(chat_settings, clock):
 
         async def queue_drained() -> bool:
-            return await redis_client.zcard("arq:queue") == 0
+            return await redis_client.zcard(chat_settings.redis_names.arq_queue) == 0
 
         await eventually(queue_drained, seconds=10)
         await asyncio.sleep(0.2)  # a job picked up late would have called Gemini by now

@@ -58,7 +58,7 @@ def service_process(
         # The containers' stores are compose's postgres and redis services; here the test's.
         "DATABASE_URL": settings.database_url,
         "REDIS_URL": settings.redis_url,
-        "REDIS_CHANNEL_PREFIX": settings.channel_prefix,
+        "REDIS_PREFIX": settings.redis_prefix,
         "PATH": os.environ.get("PATH", ""),
         "PYTHONUNBUFFERED": "1",  # the image's
         **without_dev_extra(project / "image-site"),  # the image has no dev extra

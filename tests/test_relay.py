@@ -78,7 +78,9 @@ async def test_a_reply_written_between_reading_and_checking_the_stream_is_not_lo
     real_history = reply_stream.history
     reads = 0
 
-    async def history_written_just_after(redis: aioredis.Redis, reply: uuid.UUID, after: int = 0):
+    async def history_written_just_after(
+        redis: aioredis.Redis, channels: ReplyChannels, reply: uuid.UUID, after: int = 0
+    ):
         nonlocal reads
         reads += 1
         if reads == 1:  # the worker writes everything right after this first read
@@ -86,7 +88,7 @@ async def test_a_reply_written_between_reading_and_checking_the_stream_is_not_lo
                 await publish(redis, reply_channels, reply, event(seq))
             await publish(redis, reply_channels, reply, StreamEvent(4, "", MessageStatus.COMPLETE))
             return []
-        return await real_history(redis, reply, after)
+        return await real_history(redis, channels, reply, after)
 
     monkeypatch.setattr(reply_stream, "history", history_written_just_after)
     relay = Relay(redis_client)

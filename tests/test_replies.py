@@ -157,13 +157,13 @@ async def test_a_finished_reply_is_never_generated_twice(
         generator = ReplyGenerator(
             database=resources.database,
             redis=resources.redis,
-            channels=ReplyChannels(chat_settings.channel_prefix),
+            channels=ReplyChannels(chat_settings.redis_names),
             users=resources.users,
             clock=resources.clock,
             model=model,
             system_instruction=None,
             job_timeout_seconds=15,
-            stops=StopRequests(resources.redis),
+            stops=StopRequests(resources.redis, ReplyChannels(chat_settings.redis_names)),
             room_events=RoomEventChannels(chat_settings.channel_prefix),
         )
         outcome = await generator.generate(uuid.UUID(sent["reply"]["id"]), final_try=False)

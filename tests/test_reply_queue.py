@@ -9,7 +9,6 @@ import uuid
 from dataclasses import replace
 
 from arq.connections import ArqRedis
-from arq.constants import default_queue_name
 
 from gemini_graphql.chat.reply_queue import WAKE_CHANNEL, enqueue_reply, reply_job_id
 from gemini_graphql.config import Settings
@@ -23,7 +22,7 @@ NEVER = 3600.0  # an idle interval no test waits for
 
 async def listening_for_notices(redis_client, settings: Settings) -> None:
     """Until a worker of `settings`' deployment listens (another run's worker does not count)."""
-    channel = settings.channel_prefix + WAKE_CHANNEL
+    channel = settings.redis_names.channel(WAKE_CHANNEL)
     async with asyncio.timeout(10):
         while (await redis_client.pubsub_numsub(channel))[0][1] < 1:
             await asyncio.sleep(0.02)
@@ -46,18 +45,19 @@ async def test_a_queued_reply_wakes_an_idle_worker(
 async def test_a_worker_wakes_only_for_its_own_deployment(
     live: Live, chat_settings, clock, sms: RecordingSms, redis_client, pg
 ) -> None:
-    """A worker of another deployment on the same Redis server (here even the same database,
-    so it sees the job) is not woken by this one's notices: channels are per server."""
-    other = replace(chat_settings, redis_channel_prefix=chat_settings.channel_prefix + "other:")
+    """A worker of another deployment on the same Redis server, here even the same database
+    (it differs in REDIS_PREFIX only), is neither woken by this one's notices nor finds its
+    job, however often it polls its own queue (tests/test_redis_prefix.py has the rest)."""
+    other = replace(chat_settings, redis_prefix=chat_settings.redis_prefix + "-other")
     user, room_id = await user_with_room(live.http, sms)
-    async with running_worker(other, clock, idle_poll_seconds=NEVER):
+    async with running_worker(other, clock, idle_poll_seconds=0.05):
         await listening_for_notices(redis_client, other)
-        await asyncio.sleep(0.2)  # past its first polls: idle, waiting
         reply_id = (await send(live.http, user.token, room_id))["reply"]["id"]  # our notice
+        await redis_client.publish(other.redis_names.channel(WAKE_CHANNEL), b"")  # its own
         await asyncio.sleep(0.5)
         row = await pg.fetchrow("SELECT status FROM messages WHERE id = $1", uuid.UUID(reply_id))
         assert row["status"] == "pending"
-        await redis_client.publish(other.channel_prefix + WAKE_CHANNEL, b"")  # its own
+    async with running_worker(chat_settings, clock, idle_poll_seconds=NEVER):
         assert (await wait_finished(pg, reply_id, timeout=10))["status"] == "complete"
 
 
@@ -83,7 +83,8 @@ async def test_a_job_nobody_announced_is_found_by_the_idle_poll(
     reply_id = sent["reply"]["id"]
     # Due only in a moment, so the worker's first poll at start does not take it either.
     due_at_ms = int((time.time() + 1.0) * 1000)
-    await redis_client.zadd(default_queue_name, {reply_job_id(uuid.UUID(reply_id)): due_at_ms})
+    names = chat_settings.redis_names
+    await redis_client.zadd(names.arq_queue, {reply_job_id(names, uuid.UUID(reply_id)): due_at_ms})
     async with running_worker(chat_settings, clock, idle_poll_seconds=0.2):
         assert (await wait_finished(pg, reply_id, timeout=10))["status"] == "complete"
 
@@ -91,16 +92,18 @@ async def test_a_job_nobody_announced_is_found_by_the_idle_poll(
 async def test_enqueue_announces_each_new_job_once(redis_client, base_settings: Settings) -> None:
     """On the deployment's channel only: another one's, differing by its prefix, hears nothing."""
     queue = ArqRedis(connection_pool=redis_client.connection_pool)
-    ours = base_settings.channel_prefix + WAKE_CHANNEL
-    theirs = base_settings.channel_prefix + "other:" + WAKE_CHANNEL
+    names = base_settings.redis_names
+    other = replace(base_settings, redis_prefix=base_settings.redis_prefix + "-other")
+    ours = names.channel(WAKE_CHANNEL)
+    theirs = other.redis_names.channel(WAKE_CHANNEL)
     pubsub = redis_client.pubsub()
     await pubsub.subscribe(ours, theirs)
     for _ in range(2):
         await pubsub.get_message(timeout=1)  # the subscribe confirmations
     reply_id = uuid.uuid4()
 
-    assert await enqueue_reply(queue, reply_id, wake_channel=ours) is True
-    assert await enqueue_reply(queue, reply_id, wake_channel=ours) is False  # one job per reply
+    assert await enqueue_reply(queue, names, reply_id) is True
+    assert await enqueue_reply(queue, names, reply_id) is False  # one job per reply
 
     notices = []
     while (
@@ -108,7 +111,8 @@ async def test_enqueue_announces_each_new_job_once(redis_client, base_settings: 
     ) is not None:
         notices.append(message["channel"])
     assert notices == [ours.encode()]
-    assert await redis_client.zscore(default_queue_name, reply_job_id(reply_id)) is not None
+    assert await redis_client.zscore(names.arq_queue, reply_job_id(names, reply_id)) is not None
+    assert await redis_client.zcard(other.redis_names.arq_queue) == 0
     await pubsub.aclose()
 
 
@@ -118,12 +122,13 @@ async def test_a_reply_whose_job_was_never_queued_is_queued_again(
     """sendMessage's process dying between its commit and its enqueue leaves a PENDING reply
     with no job: workers queue such replies again once they are old enough."""
     user, room_id = await user_with_room(live.http, sms)
+    names = chat_settings.redis_names
 
     async def send_and_lose_its_job() -> str:
         reply_id = (await send(live.http, user.token, room_id))["reply"]["id"]
-        job_id = reply_job_id(uuid.UUID(reply_id))
+        job_id = reply_job_id(names, uuid.UUID(reply_id))
         await redis_client.delete(f"arq:job:{job_id}")
-        await redis_client.zrem(default_queue_name, job_id)
+        await redis_client.zrem(names.arq_queue, job_id)
         return reply_id
 
     stranded = await send_and_lose_its_job()
@@ -136,4 +141,4 @@ async def test_a_reply_whose_job_was_never_queued_is_queued_again(
         await asyncio.sleep(0.5)
     row = await pg.fetchrow("SELECT status FROM messages WHERE id = $1", uuid.UUID(recent))
     assert row["status"] == "pending"  # too recent: its job may still be on its way
-    assert not await redis_client.exists(f"arq:job:{reply_job_id(uuid.UUID(recent))}")
+    assert not await redis_client.exists(f"arq:job:{reply_job_id(names, uuid.UUID(recent))}")

@@ -10,7 +10,6 @@ from dataclasses import replace
 
 import httpx
 import pytest
-from arq.constants import default_queue_name
 
 from gemini_graphql.app.http_app import create_app
 from gemini_graphql.chat.replies import LEASE_MARGIN, STRANDED_GIVE_UP_AFTER
@@ -38,9 +37,9 @@ async def strand(
 ) -> str:
     """A reply whose worker died after sending `streamed`, and whose job Redis then lost."""
     reply_id = (await send(live.http, token, room_id, "tell me"))["reply"]["id"]
-    job_id = reply_job_id(uuid.UUID(reply_id))
+    job_id = reply_job_id(channels.names, uuid.UUID(reply_id))
     await redis_client.delete(f"arq:job:{job_id}")
-    await redis_client.zrem(default_queue_name, job_id)
+    await redis_client.zrem(channels.names.arq_queue, job_id)
     for seq, delta in enumerate(streamed, start=1):
         await publish(
             redis_client,
@@ -152,7 +151,7 @@ async def test_a_subscriber_whose_stream_was_lost_gets_the_stored_end(
     async with WsClient.connect(impatient.ws_url, user.token) as client:
         op = await client.start(reply_id)
         first = await client.collect(op, limit=1)
-        await redis_client.delete(f"reply:{reply_id}:events")
+        await redis_client.delete(reply_channels.stream(uuid.UUID(reply_id)))
         await pg.execute(
             "UPDATE messages SET status = 'complete', content = 'Hello world' WHERE id = $1",
             uuid.UUID(reply_id),
@@ -177,7 +176,7 @@ async def test_a_stream_restarted_shorter_tells_the_subscriber_to_start_over(
     async with WsClient.connect(impatient.ws_url, user.token) as client:
         op = await client.start(str(reply_id))
         await client.collect(op, limit=3)
-        await redis_client.delete(f"reply:{reply_id}:events")
+        await redis_client.delete(reply_channels.stream(reply_id))
         await publish(
             redis_client, reply_channels, reply_id, StreamEvent(1, "a ", MessageStatus.STREAMING)
         )

@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from gemini_graphql.chat.reply_queue import reply_job_id
+from gemini_graphql.config import Settings
 from tests.auth_flows import ME, login
 from tests.chat_harness import create_room, send
 from tests.conftest import FakeClock, GraphQLClient, RecordingSms
@@ -67,7 +69,7 @@ async def test_send_needs_a_login(gql: GraphQLClient) -> None:
 
 
 async def test_send_writes_both_messages_bumps_the_room_and_queues_one_job(
-    gql: GraphQLClient, sms: RecordingSms, pg, redis_client
+    gql: GraphQLClient, sms: RecordingSms, pg, redis_client, base_settings: Settings
 ) -> None:
     user = await login(gql, sms)
     room_id = await create_room(gql, user.token)
@@ -82,8 +84,10 @@ async def test_send_writes_both_messages_bumps_the_room_and_queues_one_job(
     assert str(rows[1]["id"]) == payload["reply"]["id"]
     after = await pg.fetchval("SELECT updated_at FROM chatrooms WHERE id = $1", uuid.UUID(room_id))
     assert after > before
-    assert await redis_client.zcard("arq:queue") == 1
-    assert await redis_client.exists(f"arq:job:reply:{payload['reply']['id']}")
+    names = base_settings.redis_names
+    assert await redis_client.zcard(names.arq_queue) == 1
+    job_id = reply_job_id(names, uuid.UUID(payload["reply"]["id"]))
+    assert await redis_client.exists(f"arq:job:{job_id}")
 
 
 async def test_twenty_parallel_sends_against_a_limit_of_five(

@@ -315,7 +315,7 @@ async def test_the_dev_banner_comes_once_the_port_answers_and_names_what_is_used
     async with scratch_database() as (name, _):
         database_url = pg_url(name, password=PASSWORD)
         env = cli_env(DATABASE_URL=database_url, REDIS_URL=base_settings.redis_url)
-        env["REDIS_CHANNEL_PREFIX"] = base_settings.channel_prefix
+        env["REDIS_PREFIX"] = base_settings.redis_prefix
         port = free_port()
         process = await asyncio.create_subprocess_exec(
             sys.executable,

@@ -24,6 +24,7 @@ from arq.jobs import Job
 from gemini_graphql.app.http_app import create_app
 from gemini_graphql.chat.conversation import STOP_WAIT_SECONDS
 from gemini_graphql.chat.reply_queue import reply_job_id
+from gemini_graphql.chat.reply_stream import ReplyChannels
 from gemini_graphql.testing.fakes.gemini import Script
 from gemini_graphql.testing.processes import start_api, start_worker
 from tests.auth_flows import login
@@ -156,7 +157,7 @@ async def test_stop_pending_reply_before_any_worker(
     assert payload["message"]["tokenUsage"] is None
     assert live_result.completed and check_events(live_result.events, "STOPPED") == ""
     async with running_worker(chat_settings):
-        job = Job(reply_job_id(uuid.UUID(reply_id)), redis_client)
+        job = Job(reply_job_id(chat_settings.redis_names, uuid.UUID(reply_id)), redis_client)
         async with asyncio.timeout(10):  # the worker took the job, and let it be
             while (result := await job.result_info()) is None:
                 await asyncio.sleep(0.05)
@@ -328,7 +329,8 @@ async def test_stop_when_the_worker_never_reacts(
         process.popen.send_signal(signal.SIGCONT)
         await asyncio.sleep(1.5)
         assert await row(pg, reply_id) == stored
-        assert await redis_client.xlen(f"reply:{reply_id}:events") == len(events)
+        stream_key = ReplyChannels(chat_settings.redis_names).stream(uuid.UUID(reply_id))
+        assert await redis_client.xlen(stream_key) == len(events)
         assert (await stream(live.ws_url, user.token, reply_id)).events == events
         assert await usage(live.http, user.token) == (1, stored["total_tokens"] or 0)
         assert len(fake.requests) == 1
@@ -405,7 +407,7 @@ async def test_worker_losing_its_claim_to_a_stop_leaves_the_stream_to_it(
             await redis.execute_command("CLIENT", "PAUSE", 500, "WRITE")
         payload = await stopping
         result = await ws.collect(op, timeout=10)
-        job = Job(reply_job_id(uuid.UUID(reply_id)), redis)
+        job = Job(reply_job_id(settings.redis_names, uuid.UUID(reply_id)), redis)
         async with asyncio.timeout(10):
             while (done := await job.result_info()) is None:
                 await asyncio.sleep(0.05)
@@ -416,7 +418,9 @@ async def test_worker_losing_its_claim_to_a_stop_leaves_the_stream_to_it(
         assert done.success and done.result == "stopped", done.result
 
 
-async def test_who_may_stop_what(live: Live, sms, pg, redis_client) -> None:
+async def test_who_may_stop_what(
+    live: Live, sms, pg, redis_client, reply_channels: ReplyChannels
+) -> None:
     owner, room_id = await user_with_room(live.http, sms)
     other = await login(live.http, sms)
     sent = await send(live.http, owner.token, room_id)  # no worker: it stays PENDING
@@ -436,4 +440,7 @@ async def test_who_may_stop_what(live: Live, sms, pg, redis_client) -> None:
     assert body.get("data") is None, body
     assert [e["extensions"]["code"] for e in body["errors"]] == ["UNAUTHENTICATED"]
     assert (await row(pg, reply_id), await row(pg, question_id)) == before  # untouched
-    assert not await redis_client.exists(f"reply:{reply_id}:stop", f"reply:{reply_id}:events")
+    reply = uuid.UUID(reply_id)
+    assert not await redis_client.exists(
+        reply_channels.stop_marker(reply), reply_channels.stream(reply)
+    )

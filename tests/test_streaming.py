@@ -7,6 +7,7 @@ import contextlib
 import os
 import uuid
 
+from gemini_graphql.chat.reply_stream import ReplyChannels
 from gemini_graphql.testing.fakes.gemini import Script
 from tests.auth_flows import login
 from tests.chat_harness import (
@@ -83,10 +84,10 @@ async def test_live_subscribers_and_a_dropped_connection(
 
 
 async def test_expired_stream_is_replayed_from_the_database(
-    live: Live, worker, sms, fake_gemini, pg, redis_client
+    live: Live, worker, sms, fake_gemini, pg, redis_client, reply_channels: ReplyChannels
 ) -> None:
     token, reply_id = await finished_reply(live, sms, fake_gemini[0], pg)
-    await redis_client.delete(f"reply:{reply_id}:events")
+    await redis_client.delete(reply_channels.stream(uuid.UUID(reply_id)))
     result = await stream(live.ws_url, token, reply_id)
     assert result.completed and len(result.events) == 1
     [event] = result.events

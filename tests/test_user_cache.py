@@ -11,6 +11,7 @@ import inspect
 import os
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -295,7 +296,7 @@ def test_nothing_is_kept_before_the_subscription_is_confirmed(redis_client: aior
 async def test_a_notice_reaches_redis_subscribers(
     cache: UserCache, redis_client: aioredis.Redis, base_settings: Settings
 ) -> None:
-    assert cache.channel == base_settings.channel_prefix + CHANNEL
+    assert cache.channel == base_settings.redis_names.channel(CHANNEL)
     pubsub = redis_client.pubsub()
     await pubsub.subscribe(cache.channel)
     await pubsub.get_message(timeout=1)  # the confirmation
@@ -313,10 +314,13 @@ async def test_deployments_on_one_redis_server_do_not_hear_each_other(
 ) -> None:
     """Two processes of deployment A and one of B, on one Redis database even: a change in A
     reaches A's other process, never B (whose channels differ by their prefix alone)."""
-    prefix_a, prefix_b = (base_settings.channel_prefix + name for name in ("a:", "b:"))
+    names_a, names_b = (
+        replace(base_settings, redis_prefix=f"{base_settings.redis_prefix}-{name}").redis_names
+        for name in ("a", "b")
+    )
     a1, a2, b = (
-        UserCache(redis_client, ttl_seconds=30, channel=prefix + CHANNEL)
-        for prefix in (prefix_a, prefix_a, prefix_b)
+        UserCache(redis_client, ttl_seconds=30, channel=names.channel(CHANNEL))
+        for names in (names_a, names_a, names_b)
     )
     relays = [Relay(redis_client) for _ in range(3)]
     try:

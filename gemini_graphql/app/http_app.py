@@ -67,7 +67,9 @@ def create_app(
         app.state.schema = schema_watch
         # Websockets one user holds open, counted across every api process.
         app.state.websocket_leases = Leases(
-            resources.redis, "websockets", limit=settings.max_websockets_per_user
+            resources.redis,
+            settings.redis_names.key("websockets"),
+            limit=settings.max_websockets_per_user,
         )
         try:
             yield

@@ -7,11 +7,12 @@ import logging
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC
 from typing import Any
 
 from arq import Retry
-from arq.constants import default_queue_name, health_check_key_suffix
+from arq.constants import health_check_key_suffix
 from arq.cron import CronJob, cron
 from arq.worker import Worker, func
 from redis.exceptions import RedisError
@@ -33,7 +34,7 @@ from gemini_graphql.chat.reply_stream import ReplyChannels
 from gemini_graphql.chat.room_events import RoomEventChannels
 from gemini_graphql.chat.stops import STOP_CHANNEL, StopRequests
 from gemini_graphql.clock import Clock, utc_now
-from gemini_graphql.config import Settings
+from gemini_graphql.config import RedisNames, Settings
 from gemini_graphql.infra.outages import Outage, is_outage
 from gemini_graphql.infra.relay import Relay
 from gemini_graphql.infra.resources import Resources
@@ -169,7 +170,7 @@ async def requeue_stranded_replies(ctx: dict[str, Any]) -> int:
     requeued = 0
     for reply_id in stranded.resume:
         requeued += await enqueue_reply(
-            ctx["resources"].redis, reply_id, wake_channel=ctx["wake_channel"]
+            ctx["resources"].redis, ctx["settings"].redis_names, reply_id
         )
     if requeued or stranded.give_up:
         log.warning(
@@ -197,14 +198,33 @@ async def delete_old_stripe_event_ids(ctx: dict[str, Any]) -> int:
     return deleted
 
 
-def cron_jobs() -> list[CronJob]:
-    """The scheduled jobs, times in UTC; each tick runs once across all workers."""
+def cron_jobs(names: RedisNames) -> list[CronJob]:
+    """The scheduled jobs, times in UTC; each tick runs once across all workers of the
+    deployment. A tick's job id is `<name>:<time>`: the names carry the deployment's prefix,
+    or deployments sharing a Redis database would run each other's ticks."""
     keep = CRON_RESULT_KEEP_SECONDS
+
+    def named(job: Callable[..., Any]) -> str:
+        return names.key(f"cron:{job.__name__}")
+
     return [
         # Every minute, and at each start.
-        cron(requeue_stranded_replies, run_at_startup=True, keep_result=keep),
-        cron(delete_expired_otps, minute=5, keep_result=keep),  # hourly, at :05
-        cron(delete_old_stripe_event_ids, hour=3, minute=35, keep_result=keep),  # daily
+        cron(
+            requeue_stranded_replies,
+            name=named(requeue_stranded_replies),
+            run_at_startup=True,
+            keep_result=keep,
+        ),
+        cron(  # hourly, at :05
+            delete_expired_otps, name=named(delete_expired_otps), minute=5, keep_result=keep
+        ),
+        cron(  # daily
+            delete_old_stripe_event_ids,
+            name=named(delete_old_stripe_event_ids),
+            hour=3,
+            minute=35,
+            keep_result=keep,
+        ),
     ]
 
 
@@ -224,16 +244,17 @@ def build_worker(
     """An arq Worker whose connections open in its own startup, on its own event loop."""
     resources_holder: dict[str, Resources] = {}
     wakeups = Wakeups(idle_poll_seconds)
+    names = settings.redis_names  # the deployment's queue, cron ticks and channels
+    channels = ReplyChannels(names)
 
     async def startup(ctx: dict[str, Any]) -> None:
         resources = resources_holder["resources"]
         chat_model = model if model is not None else default_model(settings)
         relay = ctx["relay"] = Relay(resources.redis)
         # This deployment's notices only: channels are shared by every database of the server.
-        wake_channel = ctx["wake_channel"] = settings.channel_prefix + WAKE_CHANNEL
-        relay.watch(wake_channel, wakeups)
-        stops = StopRequests(resources.redis)
-        relay.watch(settings.channel_prefix + STOP_CHANNEL, stops)
+        relay.watch(names.channel(WAKE_CHANNEL), wakeups)
+        stops = StopRequests(resources.redis, channels)
+        relay.watch(names.channel(STOP_CHANNEL), stops)
         ctx["settings"] = settings
         ctx["resources"] = resources
         ctx["model"] = chat_model
@@ -241,7 +262,7 @@ def build_worker(
         ctx["generator"] = ReplyGenerator(
             database=resources.database,
             redis=resources.redis,
-            channels=ReplyChannels(settings.channel_prefix),
+            channels=channels,
             users=resources.users,
             clock=resources.clock,
             model=chat_model,
@@ -264,9 +285,10 @@ def build_worker(
     return ReplyWorker(
         wakeups=wakeups,
         functions=[func(generate_reply, name=GENERATE_REPLY, max_tries=MAX_JOB_TRIES + 1)],
-        cron_jobs=cron_jobs(),
+        cron_jobs=cron_jobs(names),
         timezone=UTC,  # for the cron schedules
         redis_pool=resources.redis,
+        queue_name=names.arq_queue,
         on_startup=startup,
         on_shutdown=shutdown,
         job_timeout=settings.worker_job_timeout_seconds,
@@ -278,11 +300,11 @@ def build_worker(
         job_completion_wait=settings.worker_job_timeout_seconds,
         # One key per host (a pod, a container): `worker --check` there speaks for that
         # host's worker, not for any worker of the queue.
-        health_check_key=worker_health_key(),
+        health_check_key=worker_health_key(names.arq_queue),
         health_check_interval=WORKER_HEALTH_SECONDS,
     )
 
 
-def worker_health_key(queue_name: str = default_queue_name) -> str:
+def worker_health_key(queue_name: str) -> str:
     """arq's `<queue_name>:health-check`, with this host's name after it."""
     return f"{queue_name}{health_check_key_suffix}:{socket.gethostname()}"

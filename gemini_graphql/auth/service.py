@@ -67,7 +67,7 @@ class AuthService:
         self._clock = clock
         self._users = users
         self._otps = OtpBook(settings.secret_key, clock)
-        self._limiter = RateLimiter(redis)
+        self._limiter = RateLimiter(redis, settings.redis_names.key("throttle"))
         self.tokens = TokenCodec(settings, clock)
 
     async def throttle(self, client_ip: str, subject: str | None) -> None:

@@ -11,7 +11,9 @@ from gemini_graphql.errors import RateLimited
 
 
 class RateLimiter:
-    def __init__(self, redis: aioredis.Redis, prefix: str = "throttle") -> None:
+    def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
+        """`prefix` starts every counter's key: a RedisNames.key, so that each deployment
+        counts its own requests."""
         self._redis = redis
         self._prefix = prefix
 

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from gemini_graphql.chat.messages import Messages, Sent, clean_content
 from gemini_graphql.chat.quota import add_tokens, utc_day
-from gemini_graphql.chat.reply_stream import history, text_of
+from gemini_graphql.chat.reply_stream import ReplyChannels, history, text_of
 from gemini_graphql.chat.room_events import RoomEvent, RoomEventChannels, RoomEventType
 from gemini_graphql.chat.stops import FinalEvents, request_stop
 from gemini_graphql.chat.tree import newest_leaf
@@ -76,7 +76,7 @@ class Conversation:
         users: UserCache,
         room_events: RoomEventChannels,
         relay: Relay,
-        channel_prefix: str,
+        channels: ReplyChannels,
         clock: Clock,
     ) -> None:
         """`relay`: the process's pub/sub connection, on which stopReply waits for the end."""
@@ -88,7 +88,7 @@ class Conversation:
         self._final_events = final_events
         self._users = users
         self._room_events = room_events
-        self._prefix = channel_prefix
+        self._channels = channels
         self._clock = clock
 
     async def regenerate(self, user_id: uuid.UUID, raw_id: str) -> Sent:
@@ -160,7 +160,7 @@ class Conversation:
         stopped = await self._settle(_STOP_PENDING, {"reply_id": reply.id}, user_id)
         if stopped is not None:
             return stopped
-        await request_stop(self._redis, self._prefix, [reply.id])
+        await request_stop(self._redis, self._channels, [reply.id])
         try:
             async with asyncio.timeout(STOP_WAIT_SECONDS):
                 async for _ in self._messages.follow(self._relay, reply.id, 0):
@@ -215,7 +215,7 @@ class Conversation:
         return stopped
 
     async def _streamed(self, reply_id: uuid.UUID) -> str:
-        return text_of(await history(self._redis, reply_id))
+        return text_of(await history(self._redis, self._channels, reply_id))
 
     async def _owned(self, user_id: uuid.UUID, raw_id: str, role: MessageRole | None) -> Message:
         message = await self._messages.owned_message(user_id, raw_id)

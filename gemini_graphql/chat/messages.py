@@ -22,7 +22,7 @@ from sqlmodel import col, select
 
 from gemini_graphql.chat.pages import Page, decode_id_cursor, encode_cursor, page_size
 from gemini_graphql.chat.quota import Usage, consume_one, give_back_one, utc_day
-from gemini_graphql.chat.reply_queue import WAKE_CHANNEL, enqueue_reply
+from gemini_graphql.chat.reply_queue import enqueue_reply
 from gemini_graphql.chat.reply_stream import ReplyChannels, Stored, StreamEvent, follow
 from gemini_graphql.chat.room_cache import RoomListCache
 from gemini_graphql.chat.room_events import RoomEvent, RoomEventType
@@ -116,7 +116,7 @@ class Messages:
         clock: Clock,
     ) -> None:
         """`redis` queues replies and holds their streams; `settings` the quota, the streams'
-        idle timeout and the deployment's channel prefix."""
+        idle timeout and the deployment's Redis names."""
         self._settings = settings
         self._sessions = database.sessions
         self._engine = database.engine
@@ -126,8 +126,8 @@ class Messages:
         self._queue = redis
         self._rooms_cache = rooms_cache  # a new message moves its room to the top
         self._idle_timeout = settings.stream_idle_timeout_seconds
-        self._wake_channel = settings.channel_prefix + WAKE_CHANNEL
-        self._channels = ReplyChannels(settings.channel_prefix)
+        self._names = settings.redis_names
+        self._channels = ReplyChannels(self._names)
 
     async def send(self, user_id: uuid.UUID, raw_room_id: str, content: str) -> Sent:
         """Store the message and a PENDING reply, count it, and queue the reply; never waits for it."""
@@ -193,7 +193,7 @@ class Messages:
         added = [RoomEvent(RoomEventType.MESSAGE_ADDED, room_id, now, row.id) for row in new]
         await self._rooms_cache.invalidate(user_id, added)
         try:
-            if not await enqueue_reply(self._queue, reply.id, wake_channel=self._wake_channel):
+            if not await enqueue_reply(self._queue, self._names, reply.id):
                 raise RuntimeError("a job for this reply already exists")
         except Exception:
             log.exception("could not queue the reply %s; undoing the turn", reply.id)

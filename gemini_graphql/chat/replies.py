@@ -297,7 +297,7 @@ class ReplyGenerator:
         if reply is None or reply.role != MessageRole.ASSISTANT.value:
             log.warning("reply %s does not exist; nothing to do", reply_id)
             return None
-        sent = await history(self._redis, reply_id)
+        sent = await history(self._redis, self._channels, reply_id)
         if reply.is_finished:
             if reply.status != MessageStatus.STOPPED.value:  # a stopper writes its own end
                 await self._ensure_final_event(reply, sent)
@@ -337,7 +337,7 @@ class ReplyGenerator:
         reply = await message_by_id(self._autocommit, reply_id)
         if reply is None or reply.is_finished:
             return
-        sent = await history(self._redis, reply_id)
+        sent = await history(self._redis, self._channels, reply_id)
         text = text_of(sent) if sent else reply.content
         until = asyncio.get_running_loop().time() + self._job_timeout - PERSIST_MARGIN_SECONDS
         writer = StreamWriter(self._redis, self._channels, reply_id, sent, self._streams)
@@ -427,7 +427,7 @@ class ReplyGenerator:
         )
         if owner is None:
             if forget_if_gone and await message_by_id(self._autocommit, reply.id) is None:
-                await delete_streams(self._redis, [reply.id])  # its room is gone: so is it
+                await delete_streams(self._redis, self._channels, [reply.id])  # room gone
             return None
         finished = RoomEvent(
             RoomEventType.REPLY_FINISHED, reply.chatroom_id, self._clock(), reply.id

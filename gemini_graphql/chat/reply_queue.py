@@ -6,8 +6,9 @@ started. Instead sendMessage publishes a notice after queueing a job, and worker
 woken (or every IDLE_POLL_SECONDS, which also finds retries and jobs of dead workers, and
 covers a lost notice).
 
-The notice goes to the deployment's prefix + WAKE_CHANNEL (Settings.channel_prefix): pub/sub
-channels are per Redis server, so another deployment's notices must not wake these workers.
+Everything is the deployment's (RedisNames): its arq queue, its job ids (so arq's own
+`arq:job:<id>`, `arq:result:<id>`, ... keys, whose `arq:` arq hard-codes, differ too) and
+its wake channel, since another deployment's notices must not wake these workers.
 """
 
 from __future__ import annotations
@@ -19,30 +20,38 @@ import uuid
 from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
+from gemini_graphql.config import RedisNames
+
 log = logging.getLogger(__name__)
 
 GENERATE_REPLY = "generate_reply"
-WAKE_CHANNEL = "replies:queued"  # after the deployment's prefix
+WAKE_CHANNEL = "replies:queued"  # a name in the deployment's RedisNames.channel
 IDLE_POLL_SECONDS = 0.5  # arq's own default poll interval
 
 
-def reply_job_id(reply_id: uuid.UUID) -> str:
-    """One job per reply: arq refuses a second job with the same id."""
-    return f"reply:{reply_id}"
+def reply_job_id(names: RedisNames, reply_id: uuid.UUID) -> str:
+    """One job per reply: arq refuses a second job with the same id. The job's argument
+    carries the reply id; nothing parses it back out of this."""
+    return names.key(f"reply:{reply_id}")
 
 
-async def enqueue_reply(redis: ArqRedis, reply_id: uuid.UUID, *, wake_channel: str) -> bool:
-    """Queue the reply's job and wake the workers listening on `wake_channel` (the
-    deployment's prefix + WAKE_CHANNEL); False when a job for it already exists.
+async def enqueue_reply(redis: ArqRedis, names: RedisNames, reply_id: uuid.UUID) -> bool:
+    """Queue the reply's job on the deployment's queue and wake its workers; False when a
+    job for it already exists.
 
     Raises when the job could not be queued. A lost wake-up only delays the reply until
     the next idle poll, so it is logged, not raised.
     """
-    job = await redis.enqueue_job(GENERATE_REPLY, str(reply_id), _job_id=reply_job_id(reply_id))
+    job = await redis.enqueue_job(
+        GENERATE_REPLY,
+        str(reply_id),
+        _job_id=reply_job_id(names, reply_id),
+        _queue_name=names.arq_queue,
+    )
     if job is None:
         return False
     try:
-        await redis.publish(wake_channel, b"")
+        await redis.publish(names.channel(WAKE_CHANNEL), b"")
     except RedisError:
         log.warning("queued the reply %s but could not wake the workers", reply_id, exc_info=True)
     return True

@@ -6,8 +6,8 @@ once only) for catching up, and a pub/sub channel for live delivery through the 
 live events, dropping seqs it already sent: joining late or re-joining with `after` loses
 nothing and repeats nothing.
 
-Stream keys live in the deployment's Redis database; channels are per server, so their
-names start with the deployment's prefix (ReplyChannels, Settings.channel_prefix).
+Every name (stream key, channel, stop marker) is the deployment's (ReplyChannels, built
+on RedisNames), so deployments sharing a Redis server never see each other's replies.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from gemini_graphql.config import RedisNames
 from gemini_graphql.errors import DomainError, ErrorCode
 from gemini_graphql.infra.outages import Outage, is_outage
 from gemini_graphql.infra.relay import RESYNC, Relay
@@ -59,19 +60,24 @@ class StreamEnded(Exception):
     """The stream already ended: someone else wrote its final event (see chat.stops)."""
 
 
-def stream_key(message_id: uuid.UUID) -> str:
-    return f"reply:{message_id}:events"
-
-
 @dataclass(frozen=True, slots=True)
 class ReplyChannels:
-    """The names of one deployment's reply channels: `prefix` (Settings.channel_prefix)
-    keeps them apart from other deployments' on the same Redis server."""
+    """The Redis names of one deployment's replies: each reply's live channel, its event
+    stream and its stop marker (see chat.stops), all within `names`."""
 
-    prefix: str
+    names: RedisNames
 
     def of(self, message_id: uuid.UUID) -> str:
-        return f"{self.prefix}reply:{message_id}"
+        """The reply's live channel."""
+        return self.names.channel(f"reply:{message_id}")
+
+    def stream(self, message_id: uuid.UUID) -> str:
+        """The key of the reply's event stream."""
+        return self.names.key(f"reply:{message_id}:events")
+
+    def stop_marker(self, message_id: uuid.UUID) -> str:
+        """The key saying the reply was asked to stop."""
+        return self.names.key(f"reply:{message_id}:stop")
 
 
 async def publish(
@@ -79,11 +85,10 @@ async def publish(
 ) -> None:
     """Append the event to the reply's stream and publish it, atomically (MULTI/EXEC)."""
     payload = event.encode()
+    key = channels.stream(message_id)
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.xadd(stream_key(message_id), {"e": payload}, id=f"{event.seq}-0")
-        pipe.expire(
-            stream_key(message_id), FINISHED_TTL_SECONDS if event.is_final else LIVE_TTL_SECONDS
-        )
+        pipe.xadd(key, {"e": payload}, id=f"{event.seq}-0")
+        pipe.expire(key, FINISHED_TTL_SECONDS if event.is_final else LIVE_TTL_SECONDS)
         pipe.publish(channels.of(message_id), payload)
         await pipe.execute()
 
@@ -110,7 +115,9 @@ class StreamWriter:
         Redis being away (shared by its writers, so an outage is logged once)."""
         self._redis = redis
         self._message_id = message_id
+        self._channels = channels
         self._channel = channels.of(message_id)
+        self._key = channels.stream(message_id)
         self._events = list(sent)
         self._written = len(self._events)
         self._repair = False
@@ -126,7 +133,7 @@ class StreamWriter:
         while True:
             try:
                 if self._repair:
-                    newest = await last_event(self._redis, self._message_id)
+                    newest = await last_event(self._redis, self._channels, self._message_id)
                     have = newest.seq if newest is not None else 0
                     self._written = sum(1 for sent in self._events if sent.seq <= have)
                     self._repair = False
@@ -151,7 +158,7 @@ class StreamWriter:
         if not missing:  # the failed write had gone through before the connection dropped
             return
         async with self._redis.pipeline(transaction=True) as pipe:
-            key = stream_key(self._message_id)
+            key = self._key
             for event in missing:
                 payload = event.encode()
                 pipe.xadd(key, {"e": payload}, id=f"{event.seq}-0")
@@ -167,22 +174,28 @@ def text_of(events: Iterable[StreamEvent]) -> str:
     return "".join(event.delta for event in events)
 
 
-async def history(redis: Redis, message_id: uuid.UUID, after: int = 0) -> list[StreamEvent]:
+async def history(
+    redis: Redis, channels: ReplyChannels, message_id: uuid.UUID, after: int = 0
+) -> list[StreamEvent]:
     """Events with seq > after, in order. Empty when the stream does not exist (any more)."""
-    entries = await redis.xrange(stream_key(message_id), min=f"{after + 1}-0", max="+")
+    entries = await redis.xrange(channels.stream(message_id), min=f"{after + 1}-0", max="+")
     return [StreamEvent.decode(fields[b"e"]) for _, fields in entries]
 
 
-async def last_event(redis: Redis, message_id: uuid.UUID) -> StreamEvent | None:
-    entries = await redis.xrevrange(stream_key(message_id), count=1)
+async def last_event(
+    redis: Redis, channels: ReplyChannels, message_id: uuid.UUID
+) -> StreamEvent | None:
+    entries = await redis.xrevrange(channels.stream(message_id), count=1)
     return StreamEvent.decode(entries[0][1][b"e"]) if entries else None
 
 
-async def delete_streams(redis: Redis, message_ids: list[uuid.UUID]) -> None:
+async def delete_streams(
+    redis: Redis, channels: ReplyChannels, message_ids: list[uuid.UUID]
+) -> None:
     """Forget the streams of these replies (their room was deleted)."""
     for start in range(0, len(message_ids), 500):
         await redis.unlink(
-            *(stream_key(message_id) for message_id in message_ids[start : start + 500])
+            *(channels.stream(message_id) for message_id in message_ids[start : start + 500])
         )
 
 
@@ -217,7 +230,7 @@ async def follow(
             while True:
                 if must_read_stream:
                     must_read_stream = False
-                    caught_up = await history(redis, message_id, last)
+                    caught_up = await history(redis, channels, message_id, last)
                     for event in caught_up:
                         if event.seq == last + 1:
                             last = event.seq
@@ -226,7 +239,7 @@ async def follow(
                             if event.is_final:
                                 return
                     if not caught_up:
-                        newest = await last_event(redis, message_id)
+                        newest = await last_event(redis, channels, message_id)
                         if newest is not None and newest.seq > last:
                             must_read_stream = True  # written since the read above: read again
                             continue

@@ -21,7 +21,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gemini_graphql.chat.room_events import RoomEvent, RoomEventChannels
+from gemini_graphql.config import RedisNames
 from gemini_graphql.infra.user_cache import UserCache
+from gemini_graphql.metrics import CACHE_LOOKUPS
 from gemini_graphql.models import Chatroom
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 TTL_SECONDS = 600
 VERSION_TTL_SECONDS = 86_400  # far longer than a cached page lives
 CACHED_ROWS = 100  # enough for any page size the API allows
+_LOCAL = {result: CACHE_LOOKUPS.labels("rooms_local", result) for result in ("hit", "miss")}
+_SHARED = {result: CACHE_LOOKUPS.labels("rooms_redis", result) for result in ("hit", "miss")}
 
 # One round trip: the version, and the page stored under it.
 _READ = """
@@ -38,16 +42,20 @@ return {version, redis.call('GET', KEYS[2] .. version)}
 
 
 class RoomListCache:
-    def __init__(self, redis: Redis, users: UserCache, events: RoomEventChannels) -> None:
-        """`events`: where the changes that invalidate the list are announced."""
+    def __init__(
+        self, redis: Redis, users: UserCache, events: RoomEventChannels, names: RedisNames
+    ) -> None:
+        """`events`: where the changes that invalidate the list are announced; `names`: the
+        deployment's, under which the versions and pages are kept."""
         self._redis = redis
+        self._names = names
         self._users = users
         self._events = events
         self._read = redis.register_script(_READ)
 
-    @staticmethod
-    def _keys(user_id: uuid.UUID) -> tuple[str, str]:
-        return f"rooms:v:{user_id}", f"rooms:first:{user_id}:"
+    def _keys(self, user_id: uuid.UUID) -> tuple[str, str]:
+        """The user's version key, and the prefix of the keys of pages (+ the version)."""
+        return self._names.key(f"rooms:v:{user_id}"), self._names.key(f"rooms:first:{user_id}:")
 
     async def first_rows(
         self, user_id: uuid.UUID, query: Callable[[], Awaitable[list[Chatroom]]]
@@ -55,13 +63,17 @@ class RoomListCache:
         """The first rows: the process's copy, else Redis's, else `query()` (then kept in both)."""
         rooms = self._users.rooms(user_id)
         if rooms is not None:
+            _LOCAL["hit"].inc()
             return rooms
+        _LOCAL["miss"].inc()
         ticket = self._users.ticket()
         version, payload = await self._read(keys=list(self._keys(user_id)))
         version = version.decode() if isinstance(version, bytes) else str(version)
         if payload is not None:
+            _SHARED["hit"].inc()
             rooms = [_room(row) for row in json.loads(payload)]
         else:
+            _SHARED["miss"].inc()
             rooms = await query()
             _, prefix = self._keys(user_id)
             await self._redis.set(

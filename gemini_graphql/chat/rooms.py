@@ -19,7 +19,7 @@ from gemini_graphql.chat.pages import (
     encode_cursor,
     page_size,
 )
-from gemini_graphql.chat.reply_stream import delete_streams
+from gemini_graphql.chat.reply_stream import ReplyChannels, delete_streams
 from gemini_graphql.chat.room_cache import CACHED_ROWS, RoomListCache
 from gemini_graphql.chat.room_events import RoomEvent, RoomEventType
 from gemini_graphql.chat.stops import FinalEvents, request_stop
@@ -68,10 +68,10 @@ class Rooms:
         cache: RoomListCache,
         redis: Redis,
         final_events: FinalEvents,
-        channel_prefix: str,
+        channels: ReplyChannels,
         clock: Clock,
     ) -> None:
-        """`redis`, `final_events` and `channel_prefix` stop and forget the replies of a
+        """`redis`, `final_events` and `channels` stop and forget the replies of a
         deleted room."""
         self._engine = database.engine
         self._sessions = database.sessions
@@ -80,7 +80,7 @@ class Rooms:
         self._cache = cache
         self._redis = redis
         self._final_events = final_events
-        self._prefix = channel_prefix
+        self._channels = channels
 
     async def create(
         self,
@@ -183,8 +183,8 @@ class Rooms:
             for reply_id in in_progress:
                 await self._final_events.end_stopped(reply_id)
             if in_progress:
-                await request_stop(self._redis, self._prefix, in_progress)
-            await delete_streams(self._redis, [reply_id for reply_id, _ in replies])
+                await request_stop(self._redis, self._channels, in_progress)
+            await delete_streams(self._redis, self._channels, [reply_id for reply_id, _ in replies])
         except RedisError:  # the room is gone; its streams expire on their own
             log.warning("could not end the reply streams of deleted room %s", room_id)
         return room_id

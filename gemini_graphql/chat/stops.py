@@ -28,26 +28,22 @@ from gemini_graphql.chat.reply_stream import (
     ReplyChannels,
     StreamEvent,
     last_event,
-    stream_key,
 )
 from gemini_graphql.models import MessageStatus
 
 log = logging.getLogger(__name__)
 
-STOP_CHANNEL = "replies:stop"  # after the deployment's prefix
+STOP_CHANNEL = "replies:stop"  # a name in the deployment's RedisNames.channel
 MARKER_TTL_SECONDS = 300  # longer than a stop waits for its worker, and than a job's rerun gap
 
 
-def stop_key(reply_id: uuid.UUID) -> str:
-    return f"reply:{reply_id}:stop"
-
-
-async def request_stop(redis: Redis, prefix: str, reply_ids: list[uuid.UUID]) -> None:
-    """Mark the replies stopped and tell the workers, in one round trip."""
+async def request_stop(redis: Redis, channels: ReplyChannels, reply_ids: list[uuid.UUID]) -> None:
+    """Mark the replies stopped and tell the deployment's workers, in one round trip."""
+    stop_channel = channels.names.channel(STOP_CHANNEL)
     async with redis.pipeline(transaction=False) as pipe:
         for reply_id in reply_ids:
-            pipe.set(stop_key(reply_id), b"1", ex=MARKER_TTL_SECONDS)
-            pipe.publish(prefix + STOP_CHANNEL, str(reply_id).encode())
+            pipe.set(channels.stop_marker(reply_id), b"1", ex=MARKER_TTL_SECONDS)
+            pipe.publish(stop_channel, str(reply_id).encode())
         await pipe.execute()
 
 
@@ -80,7 +76,7 @@ class FinalEvents:
         """Append a final STOPPED event after whatever the stream holds (unless it already
         ended); the stream's last event when done, None if the worker kept writing."""
         for _ in range(APPEND_TRIES):
-            newest = await last_event(self._redis, reply_id)
+            newest = await last_event(self._redis, self._channels, reply_id)
             if newest is not None and newest.is_final:
                 return newest
             final = StreamEvent((newest.seq if newest else 0) + 1, "", MessageStatus.STOPPED)
@@ -92,7 +88,7 @@ class FinalEvents:
     async def append(self, reply_id: uuid.UUID, event: StreamEvent) -> bool:
         """Write `event` if the stream's last seq is event.seq - 1; False otherwise."""
         written = await self._append(
-            keys=[stream_key(reply_id), self._channels.of(reply_id)],
+            keys=[self._channels.stream(reply_id), self._channels.of(reply_id)],
             args=[event.seq, event.encode(), FINISHED_TTL_SECONDS],
         )
         return bool(written)
@@ -141,8 +137,10 @@ class StopRequests:
     channel was not watched are found from their markers when it is watched again.
     """
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, channels: ReplyChannels) -> None:
+        """`channels`: the deployment's names, whose stop markers this looks at."""
         self._redis = redis
+        self._channels = channels
         self._signals: dict[uuid.UUID, StopSignal] = {}
         self._checks: set[asyncio.Task[None]] = set()
 
@@ -159,7 +157,7 @@ class StopRequests:
     async def check(self, reply_id: uuid.UUID) -> None:
         """Ask Redis whether the reply was stopped (a stop that came before we listened)."""
         signal = self._signals.get(reply_id)
-        if signal is not None and await self._redis.exists(stop_key(reply_id)):
+        if signal is not None and await self._redis.exists(self._channels.stop_marker(reply_id)):
             signal.request()
 
     def deliver(self, data: bytes) -> None:
@@ -184,7 +182,8 @@ class StopRequests:
     async def _check_all(self) -> None:
         reply_ids = list(self._signals)
         try:
-            stopped = await self._redis.mget([stop_key(reply_id) for reply_id in reply_ids])
+            markers = [self._channels.stop_marker(reply_id) for reply_id in reply_ids]
+            stopped = await self._redis.mget(markers)
         except RedisError:
             log.warning("could not check for stopped replies", exc_info=True)
             return

@@ -42,7 +42,10 @@ class Lease:
 
 
 class Leases:
-    """One kind of lease (`prefix`), with `limit` per key, as one process holds them."""
+    """One kind of lease, with `limit` per key, as one process holds them.
+
+    `prefix` starts every key of this kind: a RedisNames.key, so that each deployment counts
+    its own."""
 
     def __init__(self, redis: Redis, prefix: str, *, limit: int) -> None:
         self._redis = redis

@@ -34,7 +34,9 @@ class Resources:
             timeout=10,
             client_name=f"gemini-graphql:{role}:{os.getpid()}",
         )
-        redis = ArqRedis(pool)
+        names = settings.redis_names
+        # Jobs go to this deployment's queue, whoever enqueues them (the worker's cron too).
+        redis = ArqRedis(pool, default_queue_name=names.arq_queue)
         return cls(
             settings=settings,
             database=Database.open(settings.database_url),
@@ -42,7 +44,7 @@ class Resources:
             users=UserCache(
                 redis,
                 ttl_seconds=settings.user_cache_seconds,
-                channel=settings.channel_prefix + USERS_CHANGED,
+                channel=names.channel(USERS_CHANGED),
             ),
             clock=clock,
         )

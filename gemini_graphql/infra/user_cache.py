@@ -33,7 +33,7 @@ from gemini_graphql.models import Chatroom, User
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "users:changed"  # after the deployment's prefix (Settings.channel_prefix)
+CHANNEL = "users:changed"  # a name in the deployment's RedisNames.channel
 RESPONSES_PER_USER = 16
 # A read slower than this is not kept; notices are remembered this long to check reads.
 MAX_READ_SECONDS = 5.0
@@ -58,7 +58,7 @@ class UserCache:
     def __init__(
         self, redis: Redis, *, ttl_seconds: float, channel: str, max_users: int = 10_000
     ) -> None:
-        """`channel`: where this deployment's change notices go (its prefix + CHANNEL)."""
+        """`channel`: where this deployment's change notices go (RedisNames.channel(CHANNEL))."""
         self._redis = redis
         self._channel = channel
         self._ttl = ttl_seconds

@@ -24,7 +24,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "APP_ENV": settings.app_env.value,
         "DATABASE_URL": settings.database_url,
         "REDIS_URL": settings.redis_url,
-        "REDIS_CHANNEL_PREFIX": settings.channel_prefix,
+        "REDIS_PREFIX": settings.redis_prefix,
         "SECRET_KEY": settings.secret_key,
         "GEMINI_API_KEY": settings.gemini_api_key or "",
         "GEMINI_BASE_URL": settings.gemini_base_url or "",
