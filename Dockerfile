@@ -8,9 +8,13 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # Dependencies first, so code changes do not reinstall them. The core package only: no extras
 # (the dev extra's embedded SQLite and Redis, and the test tools, stay out of the image).
+# Tracing is the one extra an image may add, asked for at build time:
+#   docker build --build-arg EXTRAS=otel -t gemini-graphql:otel .
+# (OpenTelemetry's SDK and OTLP/HTTP exporter; still off until OTEL_* variables ask for it).
+ARG EXTRAS=""
 COPY pyproject.toml README.md ./
 RUN mkdir gemini_graphql && touch gemini_graphql/__init__.py \
-    && pip install . && pip uninstall -y gemini-graphql
+    && pip install ".${EXTRAS:+[$EXTRAS]}" && pip uninstall -y gemini-graphql
 COPY gemini_graphql ./gemini_graphql
 RUN pip install --no-deps .
 

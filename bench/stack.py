@@ -138,9 +138,10 @@ async def _log_in(http: httpx.AsyncClient) -> tuple[str, str]:
 
 @asynccontextmanager
 async def uvicorn_process(
-    app: str, probe: str, env: dict[str, str] | None = None
+    app: str, probe: str, env: dict[str, str] | None = None, *, quiet: bool = False
 ) -> AsyncIterator[str]:
-    """`app` under the same uvicorn flags as `serve`, in its own process; yields its URL."""
+    """`app` under the same uvicorn flags as `serve`, in its own process; yields its URL.
+    `quiet`: its output (an app's access log, a line per request) goes nowhere."""
     port = free_port()
     process = subprocess.Popen(
         [
@@ -157,6 +158,8 @@ async def uvicorn_process(
             "false",
         ],
         env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL if quiet else None,
+        stderr=subprocess.DEVNULL if quiet else None,
     )
     url = f"http://127.0.0.1:{port}"
     try:

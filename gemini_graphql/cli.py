@@ -145,11 +145,14 @@ def _worker(settings: Settings) -> int:
     import uvloop
 
     from gemini_graphql.app.worker import build_worker
+    from gemini_graphql.infra.tracing import WORKER_SERVICE, from_env
 
     # uvloop, as the api runs under uvicorn: a reply's socket writes (Redis, PostgreSQL,
     # Gemini) cost a fifth of the worker's CPU on asyncio's own loop.
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    build_worker(settings).run()  # arq handles SIGINT/SIGTERM: the job in flight finishes
+    tracing = from_env(service=WORKER_SERVICE)  # None unless OTEL_* asks for traces
+    # arq handles SIGINT/SIGTERM: the job in flight finishes.
+    build_worker(settings, tracing=tracing).run()
     return 0
 
 

@@ -4,6 +4,7 @@ knows which service uses which connection."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gemini_graphql.auth.service import AuthService
 from gemini_graphql.auth.sms import SmsSender, build_sms_sender
@@ -20,6 +21,9 @@ from gemini_graphql.chat.stops import FinalEvents
 from gemini_graphql.infra.relay import RESYNC_AFTER_SECONDS, Relay
 from gemini_graphql.infra.resources import Resources
 
+if TYPE_CHECKING:
+    from gemini_graphql.infra.otel import Tracing
+
 
 @dataclass(frozen=True, slots=True)
 class Services:
@@ -34,8 +38,15 @@ class Services:
     room_events: RoomEventChannels
 
     @classmethod
-    def build(cls, resources: Resources, *, sms: SmsSender | None = None) -> Services:
-        """Each service gets the collaborators it uses, and nothing else."""
+    def build(
+        cls,
+        resources: Resources,
+        *,
+        sms: SmsSender | None = None,
+        tracing: Tracing | None = None,
+    ) -> Services:
+        """Each service gets the collaborators it uses, and nothing else. `tracing`: when on,
+        reply jobs carry the trace context of the request that queued them."""
         settings, database, redis, users, clock = (
             resources.settings,
             resources.database,
@@ -56,6 +67,7 @@ class Services:
             redis=redis,
             rooms_cache=rooms_cache,
             clock=clock,
+            tracing=tracing,
         )
         return cls(
             resources=resources,

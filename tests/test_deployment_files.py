@@ -252,8 +252,11 @@ def test_the_image_installs_the_core_package_without_extras() -> None:
         if op == "RUN" and re.search(r"\bpip install\b", args)
     ]
     assert installs
+    # The one way in for an extra: the EXTRAS build argument, empty unless given.
+    assert ("ARG", 'EXTRAS=""') in dockerfile_instructions()
     for args in installs:
         for command in re.findall(r"pip install[^&;]*", args):
+            command = command.replace('".${EXTRAS:+[$EXTRAS]}"', ".")
             assert "[" not in command and " -e " not in command and " -r " not in command, command
     runtime = dockerfile_instructions()
     runtime = runtime[[i for i, (op, _) in enumerate(runtime) if op == "FROM"][-1] :]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -34,6 +35,9 @@ from gemini_graphql.web.routes import health, live, ready, root
 from gemini_graphql.web.security_headers import SecurityHeadersMiddleware
 from gemini_graphql.web.stripe_webhook import stripe_webhook
 
+if TYPE_CHECKING:
+    from gemini_graphql.infra.otel import Tracing
+
 
 def create_app(
     settings: Settings,
@@ -41,9 +45,19 @@ def create_app(
     clock: Clock = utc_now,
     sms: SmsSender | None = None,
     extensions: Sequence[Extension] = (),
+    tracing: Tracing | None = None,
 ) -> Starlette:
     """`clock` and `sms` are injectable for tests; production uses the defaults.
-    `extensions`: Strawberry SchemaExtensions (tracing, masking...) run on every operation."""
+    `extensions`: Strawberry SchemaExtensions (tracing, masking...) run on every operation.
+    `tracing` (infra.tracing.from_env, None when off): spans for requests and operations,
+    and the trace context carried into reply jobs; None adds nothing anywhere."""
+    traced: list[Middleware] = []
+    if tracing is not None:
+        from gemini_graphql.api.transport.tracing import extensions as tracing_extensions
+        from gemini_graphql.infra.otel import HttpSpans
+
+        extensions = [*tracing_extensions(tracing.provider), *extensions]
+        traced.append(Middleware(HttpSpans, tracing=tracing))
     schema = build_schema(extensions)
     documents = Documents(graphql_schema(schema), introspection=not settings.is_production)
     hooks = SchemaHooks.of(schema, documents)
@@ -53,7 +67,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         resources = Resources.open(settings, clock=clock)
-        services = Services.build(resources, sms=sms)
+        services = Services.build(resources, sms=sms, tracing=tracing)
         # Other processes' changes drop this process's copies of users (see user_cache).
         services.relay.watch(resources.users.channel, resources.users)
         # /health says "migrations pending" when the database falls behind the code's head
@@ -89,6 +103,7 @@ def create_app(
             *graphiql_routes(settings),  # GraphiQL's files, outside production
         ],
         middleware=[
+            *traced,  # outermost: the request's span covers all the rest
             Middleware(RequestIdMiddleware),
             # The GraphQL websocket skips what follows (CORS, body cap, router): see there.
             Middleware(WebSocketShortcut, path="/graphql", endpoint=graphql_ws),

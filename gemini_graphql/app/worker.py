@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from arq import Retry
 from arq.constants import health_check_key_suffix
@@ -38,6 +38,10 @@ from gemini_graphql.config import RedisNames, Settings
 from gemini_graphql.infra.outages import Outage, is_outage
 from gemini_graphql.infra.relay import Relay
 from gemini_graphql.infra.resources import Resources
+from gemini_graphql.models import UNFINISHED_STATUSES, MessageStatus
+
+if TYPE_CHECKING:
+    from gemini_graphql.infra.otel import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +65,11 @@ WORKER_HEALTH_SECONDS = 15  # replies mostly wait on the network
 CRON_RESULT_KEEP_SECONDS = 600
 
 
-async def generate_reply(ctx: dict[str, Any], reply_id: str) -> str | None:
+async def generate_reply(
+    ctx: dict[str, Any], reply_id: str, trace: dict[str, str] | None = None
+) -> str | None:
+    """`trace`: the sender's trace context, in jobs queued while the api traces; a worker
+    that traces takes it in its job wrapper (infra.otel), one that does not ignores it."""
     generator: ReplyGenerator = ctx["generator"]
     settings: Settings = ctx["settings"]
     job_try: int = ctx["job_try"]
@@ -233,6 +241,18 @@ def default_model(settings: Settings) -> ChatModel:
     return GeminiModel(settings) if settings.gemini_api_key else OfflineModel()
 
 
+# What generate_reply returns once the reply's final event is out (for its span).
+_FINISHED = frozenset(status.value for status in MessageStatus if status not in UNFINISHED_STATUSES)
+
+
+def traced_model(model: ChatModel, tracing: Tracing, settings: Settings) -> ChatModel:
+    from gemini_graphql.ai.traced import TracedModel  # imports the OpenTelemetry SDK
+
+    if isinstance(model, GeminiModel):
+        return TracedModel(model, tracing, provider="gcp.gemini", name=settings.gemini_model)
+    return TracedModel(model, tracing, provider="gemini_graphql", name=type(model).__name__)
+
+
 def build_worker(
     settings: Settings,
     *,
@@ -240,8 +260,11 @@ def build_worker(
     clock: Clock = utc_now,
     handle_signals: bool = True,
     idle_poll_seconds: float = IDLE_POLL_SECONDS,
+    tracing: Tracing | None = None,
 ) -> Worker:
-    """An arq Worker whose connections open in its own startup, on its own event loop."""
+    """An arq Worker whose connections open in its own startup, on its own event loop.
+    `tracing` (infra.tracing.from_env, None when off): a span per job, continuing the
+    sender's trace, and one per model call; None wraps nothing."""
     resources_holder: dict[str, Resources] = {}
     wakeups = Wakeups(idle_poll_seconds)
     names = settings.redis_names  # the deployment's queue, cron ticks and channels
@@ -250,6 +273,8 @@ def build_worker(
     async def startup(ctx: dict[str, Any]) -> None:
         resources = resources_holder["resources"]
         chat_model = model if model is not None else default_model(settings)
+        if tracing is not None:
+            chat_model = traced_model(chat_model, tracing, settings)
         relay = ctx["relay"] = Relay(resources.redis)
         # This deployment's notices only: channels are shared by every database of the server.
         relay.watch(names.channel(WAKE_CHANNEL), wakeups)
@@ -282,9 +307,12 @@ def build_worker(
 
     resources = Resources.open(settings, role="worker", clock=clock)
     resources_holder["resources"] = resources
+    reply_job = generate_reply
+    if tracing is not None:
+        reply_job = tracing.job(generate_reply, name=GENERATE_REPLY, finished=_FINISHED)
     return ReplyWorker(
         wakeups=wakeups,
-        functions=[func(generate_reply, name=GENERATE_REPLY, max_tries=MAX_JOB_TRIES + 1)],
+        functions=[func(reply_job, name=GENERATE_REPLY, max_tries=MAX_JOB_TRIES + 1)],
         cron_jobs=cron_jobs(names),
         timezone=UTC,  # for the cron schedules
         redis_pool=resources.redis,

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from arq.connections import ArqRedis
@@ -42,6 +42,9 @@ from gemini_graphql.models import (
     loaded,
 )
 from gemini_graphql.text import check_storable
+
+if TYPE_CHECKING:
+    from gemini_graphql.infra.otel import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +117,7 @@ class Messages:
         redis: ArqRedis,
         rooms_cache: RoomListCache,
         clock: Clock,
+        tracing: Tracing | None = None,
     ) -> None:
         """`redis` queues replies and holds their streams; `settings` the quota, the streams'
         idle timeout and the deployment's Redis names."""
@@ -125,6 +129,7 @@ class Messages:
         self._clock = clock
         self._queue = redis
         self._rooms_cache = rooms_cache  # a new message moves its room to the top
+        self._tracing = tracing  # None: tracing is off, and jobs carry no trace context
         self._idle_timeout = settings.stream_idle_timeout_seconds
         self._names = settings.redis_names
         self._channels = ReplyChannels(self._names)
@@ -193,7 +198,8 @@ class Messages:
         added = [RoomEvent(RoomEventType.MESSAGE_ADDED, room_id, now, row.id) for row in new]
         await self._rooms_cache.invalidate(user_id, added)
         try:
-            if not await enqueue_reply(self._queue, self._names, reply.id):
+            trace = self._tracing.inject() if self._tracing is not None else None
+            if not await enqueue_reply(self._queue, self._names, reply.id, trace=trace):
                 raise RuntimeError("a job for this reply already exists")
         except Exception:
             log.exception("could not queue the reply %s; undoing the turn", reply.id)

@@ -35,9 +35,17 @@ def reply_job_id(names: RedisNames, reply_id: uuid.UUID) -> str:
     return names.key(f"reply:{reply_id}")
 
 
-async def enqueue_reply(redis: ArqRedis, names: RedisNames, reply_id: uuid.UUID) -> bool:
+async def enqueue_reply(
+    redis: ArqRedis,
+    names: RedisNames,
+    reply_id: uuid.UUID,
+    *,
+    trace: dict[str, str] | None = None,
+) -> bool:
     """Queue the reply's job on the deployment's queue and wake its workers; False when a
-    job for it already exists.
+    job for it already exists. `trace`: the sender's trace context (infra.otel), when
+    tracing is on; the job then carries it as its `trace` kwarg, and has no such kwarg
+    otherwise.
 
     Raises when the job could not be queued. A lost wake-up only delays the reply until
     the next idle poll, so it is logged, not raised.
@@ -47,6 +55,7 @@ async def enqueue_reply(redis: ArqRedis, names: RedisNames, reply_id: uuid.UUID)
         str(reply_id),
         _job_id=reply_job_id(names, reply_id),
         _queue_name=names.arq_queue,
+        **({} if trace is None else {"trace": trace}),
     )
     if job is None:
         return False

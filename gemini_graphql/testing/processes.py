@@ -75,12 +75,13 @@ def _spawn(
     log_path: str | None = None,
     *,
     module: str = "gemini_graphql",
+    env: dict[str, str] | None = None,
 ) -> Process:
     log = open(log_path or os.environ.get("TEST_PROCESS_LOG", os.devnull), "ab")  # noqa: SIM115
     return Process(
         subprocess.Popen(
             [sys.executable, "-m", module, *args],
-            env=settings_env(settings),
+            env={**settings_env(settings), **(env or {})},
             stdout=log,
             stderr=log,
         )
@@ -92,10 +93,12 @@ async def start_api(
     *,
     module: str = "gemini_graphql",
     args: tuple[str, ...] = ("serve", "--port"),
+    env: dict[str, str] | None = None,
 ) -> tuple[Process, str]:
-    """`python -m <module> <args> <port>`, once its /health answers 200."""
+    """`python -m <module> <args> <port>`, once its /health answers 200; `env`: variables
+    beyond the settings'."""
     port = free_port()
-    process = _spawn([*args, str(port)], settings, module=module)
+    process = _spawn([*args, str(port)], settings, module=module, env=env)
     url = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient() as client, asyncio.timeout(30):
         while True:
@@ -113,8 +116,11 @@ def spawn_worker(settings: Settings, log_path: str) -> Process:
     return _spawn(["worker"], settings, log_path)
 
 
-async def start_worker(settings: Settings, redis: aioredis.Redis) -> Process:
-    process = _spawn(["worker"], settings)
+async def start_worker(
+    settings: Settings, redis: aioredis.Redis, *, env: dict[str, str] | None = None
+) -> Process:
+    """A worker process, once it is connected to Redis; `env`: variables beyond the settings'."""
+    process = _spawn(["worker"], settings, env=env)
     name = f"gemini-graphql:worker:{process.pid}"
     async with asyncio.timeout(30):
         while not any(client.get("name") == name for client in await redis.client_list()):

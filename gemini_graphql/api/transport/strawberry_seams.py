@@ -16,7 +16,7 @@ import strawberry
 from graphql import GraphQLSchema
 from graphql.execution import Executor
 from strawberry.execution import optimized_is_awaitable
-from strawberry.extensions import SchemaExtension
+from strawberry.extensions import LifecycleStep, SchemaExtension
 from strawberry.resolvers import is_default_resolver
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
@@ -31,6 +31,7 @@ __all__ = [
     "graphql_schema",
     "hooks_resolve",
     "is_awaitable",
+    "operation_span",
     "reads_attribute",
 ]
 
@@ -51,3 +52,9 @@ def reads_attribute(resolve: Callable[..., Any] | None) -> bool:
 def hooks_resolve(extension: SchemaExtension) -> bool:
     """Whether an extension wraps every resolver (then it runs as graphql-core middleware)."""
     return type(extension).resolve is not SchemaExtension.resolve
+
+
+def operation_span(extension: SchemaExtension) -> Any:
+    """The operation's span of a Strawberry OpenTelemetryExtension, while the operation runs
+    (it keeps its spans by lifecycle step; api.transport.tracing adds attributes to it)."""
+    return extension._span_holder[LifecycleStep.OPERATION]  # type: ignore[attr-defined]
