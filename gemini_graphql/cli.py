@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from gemini_graphql.config import ConfigError, Settings
@@ -122,6 +123,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve(settings: Settings, host: str | None, port: int | None, workers: int) -> int:
+    _expose_metrics(settings, processes=workers)
+
     from gemini_graphql.web import server
 
     # SIGTERM: not ready but serving for DRAIN_GRACE_SECONDS, then uvicorn's shutdown (see
@@ -150,10 +153,29 @@ def _worker(settings: Settings) -> int:
     # uvloop, as the api runs under uvicorn: a reply's socket writes (Redis, PostgreSQL,
     # Gemini) cost a fifth of the worker's CPU on asyncio's own loop.
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    _expose_metrics(settings, processes=1)
     tracing = from_env(service=WORKER_SERVICE)  # None unless OTEL_* asks for traces
     # arq handles SIGINT/SIGTERM: the job in flight finishes.
     build_worker(settings, tracing=tracing).run()
     return 0
+
+
+def _expose_metrics(settings: Settings, *, processes: int) -> None:
+    """Multiprocess metrics for more than one api process (each writes its values to files
+    in PROMETHEUS_MULTIPROC_DIR, a fresh directory unless one is given, emptied of an earlier
+    run's files), and METRICS_PORT's server in this process, which sums them for a scrape."""
+    from gemini_graphql.metrics import MULTIPROC_DIR_ENV, empty_multiprocess_dir
+
+    if processes > 1 and not os.environ.get(MULTIPROC_DIR_ENV):
+        os.environ[MULTIPROC_DIR_ENV] = tempfile.mkdtemp(prefix="gemini-graphql-metrics-")
+    empty_multiprocess_dir()
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        from gemini_graphql.metrics import registry
+
+        start_http_server(settings.metrics_port, addr="0.0.0.0", registry=registry())
+        log.info("metrics on port %d (/metrics)", settings.metrics_port)
 
 
 async def _check_worker(settings: Settings) -> int:

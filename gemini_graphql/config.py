@@ -143,6 +143,12 @@ class Settings:
     # After SIGTERM, `serve` answers /health/ready with 503 but goes on serving this long, so
     # that load balancers stop sending it traffic before it stops listening.
     drain_grace_seconds: float = 0.0
+    # /metrics on the api's port answers only `Authorization: Bearer <this>` when set; in
+    # production without it, /metrics is not served there (use METRICS_PORT).
+    metrics_token: str | None = None
+    # A port of its own for this process's /metrics (the api's `serve`, or the worker);
+    # 0: none. Keep it off the load balancer: it answers anyone who can reach it.
+    metrics_port: int = 0
 
     @property
     def is_production(self) -> bool:
@@ -246,6 +252,8 @@ class Settings:
                 _non_negative_float,
                 PRODUCTION_DRAIN_GRACE_SECONDS if app_env is AppEnv.PRODUCTION else 0.0,
             ),
+            metrics_token=reader.optional("METRICS_TOKEN"),
+            metrics_port=reader.get("METRICS_PORT", _port_or_zero, 0),
         )
         if env.get("REDIS_CHANNEL_PREFIX", "").strip():  # retired: refused, not ignored
             reader.problems.append(
@@ -299,6 +307,11 @@ class Settings:
                             f"{name}: a localhost page (the dev default); set your app's page "
                             "Stripe Checkout sends users back to"
                         )
+            if self.metrics_token is not None and len(self.metrics_token) < MIN_METRICS_TOKEN_CHARS:
+                found.append(
+                    f"METRICS_TOKEN: at least {MIN_METRICS_TOKEN_CHARS} characters in "
+                    f"production (anyone holding it reads the metrics); {_SECRET_HINT}"
+                )
             if "*" in self.cors_origins and self.cors_allow_credentials:
                 found.append(
                     "CORS_ORIGINS: '*' with CORS_ALLOW_CREDENTIALS lets any site act for users"
@@ -307,6 +320,8 @@ class Settings:
             found.append("SMS_WEBHOOK_URL: required when SMS_BACKEND=webhook")
         if self.pro_daily_limit < self.basic_daily_limit:
             found.append("PRO_DAILY_LIMIT: must not be lower than BASIC_DAILY_LIMIT")
+        if self.metrics_port and self.metrics_port == self.port:
+            found.append("METRICS_PORT: must differ from PORT (the api's own port)")
         return found
 
     def placeholders(self) -> list[str]:
@@ -319,6 +334,9 @@ class Settings:
             if any(isinstance(item, str) and _PLACEHOLDER_PATTERN.search(item) for item in values):
                 names.append(field.name.upper())
         return names
+
+
+MIN_METRICS_TOKEN_CHARS = 24
 
 
 def _production_secret_problem(secret: str) -> str | None:
@@ -414,6 +432,10 @@ def _non_negative_float(raw: str) -> float:
     if not value >= 0:
         raise ValueError(f"must be 0 or more, got {raw}")
     return value
+
+
+def _port_or_zero(raw: str) -> int:
+    return 0 if raw.strip() == "0" else _port(raw)
 
 
 def _port(raw: str) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -10,6 +11,7 @@ from google.genai import errors, types
 
 from gemini_graphql.ai.model import Chunk, ModelError, TokenCounts, Turn
 from gemini_graphql.config import Settings
+from gemini_graphql.metrics import MODEL_CALL_DURATION, MODEL_ERRORS
 
 try:  # google-genai may use httpx2, a fork with its own exception classes
     import httpx2
@@ -52,6 +54,7 @@ class GeminiModel:
         if system_instruction:
             config["system_instruction"] = system_instruction
         response = None
+        started = time.perf_counter()
         try:
             response = await self._client.aio.models.generate_content_stream(
                 model=self._model, contents=contents, config=config
@@ -62,16 +65,20 @@ class GeminiModel:
                 if text or usage is not None:
                     yield Chunk(text=text, response_id=piece.response_id, usage=usage)
         except errors.APIError as exc:
+            _count_error(str(exc.code or "unknown"))
             raise _api_error(exc) from exc
         except TimeoutError as exc:
+            _count_error("timeout")
             raise ModelError("Gemini timed out", retryable=True, user_message=_UNAVAILABLE) from exc
         except _NETWORK_ERRORS as exc:
+            _count_error("network")
             raise ModelError(
                 f"network error talking to Gemini: {type(exc).__name__}",
                 retryable=True,
                 user_message=_UNAVAILABLE,
             ) from exc
         finally:
+            MODEL_CALL_DURATION.observe(time.perf_counter() - started)
             if response is not None:  # a stopped reply: end the call now, do not drain it
                 await response.aclose()
 
@@ -80,6 +87,10 @@ class GeminiModel:
 
 
 _UNAVAILABLE = "The assistant is unavailable right now. Please try again in a few minutes."
+
+
+def _count_error(status: str) -> None:
+    MODEL_ERRORS.labels(status if len(status) <= 16 else "unknown").inc()
 
 
 def _usage(metadata: types.GenerateContentResponseUsageMetadata | None) -> TokenCounts | None:

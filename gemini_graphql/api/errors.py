@@ -18,6 +18,7 @@ from graphql import GraphQLError
 from gemini_graphql.errors import DomainError, InvalidArgument, RateLimited, Unauthenticated
 from gemini_graphql.errors import ErrorCode as DomainErrorCode
 from gemini_graphql.infra.outages import RETRY_AFTER_SECONDS, is_outage
+from gemini_graphql.metrics import count_error
 
 log = logging.getLogger("gemini_graphql.errors")
 
@@ -60,6 +61,7 @@ async def payload_or_errors(
     try:
         result = await action
     except DomainError as error:
+        count_error(error.code.value, "payload")
         return payload_type(errors=[UserError.of(error)])  # type: ignore[call-arg]
     return build(result)
 

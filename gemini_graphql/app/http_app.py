@@ -16,6 +16,7 @@ from gemini_graphql.api.transport.documents import Documents
 from gemini_graphql.api.transport.extensions import SchemaHooks
 from gemini_graphql.api.transport.graphiql import graphiql, graphiql_routes
 from gemini_graphql.api.transport.http import GraphQLOverHTTP
+from gemini_graphql.api.transport.operation_metrics import OperationMetrics
 from gemini_graphql.api.transport.strawberry_seams import graphql_schema
 from gemini_graphql.api.transport.websocket import GraphQLWebSocket
 from gemini_graphql.auth.sms import SmsSender
@@ -23,9 +24,12 @@ from gemini_graphql.clock import Clock, utc_now
 from gemini_graphql.config import Settings
 from gemini_graphql.infra.leases import Leases
 from gemini_graphql.infra.migrate import SchemaWatch
+from gemini_graphql.infra.relay import LagProbe
 from gemini_graphql.infra.resources import Resources
+from gemini_graphql.metrics import process_exited
 from gemini_graphql.services import Services
 from gemini_graphql.web.cors import cors_middleware
+from gemini_graphql.web.metrics import metrics_endpoint
 from gemini_graphql.web.middleware import (
     BodySizeLimitMiddleware,
     RequestIdMiddleware,
@@ -61,8 +65,12 @@ def create_app(
     schema = build_schema(extensions)
     documents = Documents(graphql_schema(schema), introspection=not settings.is_production)
     hooks = SchemaHooks.of(schema, documents)
-    graphql = GraphQLOverHTTP(schema, documents, hooks, ide=graphiql(settings))
-    graphql_ws = GraphQLWebSocket(schema, documents, hooks, settings)
+    # One cap on operation names for both transports (see operation_metrics).
+    operation_metrics = OperationMetrics(documents)
+    graphql = GraphQLOverHTTP(
+        schema, documents, hooks, ide=graphiql(settings), metrics=operation_metrics
+    )
+    graphql_ws = GraphQLWebSocket(schema, documents, hooks, settings, metrics=operation_metrics)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -70,6 +78,8 @@ def create_app(
         services = Services.build(resources, sms=sms, tracing=tracing)
         # Other processes' changes drop this process's copies of users (see user_cache).
         services.relay.watch(resources.users.channel, resources.users)
+        lag_probe = LagProbe.of_process(resources.redis, settings.redis_names)
+        lag_probe.start(services.relay)
         # /health says "migrations pending" when the database falls behind the code's head
         # (`serve` refuses to start on one; this catches a revision added while it runs).
         schema_watch = SchemaWatch.of_scripts()
@@ -88,8 +98,10 @@ def create_app(
         try:
             yield
         finally:
+            await lag_probe.close()
             await app.state.websocket_leases.close()
             await services.close()
+            process_exited()
 
     return Starlette(
         debug=False,  # never render tracebacks; errors are logged with a request id
@@ -100,6 +112,7 @@ def create_app(
             Route("/health/live", live, methods=["GET"], name="health_live"),
             Route("/health/ready", ready, methods=["GET"], name="health_ready"),
             Route("/webhook/stripe", stripe_webhook, methods=["POST"], name="stripe_webhook"),
+            Route("/metrics", metrics_endpoint(settings), methods=["GET"], name="metrics"),
             *graphiql_routes(settings),  # GraphiQL's files, outside production
         ],
         middleware=[

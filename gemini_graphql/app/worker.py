@@ -8,11 +8,12 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import suppress
 from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 from arq import Retry
-from arq.constants import health_check_key_suffix
+from arq.constants import health_check_key_suffix, in_progress_key_prefix
 from arq.cron import CronJob, cron
 from arq.worker import Worker, func
 from redis.exceptions import RedisError
@@ -36,8 +37,15 @@ from gemini_graphql.chat.stops import STOP_CHANNEL, StopRequests
 from gemini_graphql.clock import Clock, utc_now
 from gemini_graphql.config import RedisNames, Settings
 from gemini_graphql.infra.outages import Outage, is_outage
-from gemini_graphql.infra.relay import Relay
+from gemini_graphql.infra.relay import LagProbe, Relay
 from gemini_graphql.infra.resources import Resources
+from gemini_graphql.metrics import (
+    CLEANED,
+    JOBS_FINISHED,
+    JOBS_STARTED,
+    QUEUE_DEPTH,
+    QUEUE_OLDEST_AGE,
+)
 from gemini_graphql.models import UNFINISHED_STATUSES, MessageStatus
 
 if TYPE_CHECKING:
@@ -63,6 +71,17 @@ WORKER_HEALTH_SECONDS = 15  # replies mostly wait on the network
 # would run once arq's in-progress mark of the first run expires (60 s): the result, kept
 # this long, turns that worker away.
 CRON_RESULT_KEEP_SECONDS = 600
+QUEUE_METRICS_SECONDS = 5.0  # how often a worker reads the queue's depth and oldest job
+QUEUE_AGE_SCAN = 64  # jobs looked at for the oldest waiting one (running ones are skipped)
+_JOB_OUTCOMES = {
+    outcome: JOBS_FINISHED.labels(outcome)
+    for outcome in ("completed", "failed", "stopped", "retried", "skipped", "error")
+}
+_OUTCOME_OF = {
+    MessageStatus.COMPLETE: "completed",
+    MessageStatus.FAILED: "failed",
+    MessageStatus.STOPPED: "stopped",
+}
 
 
 async def generate_reply(
@@ -75,6 +94,7 @@ async def generate_reply(
     job_try: int = ctx["job_try"]
     started = time.perf_counter()
     context = {"job_id": ctx.get("job_id")}
+    JOBS_STARTED.inc()
     try:
         if job_try > MAX_JOB_TRIES:  # it kept failing: stop, keeping what was sent
             await generator.fail(uuid.UUID(reply_id), "The assistant could not finish this reply.")
@@ -83,6 +103,7 @@ async def generate_reply(
                 job_try - 1,
                 extra={**context, "outcome": "failed"},
             )
+            _JOB_OUTCOMES["failed"].inc()
             return "failed"
         outcome = await generator.generate(uuid.UUID(reply_id), final_try=job_try >= MAX_TRIES)
     except RetryLater as exc:
@@ -95,9 +116,11 @@ async def generate_reply(
             extra={**context, "outcome": "retry"},
         )
         ctx["wakeups"].wake_in(delay)
+        _JOB_OUTCOMES["retried"].inc()
         raise Retry(defer=delay) from exc
     except Exception as exc:
         if not is_outage(exc):
+            _JOB_OUTCOMES["error"].inc()
             raise
         # PostgreSQL or Redis went away mid-reply: run it again once they are back (the
         # rerun continues from what subscribers were sent).
@@ -110,7 +133,9 @@ async def generate_reply(
             extra={**context, "outcome": "retry"},
         )
         ctx["wakeups"].wake_in(delay)
+        _JOB_OUTCOMES["retried"].inc()
         raise Retry(defer=delay) from exc
+    _JOB_OUTCOMES[_OUTCOME_OF.get(outcome.status, "error") if outcome else "skipped"].inc()
     result = outcome.status.value if outcome else "nothing to do"
     duration_ms = round((time.perf_counter() - started) * 1000, 1)
     log.info(
@@ -141,7 +166,36 @@ class ReplyWorker(Worker):
             else:
                 self.redis_outage.recovered()
                 break
-        await super().main()
+        queue_metrics = asyncio.create_task(self._measure_queue(), name="queue-metrics")
+        try:
+            await super().main()
+        finally:
+            queue_metrics.cancel()
+
+    async def _measure_queue(self) -> None:
+        """QUEUE_DEPTH and QUEUE_OLDEST_AGE every few seconds. A job's score in arq's queue
+        is when it is due, in ms; running jobs stay in the queue until they end, so the
+        oldest waiting one is the first due among the first few that are not running."""
+        while True:
+            with suppress(RedisError, OSError):  # the poll loop reports an outage
+                await self._read_queue()
+            await asyncio.sleep(QUEUE_METRICS_SECONDS)
+
+    async def _read_queue(self) -> None:
+        async with self.pool.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.queue_name)
+            pipe.zrange(self.queue_name, 0, QUEUE_AGE_SCAN - 1, withscores=True)
+            depth, first = await pipe.execute()
+        running = []
+        if first:
+            async with self.pool.pipeline(transaction=False) as pipe:
+                for job_id, _ in first:
+                    pipe.exists(in_progress_key_prefix + job_id.decode())
+                running = await pipe.execute()
+        waiting = [due for (_, due), busy in zip(first, running, strict=True) if not busy]
+        QUEUE_DEPTH.set(depth)
+        overdue = time.time() - waiting[0] / 1000 if waiting else 0.0
+        QUEUE_OLDEST_AGE.set(max(0.0, overdue))
 
     async def _poll_iteration(self) -> None:
         self.wakeups.clear()
@@ -175,6 +229,7 @@ async def requeue_stranded_replies(ctx: dict[str, Any]) -> int:
     stranded = await generator.stranded()
     for reply_id in stranded.give_up:
         await generator.fail(reply_id, "The assistant could not finish this reply.")
+    CLEANED.labels("stranded_replies_failed").inc(len(stranded.give_up))
     requeued = 0
     for reply_id in stranded.resume:
         requeued += await enqueue_reply(
@@ -187,6 +242,7 @@ async def requeue_stranded_replies(ctx: dict[str, Any]) -> int:
             len(stranded.give_up),
             extra={"outcome": "requeued"},
         )
+    CLEANED.labels("stranded_replies_requeued").inc(requeued)
     return requeued
 
 
@@ -195,6 +251,7 @@ async def delete_expired_otps(ctx: dict[str, Any]) -> int:
     resources: Resources = ctx["resources"]
     deleted = await delete_old_otps(resources.database, resources.clock())
     log.info("deleted %d old one-time codes", deleted, extra={"outcome": "cleaned"})
+    CLEANED.labels("otps_deleted").inc(deleted)
     return deleted
 
 
@@ -203,6 +260,7 @@ async def delete_old_stripe_event_ids(ctx: dict[str, Any]) -> int:
     resources: Resources = ctx["resources"]
     deleted = await delete_old_stripe_events(resources.database, resources.clock())
     log.info("deleted %d old Stripe event ids", deleted, extra={"outcome": "cleaned"})
+    CLEANED.labels("stripe_event_ids_deleted").inc(deleted)
     return deleted
 
 
@@ -276,6 +334,8 @@ def build_worker(
         if tracing is not None:
             chat_model = traced_model(chat_model, tracing, settings)
         relay = ctx["relay"] = Relay(resources.redis)
+        ctx["lag_probe"] = LagProbe.of_process(resources.redis, names)
+        ctx["lag_probe"].start(relay)
         # This deployment's notices only: channels are shared by every database of the server.
         relay.watch(names.channel(WAKE_CHANNEL), wakeups)
         stops = StopRequests(resources.redis, channels)
@@ -299,6 +359,7 @@ def build_worker(
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         if "relay" in ctx:
+            await ctx.pop("lag_probe").close()
             await ctx.pop("relay").close()
         chat_model = ctx.get("model")
         if chat_model is not None and hasattr(chat_model, "aclose"):

@@ -44,6 +44,7 @@ from gemini_graphql.clock import Clock
 from gemini_graphql.infra.db import Database
 from gemini_graphql.infra.outages import Outage, is_outage
 from gemini_graphql.infra.user_cache import UserCache
+from gemini_graphql.metrics import FIRST_CHUNK, TOKENS
 from gemini_graphql.models import (
     UNFINISHED_STATUSES,
     Chatroom,
@@ -67,6 +68,7 @@ STRANDED_AFTER = timedelta(minutes=2)
 LEASE_MARGIN = timedelta(seconds=15)
 # A stranded reply this old is failed (its unit given back) rather than started again.
 STRANDED_GIVE_UP_AFTER = timedelta(hours=1)
+_TOKENS = {kind: TOKENS.labels(kind) for kind in ("prompt", "output", "total")}
 SAVE_EVERY_SECONDS = 1.0  # how often the growing text is written to the row (the heartbeat)
 # The end of a reply must be written: while the database is unreachable it is tried again,
 # until this long before arq's own timeout would cancel the job.
@@ -211,6 +213,7 @@ class ReplyGenerator:
         if text:
             turns.append(Turn("model", text))  # continue the reply already under way
         calls = _Tokens.of(reply)
+        first_text = not text  # not a rerun that continues a reply under way
         response_id: str | None = None
         saved_at = -SAVE_EVERY_SECONDS  # the first chunk is saved: its call's tokens count
         stream_until = loop.time() + self._deadline
@@ -226,6 +229,9 @@ class ReplyGenerator:
                     response_id = chunk.response_id or response_id
                     if not chunk.text:
                         continue
+                    if first_text:
+                        first_text = False
+                        FIRST_CHUNK.observe((self._clock() - reply.created_at).total_seconds())
                     text += chunk.text
                     event = StreamEvent(writer.last_seq + 1, chunk.text, MessageStatus.STREAMING)
                     await writer.write(event, until=stream_until)
@@ -483,6 +489,10 @@ class ReplyGenerator:
                 if owner is not None and tokens is not None and tokens.total:
                     await add_tokens(session, owner, tokens.total, utc_day(now))
             await session.commit()
+        if owner is not None and tokens is not None:  # once per reply: this run finished it
+            _TOKENS["prompt"].inc(tokens.prompt)
+            _TOKENS["output"].inc(tokens.output)
+            _TOKENS["total"].inc(tokens.total)
         return owner
 
     async def _ensure_final_event(self, reply: Message, sent: list[StreamEvent]) -> None:

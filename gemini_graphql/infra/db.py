@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from gemini_graphql.metrics import DB_POOL_IN_USE
+
 SessionFactory = async_sessionmaker[AsyncSession]
 
 
@@ -31,6 +33,7 @@ class Database:
     @classmethod
     def open(cls, database_url: str) -> Database:
         engine = create_engine(database_url)
+        _count_checkouts(engine)
         return cls(
             engine=engine,
             autocommit=autocommit_engine(engine),
@@ -40,6 +43,27 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+def _count_checkouts(engine: AsyncEngine) -> None:
+    """Keep DB_POOL_IN_USE current from the pool's own events (a callback's cost, no polling:
+    in multiprocess mode a gauge cannot be read at scrape time). Counted per connection
+    record: the pool also checks in records it never handed out (after an invalidation, or
+    a pool recreated by dispose), which must not count down."""
+    out: set[int] = set()
+
+    def checked_out(_dbapi: Any, record: Any, _proxy: Any) -> None:
+        if id(record) not in out:
+            out.add(id(record))
+            DB_POOL_IN_USE.inc()
+
+    def checked_in(_dbapi: Any, record: Any) -> None:
+        if id(record) in out:
+            out.discard(id(record))
+            DB_POOL_IN_USE.dec()
+
+    event.listen(engine.sync_engine.pool, "checkout", checked_out)
+    event.listen(engine.sync_engine.pool, "checkin", checked_in)
 
 
 def create_engine(database_url: str, *, pool_size: int = 20) -> AsyncEngine:

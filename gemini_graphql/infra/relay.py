@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -23,7 +25,9 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from gemini_graphql.config import RedisNames
 from gemini_graphql.infra.outages import Outage
+from gemini_graphql.metrics import RELAY_LAG
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +35,7 @@ MAILBOX_SIZE = 1024
 RESYNC_AFTER_SECONDS = 30.0  # a mailbox quiet for this long gets RESYNC: check the source
 CONFIRM_TIMEOUT_SECONDS = 10.0
 WATCH_RETRY_SECONDS = 1.0
+LAG_PROBE_SECONDS = 5.0
 _MESSAGE = (b"message", "message")  # a pub/sub message's kind, as bytes or decoded
 
 RESYNC: Final = None
@@ -245,3 +250,57 @@ class Relay:
                 await self._reader
         if self._pubsub is not None:
             await self._pubsub.aclose()
+
+
+class LagProbe:
+    """Publishes the time on a channel of this process's own every few seconds and watches
+    it come back through the relay: RELAY_LAG is how late the last one arrived, or how long
+    the one in flight has waited (a relay stuck behind a backlog shows, not a stale value)."""
+
+    def __init__(self, redis: Redis, channel: str, *, every: float = LAG_PROBE_SECONDS) -> None:
+        self._redis = redis
+        self._channel = channel  # one per process: nobody else's probes arrive here
+        self._every = every
+        self._sent: float | None = None  # the probe in flight, if any
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def of_process(cls, redis: Redis, names: RedisNames) -> LagProbe:
+        return cls(redis, names.channel(f"relay:lag-probe:{uuid.uuid4().hex}"))
+
+    def start(self, relay: Relay) -> None:
+        relay.watch(self._channel, self)
+        self._task = asyncio.create_task(self._probe(), name="relay-lag-probe")
+
+    async def _probe(self) -> None:
+        while True:
+            await asyncio.sleep(self._every)
+            now = time.monotonic()
+            if self._sent is not None:
+                RELAY_LAG.set(now - self._sent)  # still waiting for the last one
+                continue
+            self._sent = now
+            # In an outage the wait grows in the gauge until Redis is back.
+            with suppress(RedisError, OSError):
+                await self._redis.publish(self._channel, repr(now))
+
+    def deliver(self, data: bytes) -> None:
+        try:
+            sent = float(data)
+        except ValueError:
+            return
+        RELAY_LAG.set(time.monotonic() - sent)
+        if sent == self._sent:
+            self._sent = None
+
+    def suspend(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        self._sent = None  # a probe published while the connection was down is lost
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task

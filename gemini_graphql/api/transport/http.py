@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from functools import lru_cache
 from typing import Any
 
@@ -33,10 +34,12 @@ from gemini_graphql.api.errors import (
 from gemini_graphql.api.transport.documents import Documents, Prepared
 from gemini_graphql.api.transport.execution import GraphQLParams, InvalidParams, run
 from gemini_graphql.api.transport.extensions import Refused, SchemaHooks
+from gemini_graphql.api.transport.operation_metrics import OperationMetrics, count_errors
 from gemini_graphql.api.transport.response_cache import response_key
 from gemini_graphql.api.transport.strawberry_seams import graphql_schema
 from gemini_graphql.chat.quota import utc_day
 from gemini_graphql.infra.outages import RETRY_AFTER_SECONDS, is_outage
+from gemini_graphql.metrics import CACHE_LOOKUPS
 
 log = logging.getLogger(__name__)
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
@@ -48,6 +51,8 @@ _MEDIA_TYPES = {
     "application/*": JSON,
     "*/*": JSON,
 }
+_RESPONSE_CACHE_HIT = CACHE_LOOKUPS.labels("response", "hit")
+_RESPONSE_CACHE_MISS = CACHE_LOOKUPS.labels("response", "miss")
 
 
 class BadRequest(Exception):
@@ -64,11 +69,13 @@ class GraphQLOverHTTP:
         hooks: SchemaHooks | None,
         *,
         ide: ASGIApp,
+        metrics: OperationMetrics,
     ) -> None:
         self._schema = graphql_schema(schema)
         self._documents = documents
         self._hooks = hooks
         self._ide = ide
+        self._metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
@@ -88,15 +95,21 @@ class GraphQLOverHTTP:
         media_type = negotiate(accept)
         if media_type is None:
             return _text(f"Acceptable response types: {GRAPHQL_RESPONSE_JSON}, {JSON}.", 406)
+        started = time.perf_counter()
         try:
             params = await _read_params(request)
         except BadRequest as error:
+            self._metrics.series(None).count.inc()
             return _json({"errors": [_bad_request(str(error))]}, media_type, 400)
         # Past the body (whose failures the middleware answers): nothing escapes as a bare 500.
         try:
-            return await self._answer(request, params, media_type)
+            response = await self._answer(request, params, media_type)
         except Exception as exc:  # noqa: BLE001 - answered as JSON: the connection stays usable
-            return _failure_response(exc, request, media_type)
+            response = _failure_response(exc, request, media_type)
+        series = self._metrics.series(params)
+        series.count.inc()
+        series.duration.observe(time.perf_counter() - started)
+        return response
 
     async def _answer(self, request: Request, params: GraphQLParams, media_type: str) -> Response:
         if self._hooks is not None:
@@ -147,7 +160,10 @@ class GraphQLOverHTTP:
         day = utc_day(resources.clock())
         key = response_key(params.query, params.operation_name, params.variables, day)
         body = resources.users.response(user.id, key)
-        if body is None:
+        if body is not None:
+            _RESPONSE_CACHE_HIT.inc()
+        else:
+            _RESPONSE_CACHE_MISS.inc()
             result = await self._execute(prepared, params, context)
             if result.errors:
                 return _execution_response(result, context.request_id, media_type)
@@ -326,6 +342,9 @@ def _bad_request(message: str) -> dict[str, Any]:
 
 
 def _json(payload: dict[str, Any], media_type: str, status: int) -> Response:
+    """Every JSON answer but a cached one (which holds no errors) is made here."""
+    if "errors" in payload:
+        count_errors(payload["errors"])
     return _body_response(_encode(payload).encode(), media_type, status)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import orjson
 import strawberry
 from graphql import DocumentNode, ExecutionResult, GraphQLError, GraphQLSchema, OperationType
 from graphql.execution import Executor, map_source_to_response_event
+from prometheus_client import Counter
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
@@ -41,11 +43,17 @@ from gemini_graphql.api.transport.execution import (
     subscription_executor,
 )
 from gemini_graphql.api.transport.extensions import SchemaHooks
+from gemini_graphql.api.transport.operation_metrics import (
+    OperationMetrics,
+    OperationSeries,
+    count_errors,
+)
 from gemini_graphql.api.transport.strawberry_seams import graphql_schema
 from gemini_graphql.config import Settings
 from gemini_graphql.errors import Unauthenticated
 from gemini_graphql.infra.leases import Lease, Leases
 from gemini_graphql.infra.outages import is_outage
+from gemini_graphql.metrics import WEBSOCKETS_OPEN
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +96,7 @@ class _Limits:
     # max_subscriptions_per_connection); the next subscribe gets an `error`.
     max_operations: int
     leases: Leases  # one per open connection of a user, across processes (else 4429)
+    metrics: OperationMetrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +114,14 @@ class GraphQLWebSocket:
         documents: Documents,
         hooks: SchemaHooks | None,
         settings: Settings,
+        *,
+        metrics: OperationMetrics,
     ) -> None:
         self._schema = graphql_schema(schema)
         self._documents = documents
         self._hooks = hooks
         self._settings = settings
+        self._metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         websocket = WebSocket(scope, receive, send)
@@ -134,9 +146,14 @@ class GraphQLWebSocket:
                 max_message=self._settings.max_body_bytes,
                 max_operations=self._settings.max_operations_per_connection,
                 leases=websocket.app.state.websocket_leases,
+                metrics=self._metrics,
             ),
         )
-        await connection.run()
+        WEBSOCKETS_OPEN.inc()
+        try:
+            await connection.run()
+        finally:
+            WEBSOCKETS_OPEN.dec()
 
 
 class _Connection:
@@ -289,15 +306,20 @@ class _Connection:
         if len(self._operations) >= (limit := self._limits.max_operations):
             message = f"Too many operations on this connection (at most {limit} at once)."
             error = {"message": message, "extensions": {"code": BAD_REQUEST}}
-            await self._write({"id": request.id, "type": "error", "payload": [error]})
+            await self._write_error(request.id, [error])
             return
         task = asyncio.create_task(self._run_operation(request))
         self._operations[request.id] = task
         task.add_done_callback(lambda _: self._operations.pop(request.id, None))
 
     async def _run_operation(self, request: _Subscribe) -> None:
+        series = self._limits.metrics.series(request.params)
+        series.count.inc()
+        started = time.perf_counter()
+        if series.active is not None:
+            series.active.inc()
         try:
-            await self._operate(request)
+            await self._operate(request, series)
         except _Gone:
             pass
         except _TooSlow:
@@ -306,22 +328,30 @@ class _Connection:
                 self._main.cancel()  # once: run() closes the connection
         except Exception:
             log.exception("websocket operation failed (request %s)", self._context.request_id)
+        finally:
+            if series.active is not None:
+                series.active.dec()
+            else:
+                series.duration.observe(time.perf_counter() - started)
 
-    async def _operate(self, request: _Subscribe) -> None:
+    async def _operate(self, request: _Subscribe, series: OperationSeries) -> None:
         params = request.params
+        events = series.events  # counted for subscriptions only
         if self._hooks is not None:
             async with aclosing(self._hooks.stream(params, self._context)) as results:
                 async for hooked in results:
                     if hooked.refused:  # the protocol's `error`: the operation ends, no complete
                         payload = [error.formatted for error in hooked.result.errors or ()]
-                        await self._write({"id": request.id, "type": "error", "payload": payload})
+                        await self._write_error(request.id, payload)
                         return
                     await self._send_result(request.id, hooked.result)
+                    if events is not None:
+                        events.inc()
             await self._write({"id": request.id, "type": "complete"})
             return
         prepared = self._documents.prepare(params.query)
         if prepared.errors:
-            await self._write({"id": request.id, "type": "error", "payload": list(prepared.errors)})
+            await self._write_error(request.id, list(prepared.errors))
             return
         kind = prepared.operation_type(params.operation_name)
         if kind is not OperationType.SUBSCRIPTION:  # a query or mutation: one result
@@ -339,7 +369,7 @@ class _Connection:
             if isinstance(source, ExecutionResult):  # e.g. bad variables: nothing to stream
                 await self._next(request.id, source)
             else:
-                await self._stream(request.id, source)
+                await self._stream(request.id, source, events)
         await self._write({"id": request.id, "type": "complete"})
 
     async def _subscribe(
@@ -368,11 +398,18 @@ class _Connection:
             return map_source_to_response_event(executor, source)  # type: ignore[arg-type]
         return flat.results(build, source)  # type: ignore[arg-type]
 
-    async def _stream(self, op_id: str, source: AsyncGenerator[ExecutionResult, None]) -> None:
+    async def _stream(
+        self,
+        op_id: str,
+        source: AsyncGenerator[ExecutionResult, None],
+        events: Counter | None,
+    ) -> None:
         # A stopped operation lets go of its source at once.
         async with aclosing(guarded(source)) as results:
             async for result in results:
                 await self._next(op_id, result)
+                if events is not None:
+                    events.inc()
 
     async def _next(self, op_id: str, result: ExecutionResult) -> None:
         if result.errors:
@@ -384,9 +421,15 @@ class _Connection:
         payload: dict[str, Any] = {"data": result.data}
         if result.errors:
             payload["errors"] = [error.formatted for error in result.errors]
+            count_errors(payload["errors"])
         if result.extensions:
             payload["extensions"] = result.extensions
         await self._write({"id": op_id, "type": "next", "payload": payload})
+
+    async def _write_error(self, op_id: str, errors: list[dict[str, Any]]) -> None:
+        """The protocol's `error` message: the operation was refused and ends."""
+        count_errors(errors)
+        await self._write({"id": op_id, "type": "error", "payload": errors})
 
     async def _write(self, message: dict[str, Any]) -> None:
         if not self._open:
