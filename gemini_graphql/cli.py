@@ -31,7 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the api process under uvicorn")
     serve.add_argument("--host", default=None, help="default: $HOST or 127.0.0.1")
     serve.add_argument("--port", type=int, default=None, help="default: $PORT or 8000")
-    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="api processes on the port (default: $WEB_CONCURRENCY or 1)",
+    )
 
     dev = commands.add_parser(
         "dev", help="everything in one process: embedded stores, worker, offline model"
@@ -95,7 +100,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         # Before uvicorn starts (and forks its workers): an api on a database that is missing
         # or not migrated would report itself healthy and fail every request.
         require_schema(settings.database_url)
-        return _serve(settings, args.host, args.port, args.workers)
+        return _serve(settings, args.host, args.port, args.workers or settings.web_concurrency)
     if args.command == "worker" and args.check:
         return asyncio.run(_check_worker(settings))
     if args.command == "worker":

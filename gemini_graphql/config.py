@@ -149,6 +149,9 @@ class Settings:
     # A port of its own for this process's /metrics (the api's `serve`, or the worker);
     # 0: none. Keep it off the load balancer: it answers anyone who can reach it.
     metrics_port: int = 0
+    # Api processes `serve` runs on its port (uvicorn's workers); `--workers` wins. One per
+    # container is the default: orchestrators scale containers.
+    web_concurrency: int = 1
 
     @property
     def is_production(self) -> bool:
@@ -254,6 +257,7 @@ class Settings:
             ),
             metrics_token=reader.optional("METRICS_TOKEN"),
             metrics_port=reader.get("METRICS_PORT", _port_or_zero, 0),
+            web_concurrency=reader.get("WEB_CONCURRENCY", _positive_int, 1),
         )
         if env.get("REDIS_CHANNEL_PREFIX", "").strip():  # retired: refused, not ignored
             reader.problems.append(

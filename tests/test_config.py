@@ -348,3 +348,29 @@ def test_production_processes_refuse_to_start_with_one_line_per_problem(command:
         "GEMINI_API_KEY",
     ]
     assert "Traceback" not in result.stderr and "short-secret-value" not in result.stderr
+
+
+def test_serve_runs_web_concurrency_processes_unless_workers_says() -> None:
+    from gemini_graphql.cli import parse_args
+
+    assert Settings.from_env({}).web_concurrency == 1
+    assert Settings.from_env({"WEB_CONCURRENCY": "4"}).web_concurrency == 4
+    with pytest.raises(ConfigError, match="WEB_CONCURRENCY"):
+        Settings.from_env({"WEB_CONCURRENCY": "0"})
+    assert parse_args(["serve"]).workers is None  # then the setting decides
+    assert parse_args(["serve", "--workers", "2"]).workers == 2
+
+
+def test_metrics_settings() -> None:
+    assert Settings.from_env({"METRICS_PORT": "9108"}).metrics_port == 9108
+    assert Settings.from_env({"METRICS_PORT": "0"}).metrics_port == 0
+    with pytest.raises(ConfigError, match="METRICS_PORT: must differ from PORT"):
+        Settings.from_env({"METRICS_PORT": "8000", "PORT": "8000"})
+    with pytest.raises(ConfigError, match="METRICS_PORT"):
+        Settings.from_env({"METRICS_PORT": "70000"})
+    production = Settings(app_env=AppEnv.PRODUCTION, metrics_token="short")
+    assert any(
+        problem.startswith("METRICS_TOKEN: at least 24") for problem in production.problems()
+    )
+    long_enough = replace(production, metrics_token=secrets.token_urlsafe(32))
+    assert not any("METRICS_TOKEN" in problem for problem in long_enough.problems())
