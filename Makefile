@@ -32,8 +32,10 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 
+# BASELINE=<rev>: the revision row 10 measures against (default: bench/baseline.py's);
+# BASELINE=none skips it.
 bench: install services
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(if $(BASELINE),--baseline $(BASELINE))
 
 schema: install
 	$(BIN)/gemini-graphql export-schema --output schema.graphql

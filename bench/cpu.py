@@ -100,3 +100,68 @@ class CpuMeter:
             busy_share=(machine[0] - self._machine_start[0]) / total if total else 0.0,
             steal_share=(machine[1] - self._machine_start[1]) / total if total else 0.0,
         )
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (e.g. `serve --workers 2`'s supervisor and its children)."""
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        with suppress(OSError):
+            for task in os.listdir(f"/proc/{current}/task"):
+                children = Path(f"/proc/{current}/task/{task}/children").read_text().split()
+                pending.extend(int(child) for child in children)
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of `pids` so far; a process that ended counts 0."""
+    total = 0.0
+    for pid in pids:
+        with suppress(OSError):
+            total += _cpu_seconds(pid)
+    return total
+
+
+def per_cpu_busy() -> list[tuple[float, float]]:
+    """(busy, total) seconds since boot of each CPU, from /proc/stat's cpuN lines."""
+    found = []
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu") and line[3:4].isdigit():
+            values = [int(v) for v in line.split()[1:9]]
+            idle = values[3] + values[4] + values[7]  # idle, iowait, steal: not ours
+            found.append(((sum(values) - idle) / TICKS, sum(values) / TICKS))
+    return found
+
+
+class PidMeter:
+    """CPU of explicit processes by role: only the stack under test, not whatever else runs
+    on a shared machine (another run's api or PostgreSQL backends would match by name)."""
+
+    def __init__(self, roles: dict[str, list[int]]) -> None:
+        self._roles = {role: list(pids) for role, pids in roles.items()}
+        self._start = {pid: cpu_seconds([pid]) for pids in self._roles.values() for pid in pids}
+        self._machine_start = _machine()
+        self._cpus_start = per_cpu_busy()
+
+    def stop(self, more: dict[str, list[int]] | None = None) -> CpuUse:
+        """`more`: processes of a role that appeared meanwhile (counted from 0 if new)."""
+        for role, pids in (more or {}).items():
+            known = self._roles.setdefault(role, [])
+            known.extend(pid for pid in pids if pid not in known)
+        machine = _machine()
+        per_role = {
+            role: sum(cpu_seconds([pid]) - self._start.get(pid, 0.0) for pid in pids)
+            for role, pids in self._roles.items()
+        }
+        total = machine[2] - self._machine_start[2]
+        self.cpu_busy = [
+            (end[0] - start[0]) / (end[1] - start[1]) if end[1] > start[1] else 0.0
+            for start, end in zip(self._cpus_start, per_cpu_busy(), strict=False)
+        ]
+        return CpuUse(
+            per_role_seconds=per_role,
+            busy_share=(machine[0] - self._machine_start[0]) / total if total else 0.0,
+            steal_share=(machine[1] - self._machine_start[1]) / total if total else 0.0,
+        )

@@ -56,9 +56,17 @@ async def sdk_first_chunk(stack: Stack, rounds: int) -> list[float]:
 
 
 async def conversation(
-    stack: Stack, http: httpx.AsyncClient, messages: int, pause: tuple[float, float] | None = None
+    stack: Stack,
+    http: httpx.AsyncClient,
+    messages: int,
+    pause: tuple[float, float] | None = None,
+    *,
+    room: str | None = None,
 ) -> tuple[list[float], list[float]]:
-    room = (await stack.gql(http, ROOM, {"t": "conversation"}))["createChatroom"]["chatroom"]["id"]
+    """`messages` messages, each followed to its final event; in a new room unless `room`."""
+    if room is None:
+        created = await stack.gql(http, ROOM, {"t": "conversation"})
+        room = created["createChatroom"]["chatroom"]["id"]
     first_delta, final_event = [], []
     async with websockets.connect(stack.ws_url, subprotocols=["graphql-transport-ws"]) as ws:
         await ws.send(
@@ -120,8 +128,10 @@ RUNS = {  # name: (conversations, pause)
 async def time_to_first_word(stack: Stack, total: int = 200) -> tuple[dict[str, Run], list[float]]:
     """The RUNS by name, and google-genai's own time to the first chunk."""
     runs: dict[str, Run] = {}
+    # keepalive_expiry under the api's 5 s keep-alive: a pause of 3-9 s between messages
+    # would otherwise reuse a connection the server is closing (httpx.ReadError).
     async with httpx.AsyncClient(
-        base_url=stack.url, timeout=60, limits=httpx.Limits(max_connections=100)
+        base_url=stack.url, timeout=60, limits=httpx.Limits(max_connections=100, keepalive_expiry=2)
     ) as http:
         await conversation(stack, http, 5)  # warm up
         for name, (conversations, pause) in RUNS.items():

@@ -1,5 +1,6 @@
 """1. GraphQL overhead: `me` and the cached `chatrooms(first: 20)` page against a bare
-Starlette endpoint answering the same number of bytes, all at 32 connections.
+Starlette endpoint answering the same number of bytes, all at 32 connections, best of
+ROUNDS alternating rounds.
 2. sendMessage: latency at 1 and 32 clients, with the worker running."""
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from bench.wrk import Load, run_wrk
 ME = "{ me { id mobileNumber tier usage { used limit } } }"
 ROOMS = "{ chatrooms(first: 20) { edges { node { id title updatedAt } } } }"
 SEND = 'mutation($r: ID!) { sendMessage(input: {chatroomId: $r, content: "hello"}) { reply { id } errors { code } } }'
-SECONDS = 8
+SECONDS = 4
+ROUNDS = 3  # of each load in graphql_overhead; the best round of each is compared
 
 
 async def graphql_overhead(stack: Stack) -> dict[str, Load]:
@@ -37,18 +39,22 @@ async def graphql_overhead(stack: Stack) -> dict[str, Load]:
         "bench.raw_app:app", "/raw", {"RAW_BODY_BYTES": str(me_bytes)}
     ) as raw_url:
         graphql = stack.url + "/graphql"
-        results = {
-            "me": await run_wrk(
-                graphql, connections=32, seconds=SECONDS, body={"query": ME}, token=stack.token
-            ),
-            "chatrooms": await run_wrk(
-                graphql, connections=32, seconds=SECONDS, body={"query": ROOMS}, token=stack.token
-            ),
-            "raw": await run_wrk(
-                raw_url + "/raw", connections=32, seconds=SECONDS, body={"query": ME}
-            ),
+        loads: dict[str, tuple[str, dict, str | None]] = {
+            "raw": (raw_url + "/raw", {"query": ME}, None),
+            "me": (graphql, {"query": ME}, stack.token),
+            "chatrooms": (graphql, {"query": ROOMS}, stack.token),
         }
-    return results
+        rounds: dict[str, list[Load]] = {name: [] for name in loads}
+        for url, body, token in loads.values():  # warm up
+            await run_wrk(url, connections=32, seconds=1, body=body, token=token)
+        for index in range(ROUNDS):  # alternating, which goes first too: the host is noisy
+            names = list(loads) if index % 2 == 0 else list(loads)[::-1]
+            for name in names:
+                url, body, token = loads[name]
+                rounds[name].append(
+                    await run_wrk(url, connections=32, seconds=SECONDS, body=body, token=token)
+                )
+    return {name: max(results, key=lambda load: load.rps) for name, results in rounds.items()}
 
 
 async def send_message(stack: Stack) -> dict[str, Load]:

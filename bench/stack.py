@@ -19,10 +19,13 @@ from gemini_graphql.config import AppEnv, Settings
 from gemini_graphql.infra.migrate import migrate
 from gemini_graphql.testing.fakes.gemini import API_KEY
 from gemini_graphql.testing.processes import Process, free_port, start_api, start_worker
+from tests.servers import RedisServer
 
 ADMIN_DSN = os.environ.get("BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-DB_NAME = "gemini_bench"
+# Unset: each stack gets a private redis-server (another run's FLUSHDB cannot reach it).
+REDIS_URL = os.environ.get("BENCH_REDIS_URL")
+# One database per bench process: two runs at once on one machine must not drop each other's.
+DB_NAME = f"gemini_bench_{os.getpid()}"
 NUMBER = "+14155550109"
 
 
@@ -65,16 +68,28 @@ async def fresh_database() -> str:
 
 
 @asynccontextmanager
-async def running_stack(*, worker: bool = True) -> AsyncIterator[Stack]:
+async def running_stack(
+    *, worker: bool = True, redis_url: str | None = REDIS_URL
+) -> AsyncIterator[Stack]:
+    """`redis_url`: None starts a private redis-server for the stack (stopped after)."""
+    if redis_url is None:
+        server = RedisServer()
+        await server.start()
+        try:
+            async with running_stack(worker=worker, redis_url=server.url) as stack:
+                yield stack
+        finally:
+            await server.stop(keep_data=False)
+        return
     database_url = await fresh_database()
-    redis = aioredis.Redis.from_url(REDIS_URL)
+    redis = aioredis.Redis.from_url(redis_url)
     await redis.flushdb()
     async with uvicorn_process("bench.fake_gemini:app", "/") as gemini_url:
         settings = replace(
             Settings(),
             app_env=AppEnv.DEV,
             database_url=database_url,
-            redis_url=REDIS_URL,
+            redis_url=redis_url,
             gemini_api_key=API_KEY,
             gemini_base_url=gemini_url,
             auth_rate_per_ip=1_000_000,
@@ -83,7 +98,11 @@ async def running_stack(*, worker: bool = True) -> AsyncIterator[Stack]:
             # One user holds every benchmark subscription, each on its own socket.
             max_websockets_per_user=100_000,
         )
-        started = [start_api(settings)] + ([start_worker(settings, redis)] if worker else [])
+        # settings_env passes no daily limits: without this a Pro user meets 1000 a day.
+        limit = {"PRO_DAILY_LIMIT": str(settings.pro_daily_limit)}
+        started = [start_api(settings, env=limit)] + (
+            [start_worker(settings, redis, env=limit)] if worker else []
+        )
         (api, url), *workers = await asyncio.gather(*started)
         try:
             async with httpx.AsyncClient(base_url=url, timeout=60) as http:
@@ -174,6 +193,15 @@ async def uvicorn_process(
     finally:
         process.terminate()
         process.wait()
+
+
+async def drop_database() -> None:
+    """This process's database, at the end of a run."""
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 def percentile(values: list[float], share: float) -> float:

@@ -157,7 +157,7 @@ async def main(url: str, token: str) -> None:
             latencies.clear()
             recording[0] = True
         elif op == "collect":
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + command.get("timeout", 60)
             while len(latencies) < command["expect"] and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             recording[0] = False

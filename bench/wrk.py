@@ -17,6 +17,7 @@ class Load:
     p50_ms: float
     p99_ms: float
     errors: int
+    requests: int = 0  # served in all
 
 
 def ensure_wrk() -> str:
@@ -71,9 +72,51 @@ def _parse(output: str) -> Load:
         p50_ms=_latency(output, "50%"),
         p99_ms=_latency(output, "99%"),
         errors=errors + (int(non_2xx.group(1)) if non_2xx else 0),
+        requests=int(served.group(1)) if (served := re.search(r"(\d+) requests in", output)) else 0,
     )
 
 
 def _latency(output: str, label: str) -> float:
     value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", output).groups()  # type: ignore[union-attr]
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+async def run_wrk_users(url: str, *, tokens: list[str], bodies: list[dict], seconds: int) -> Load:
+    """One connection (and one wrk thread) per user: connection i sends bodies[i] with
+    tokens[i], as len(tokens) clients of different users do."""
+    lua_list = lambda values: "{" + ", ".join(json.dumps(v) for v in values) + "}"  # noqa: E731
+    script = f"""
+local tokens = {lua_list(tokens)}
+local bodies = {lua_list([json.dumps(body) for body in bodies])}
+local counter = 0
+function setup(thread)
+  counter = counter + 1
+  thread:set("index", counter)
+end
+function init(args)
+  req = wrk.format("POST", nil, {{
+    ["Content-Type"] = "application/json",
+    ["Accept"] = "application/json",
+    ["Authorization"] = "Bearer " .. tokens[index],
+  }}, bodies[index])
+end
+function request()
+  return req
+end
+"""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as file:
+        file.write(script)
+    process = await asyncio.create_subprocess_exec(
+        ensure_wrk(),
+        f"-t{len(tokens)}",
+        f"-c{len(tokens)}",
+        f"-d{seconds}s",
+        "--latency",
+        "-s",
+        file.name,
+        url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output = (await process.communicate())[0].decode()
+    return _parse(output)
