@@ -179,8 +179,9 @@ def _expose_metrics(settings: Settings, *, processes: int) -> None:
 
         from gemini_graphql.metrics import registry
 
-        start_http_server(settings.metrics_port, addr="0.0.0.0", registry=registry())
-        log.info("metrics on port %d (/metrics)", settings.metrics_port)
+        # On the api's interface (HOST: 0.0.0.0 in containers, else only this machine).
+        start_http_server(settings.metrics_port, addr=settings.host, registry=registry())
+        log.info("metrics on %s:%d (/metrics)", settings.host, settings.metrics_port)
 
 
 async def _check_worker(settings: Settings) -> int:

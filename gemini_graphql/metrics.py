@@ -76,7 +76,7 @@ RELAY_LAG = Gauge(
     "gemini_graphql_relay_lag_seconds",
     "How late this process's Redis pub/sub relay hands over a probe it published (the "
     "last probe's delay, or how long the one in flight has waited).",
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 
 # --- both processes ---------------------------------------------------------------------
@@ -96,18 +96,19 @@ JOBS_STARTED = Counter(
 JOBS_FINISHED = Counter(
     "gemini_graphql_jobs_finished_total",
     "Reply job runs ended, by outcome: completed, failed, stopped, retried (run again "
-    "later), skipped (nothing left to do), error (an unexpected exception).",
+    "later), skipped (nothing left to do), error (an unexpected exception), cancelled "
+    "(its timeout, or the worker's shutdown).",
     ["outcome"],
 )
 QUEUE_DEPTH = Gauge(
     "gemini_graphql_queue_depth",
     "Jobs in the arq queue: waiting, deferred for a retry, or running.",
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 QUEUE_OLDEST_AGE = Gauge(
     "gemini_graphql_queue_oldest_job_age_seconds",
     "How long the job due first in the queue has been due (0 when none is overdue).",
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 FIRST_CHUNK = Histogram(
     "gemini_graphql_reply_first_chunk_seconds",

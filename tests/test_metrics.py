@@ -124,7 +124,7 @@ async def test_a_journey_moves_the_counters_by_exactly_what_happened(
     assert moved(before, after, "gemini_graphql_operations_total", **send_labels) == 2
     stream_labels = {"operation_type": "subscription", "operation_name": "_anonymous"}
     assert moved(before, after, "gemini_graphql_operations_total", **stream_labels) == 1
-    bad = {"operation_type": "query", "operation_name": "MetricsUnknownField"}
+    bad = {"operation_type": "unknown", "operation_name": "_invalid"}  # it did not validate
     assert moved(before, after, "gemini_graphql_operations_total", **bad) == 1
     # Errors, top level and in payloads.
     errors = "gemini_graphql_errors_total"
@@ -191,6 +191,7 @@ async def test_gemini_failures_are_counted_by_status(
 async def test_operation_names_are_bounded(
     base_settings: Settings, sms: RecordingSms, gql: GraphQLClient
 ) -> None:
+    token = (await login(gql, sms)).token
     """Clients choose operation names: the first 100 a process sees get series, the rest
     share `_other`; names that are ours (leading `_`) or very long are `_other` at once."""
     app = create_app(base_settings, sms=sms)
@@ -202,6 +203,12 @@ async def test_operation_names_are_bounded(
         await client("query %s { __typename }" % ("Long" * 40))
         await client("{ __typename }")
         await client("this is not GraphQL", expect_status=200)
+        async with WsClient.connect(url.replace("http://", "ws://") + "/graphql", token) as ws:
+            for index in range(50):  # junk takes no name's place, and makes no field label
+                query = f"subscription Junk{index} {{ junk{index} }}"
+                message = {"id": str(index), "type": "subscribe", "payload": {"query": query}}
+                await ws.socket.send(json.dumps(message))
+                assert json.loads(await ws.socket.recv())["type"] == "error"
         samples = await scrape(http)
     names = {
         dict(labels)["operation_name"]
@@ -215,6 +222,13 @@ async def test_operation_names_are_bounded(
     assert value(samples, "gemini_graphql_operations_total", operation_type="query",
                  operation_name="_other") >= 32  # fmt: skip
     assert {"_anonymous", "_invalid"} <= names
+    assert not any(name.startswith("Junk") for name in names)
+    fields = {
+        dict(labels)["field"]
+        for name, labels in samples
+        if name == "gemini_graphql_subscription_events_total"
+    }
+    assert not any(field.startswith("junk") for field in fields)
 
 
 @pytest.fixture

@@ -393,3 +393,30 @@ async def test_a_retried_job_runs_again_in_the_same_trace(
         "complete",
         "error",
     ]
+
+
+async def test_a_subscription_stopped_by_its_client_ends_its_span(
+    base_settings: Settings, sms: RecordingSms, memory
+) -> None:
+    """Every subscription ends by cancellation (the client's `complete`, or a disconnect):
+    its operation span must end then too, not wait for the garbage collector."""
+    traced, exporter = memory
+    app = create_app(base_settings, sms=sms, tracing=traced)
+    async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+        gql = GraphQLClient(http)
+        user = await login(gql, sms)
+        ws_url = url.replace("http://", "ws://") + "/graphql"
+        async with WsClient.connect(ws_url, user.token) as ws:
+            subscribe = {
+                "id": "events",
+                "type": "subscribe",
+                "payload": {"query": "subscription Watch { chatroomEvents { type } }"},
+            }
+            await ws.socket.send(json.dumps(subscribe))
+            await asyncio.sleep(0.3)  # running, waiting for events
+            await ws.stop("events")
+            # (Strawberry's extension names every operation's span "GraphQL Query: <name>".)
+            spans = await finished_spans(exporter, "GraphQL Query: Watch")
+    span = named(spans, "GraphQL Query: Watch")
+    assert span.end_time is not None
+    assert user.token not in recorded_text(spans)

@@ -98,10 +98,12 @@ def create_app(
         try:
             yield
         finally:
-            await lag_probe.close()
-            await app.state.websocket_leases.close()
-            await services.close()
-            process_exited()
+            try:
+                await lag_probe.close()
+                await app.state.websocket_leases.close()
+                await services.close()
+            finally:
+                process_exited()
 
     return Starlette(
         debug=False,  # never render tracebacks; errors are logged with a request id

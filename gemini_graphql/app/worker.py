@@ -72,10 +72,12 @@ WORKER_HEALTH_SECONDS = 15  # replies mostly wait on the network
 # this long, turns that worker away.
 CRON_RESULT_KEEP_SECONDS = 600
 QUEUE_METRICS_SECONDS = 5.0  # how often a worker reads the queue's depth and oldest job
-QUEUE_AGE_SCAN = 64  # jobs looked at for the oldest waiting one (running ones are skipped)
+# Jobs looked at for the oldest waiting one, a page at a time (running ones are skipped).
+QUEUE_AGE_PAGE = 200
+QUEUE_AGE_SCAN_MAX = 5000
 _JOB_OUTCOMES = {
     outcome: JOBS_FINISHED.labels(outcome)
-    for outcome in ("completed", "failed", "stopped", "retried", "skipped", "error")
+    for outcome in ("completed", "failed", "stopped", "retried", "skipped", "error", "cancelled")
 }
 _OUTCOME_OF = {
     MessageStatus.COMPLETE: "completed",
@@ -118,6 +120,9 @@ async def generate_reply(
         ctx["wakeups"].wake_in(delay)
         _JOB_OUTCOMES["retried"].inc()
         raise Retry(defer=delay) from exc
+    except asyncio.CancelledError:  # arq's job timeout, or the worker shutting down
+        _JOB_OUTCOMES["cancelled"].inc()
+        raise
     except Exception as exc:
         if not is_outage(exc):
             _JOB_OUTCOMES["error"].inc()
@@ -182,20 +187,28 @@ class ReplyWorker(Worker):
             await asyncio.sleep(QUEUE_METRICS_SECONDS)
 
     async def _read_queue(self) -> None:
-        async with self.pool.pipeline(transaction=False) as pipe:
-            pipe.zcard(self.queue_name)
-            pipe.zrange(self.queue_name, 0, QUEUE_AGE_SCAN - 1, withscores=True)
-            depth, first = await pipe.execute()
-        running = []
-        if first:
+        QUEUE_DEPTH.set(await self.pool.zcard(self.queue_name))
+        QUEUE_OLDEST_AGE.set(
+            max(0.0, time.time() - due / 1000) if (due := await self._first_due()) else 0.0
+        )
+
+    async def _first_due(self) -> float | None:
+        """When the first job that is not running was due (ms); None when none waits. Pages
+        past the running ones, which every busy worker holds CONCURRENT_JOBS of."""
+        for start in range(0, QUEUE_AGE_SCAN_MAX, QUEUE_AGE_PAGE):
+            page = await self.pool.zrange(
+                self.queue_name, start, start + QUEUE_AGE_PAGE - 1, withscores=True
+            )
+            if not page:
+                return None
             async with self.pool.pipeline(transaction=False) as pipe:
-                for job_id, _ in first:
+                for job_id, _ in page:
                     pipe.exists(in_progress_key_prefix + job_id.decode())
                 running = await pipe.execute()
-        waiting = [due for (_, due), busy in zip(first, running, strict=True) if not busy]
-        QUEUE_DEPTH.set(depth)
-        overdue = time.time() - waiting[0] / 1000 if waiting else 0.0
-        QUEUE_OLDEST_AGE.set(max(0.0, overdue))
+            for (_, due), busy in zip(page, running, strict=True):
+                if not busy:
+                    return float(due)
+        return None
 
     async def _poll_iteration(self) -> None:
         self.wakeups.clear()

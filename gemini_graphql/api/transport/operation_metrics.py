@@ -1,9 +1,10 @@
 """Each operation counted and timed under labels of bounded cardinality.
 
 Operation names are the client's to choose: the first MAX_OPERATION_NAMES distinct ones a
-process sees get series of their own, later ones share OTHER, and unnamed operations
-share ANONYMOUS. A document that does not parse or names no operation of its own counts
-as type `unknown`, name INVALID. The label children are made once per (type, name, field)
+process sees in valid documents get series of their own, later ones share OTHER, and
+unnamed operations share ANONYMOUS. A document that does not parse or validate, or names
+no operation of its own, counts as type `unknown`, name INVALID: junk takes no name's
+place, and a subscription's `field` is always one of the schema's (validation says so). The label children are made once per (type, name, field)
 and kept, so counting an operation costs two dictionary lookups and the increments.
 """
 
@@ -64,7 +65,8 @@ class OperationMetrics:
 
     def series(self, params: GraphQLParams | None) -> OperationSeries:
         """The series an operation counts in (None: a request with no readable operation)."""
-        document = None if params is None else self.documents.parse(params.query).document
+        # Validated (and cached) as the transports do: the same lookup they make.
+        document = None if params is None else self.documents.prepare(params.query).document
         operation = None
         if document is not None and params is not None:
             operation = get_operation_ast(document, params.operation_name)

@@ -53,16 +53,18 @@ class PrivateOpenTelemetry(OpenTelemetryExtension):
         try:
             yield
         finally:
+            # Also when the operation raised or was cancelled (every subscription ends so):
+            # the span ends either way.
             otel_context.detach(current)
-        document = context.graphql_document
-        if document is not None and query:
-            span.set_attribute("graphql.document", _without_strings(query, document))
-            operation = context.operation_name
-            if operation:
-                span.set_attribute("graphql.operation.name", operation)
-            with suppress(RuntimeError):  # no operation of that name: its error says so
-                span.set_attribute("graphql.operation.type", context.operation_type.value)
-        next(stock, None)  # ... and ends
+            document = context.graphql_document
+            if document is not None and query:
+                span.set_attribute("graphql.document", _without_strings(query, document))
+                operation = context.operation_name
+                if operation:
+                    span.set_attribute("graphql.operation.name", operation)
+                with suppress(RuntimeError):  # no operation of that name: its error says so
+                    span.set_attribute("graphql.operation.type", context.operation_type.value)
+            next(stock, None)  # ... and ends
 
 
 def extensions(provider: TracerProvider) -> list[Callable[[], SchemaExtension]]:
