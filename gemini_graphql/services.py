@@ -54,7 +54,7 @@ class Services:
             resources.users,
             resources.clock,
         )
-        room_events = RoomEventChannels(settings.channel_prefix)
+        room_events = RoomEventChannels(settings.redis_names)
         rooms_cache = RoomListCache(redis, users, room_events, settings.redis_names)
         reply_channels = ReplyChannels(settings.redis_names)
         final_events = FinalEvents(redis, reply_channels)

@@ -164,7 +164,7 @@ async def test_a_finished_reply_is_never_generated_twice(
             system_instruction=None,
             job_timeout_seconds=15,
             stops=StopRequests(resources.redis, ReplyChannels(chat_settings.redis_names)),
-            room_events=RoomEventChannels(chat_settings.channel_prefix),
+            room_events=RoomEventChannels(chat_settings.redis_names),
         )
         outcome = await generator.generate(uuid.UUID(sent["reply"]["id"]), final_try=False)
     finally:

@@ -367,7 +367,7 @@ def build_worker(
             system_instruction=settings.gemini_system_instruction,
             job_timeout_seconds=settings.worker_job_timeout_seconds,
             stops=stops,
-            room_events=RoomEventChannels(settings.channel_prefix),
+            room_events=RoomEventChannels(names),
         )
 
     async def shutdown(ctx: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
+from gemini_graphql.config import RedisNames
 from gemini_graphql.infra.relay import RESYNC, Relay
 
 log = logging.getLogger(__name__)
@@ -64,12 +65,12 @@ class RoomEvent:
 
 @dataclass(frozen=True, slots=True)
 class RoomEventChannels:
-    """The user channels of one deployment (`prefix`: Settings.channel_prefix)."""
+    """The user channels of one deployment, within its RedisNames."""
 
-    prefix: str
+    names: RedisNames
 
     def of(self, user_id: uuid.UUID) -> str:
-        return f"{self.prefix}rooms:{user_id}"
+        return self.names.channel(f"rooms:{user_id}")
 
     def publish_into(self, pipe: Pipeline, user_id: uuid.UUID, events: Sequence[RoomEvent]) -> None:
         """Queue the events on `pipe`: they go out with the caller's other writes."""
