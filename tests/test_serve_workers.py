@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -24,7 +25,7 @@ EVENTS = "subscription { chatroomEvents { type chatroomId message { id status } 
 ROOMS = "query { chatrooms(first: 5) { edges { node { id title } } } }"
 RENAME = """mutation($id: ID!, $t: String!) { updateChatroom(input: {id: $id, title: $t}) {
   errors { code } } }"""
-DEVICES = 8  # connections of one user: enough that both processes hold some
+DEVICES = 12  # connections of one user: enough that both processes hold some
 
 
 @contextlib.asynccontextmanager
@@ -73,7 +74,9 @@ async def test_subscriptions_events_stops_and_caches_across_two_processes(
     tmp_path: Path,
 ) -> None:
     fake, _ = fake_gemini
-    async with two_processes(chat_settings, redis_client, tmp_path) as (url, _):
+    # Watchers, streams and stopped streams open at once: 3 × DEVICES sockets of one user.
+    settings = replace(chat_settings, max_websockets_per_user=3 * DEVICES)
+    async with two_processes(settings, redis_client, tmp_path) as (url, _):
         ws_url = url.replace("http://", "ws://") + "/graphql"
         user, room_id = await user_with_room(GraphQLClient(await make_client()), sms)
         await pg.execute(
