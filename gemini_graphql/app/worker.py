@@ -188,9 +188,8 @@ class ReplyWorker(Worker):
 
     async def _read_queue(self) -> None:
         QUEUE_DEPTH.set(await self.pool.zcard(self.queue_name))
-        QUEUE_OLDEST_AGE.set(
-            max(0.0, time.time() - due / 1000) if (due := await self._first_due()) else 0.0
-        )
+        due = await self._first_due()
+        QUEUE_OLDEST_AGE.set(0.0 if due is None else max(0.0, time.time() - due / 1000))
 
     async def _first_due(self) -> float | None:
         """When the first job that is not running was due (ms); None when none waits. Pages

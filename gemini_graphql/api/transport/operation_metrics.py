@@ -10,7 +10,6 @@ and kept, so counting an operation costs two dictionary lookups and the incremen
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,23 +36,16 @@ ANONYMOUS = "_anonymous"
 OTHER = "_other"
 INVALID = "_invalid"
 UNKNOWN_TYPE = "unknown"
-_NAME = re.compile(r"[_A-Za-z][_0-9A-Za-z]*")
 
 
 @dataclass(slots=True)
 class OperationSeries:
-    """One (type, name) pair's metrics; `field` and its series for a subscription."""
+    """One (type, name) pair's metrics; for a subscription, its root field's too."""
 
-    operation_type: str
     count: Counter
     duration: Histogram
-    field: str | None = None
     active: Gauge | None = None
     events: Counter | None = None
-
-    @property
-    def is_subscription(self) -> bool:
-        return self.active is not None
 
 
 @dataclass(slots=True)
@@ -83,7 +75,8 @@ class OperationMetrics:
             return ANONYMOUS
         if name in self._names:
             return name
-        if len(name) > MAX_NAME_LENGTH or not _NAME.fullmatch(name) or name.startswith("_"):
+        # (A validated document's names are GraphQL names: only length and ours to check.)
+        if len(name) > MAX_NAME_LENGTH or name.startswith("_"):
             return OTHER  # not a name a client gave its operation (or one of ours)
         if len(self._names) >= self.max_names:
             return OTHER
@@ -95,12 +88,10 @@ class OperationMetrics:
         series = self._series.get(key)
         if series is None:
             series = OperationSeries(
-                operation_type,
                 metrics.OPERATIONS.labels(operation_type, name),
                 metrics.OPERATION_DURATION.labels(operation_type, name),
             )
             if root is not None:
-                series.field = root
                 series.active = metrics.SUBSCRIPTIONS_ACTIVE.labels(root)
                 series.events = metrics.SUBSCRIPTION_EVENTS.labels(root)
             self._series[key] = series
