@@ -8,7 +8,7 @@ from __future__ import annotations
 import httpx
 
 from bench.stack import Stack, uvicorn_process
-from bench.wrk import Load, run_wrk
+from bench.wrk import Load, Target, alternating, best, run_wrk
 
 ME = "{ me { id mobileNumber tier usage { used limit } } }"
 ROOMS = "{ chatrooms(first: 20) { edges { node { id title updatedAt } } } }"
@@ -39,22 +39,13 @@ async def graphql_overhead(stack: Stack) -> dict[str, Load]:
         "bench.raw_app:app", "/raw", {"RAW_BODY_BYTES": str(me_bytes)}
     ) as raw_url:
         graphql = stack.url + "/graphql"
-        loads: dict[str, tuple[str, dict, str | None]] = {
+        targets: dict[str, Target] = {
             "raw": (raw_url + "/raw", {"query": ME}, None),
             "me": (graphql, {"query": ME}, stack.token),
             "chatrooms": (graphql, {"query": ROOMS}, stack.token),
         }
-        rounds: dict[str, list[Load]] = {name: [] for name in loads}
-        for url, body, token in loads.values():  # warm up
-            await run_wrk(url, connections=32, seconds=1, body=body, token=token)
-        for index in range(ROUNDS):  # alternating, which goes first too: the host is noisy
-            names = list(loads) if index % 2 == 0 else list(loads)[::-1]
-            for name in names:
-                url, body, token = loads[name]
-                rounds[name].append(
-                    await run_wrk(url, connections=32, seconds=SECONDS, body=body, token=token)
-                )
-    return {name: max(results, key=lambda load: load.rps) for name, results in rounds.items()}
+        rounds = await alternating(targets, rounds=ROUNDS, seconds=SECONDS)
+    return {name: best(results) for name, results in rounds.items()}
 
 
 async def send_message(stack: Stack) -> dict[str, Load]:

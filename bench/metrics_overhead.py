@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from bench.http_overhead import ME
 from bench.stack import Stack
-from bench.wrk import Load, run_wrk
+from bench.wrk import Load, alternating, best
 from gemini_graphql.testing.processes import start_api
 
 ROUNDS = 3
@@ -32,23 +32,18 @@ class MetricsCost:
 async def metrics_overhead(stack: Stack) -> MetricsCost:
     process, off_url = await start_api(stack.settings, module="bench.metrics_off_app", args=())
     body = {"query": ME}
-    on: list[Load] = []
-    off: list[Load] = []
     try:
-        for _ in range(ROUNDS):
-            for url, loads in ((stack.url, on), (off_url, off)):
-                loads.append(
-                    await run_wrk(
-                        url + "/graphql",
-                        connections=32,
-                        seconds=SECONDS,
-                        body=body,
-                        token=stack.token,
-                    )
-                )
+        loads = await alternating(
+            {
+                "on": (stack.url + "/graphql", body, stack.token),
+                "off": (off_url + "/graphql", body, stack.token),
+            },
+            rounds=ROUNDS,
+            seconds=SECONDS,
+        )
     finally:
         await process.stop()
-    return MetricsCost(max(on, key=lambda load: load.rps), max(off, key=lambda load: load.rps))
+    return MetricsCost(best(loads["on"]), best(loads["off"]))
 
 
 def metrics_rows(cost: MetricsCost) -> list[tuple[str, str, str, str]]:

@@ -17,7 +17,7 @@ import httpx
 
 from bench.http_overhead import ME, SEND
 from bench.stack import Stack
-from bench.wrk import Load, run_wrk, run_wrk_users
+from bench.wrk import Load, alternating, best, run_wrk_users
 from gemini_graphql.testing.processes import start_api
 
 USERS = 32
@@ -115,27 +115,20 @@ async def two_workers(stack: Stack) -> Workers:
         stack.settings, args=("serve", "--workers", "2", "--port"), env=limit
     )
     body = {"query": ME}
-    one: list[Load] = []
-    two: list[Load] = []
     try:
-        for url in (stack.url, two_url):  # warm up: caches, pools (each process of the two)
-            await run_wrk(url + "/graphql", connections=32, seconds=1, body=body, token=stack.token)
-        for index in range(ROUNDS):
-            order = [(stack.url, one), (two_url, two)]
-            for url, loads in order if index % 2 == 0 else order[::-1]:
-                loads.append(
-                    await run_wrk(
-                        url + "/graphql",
-                        connections=32,
-                        seconds=SECONDS,
-                        body=body,
-                        token=stack.token,
-                    )
-                )
+        loads = await alternating(
+            {
+                "one": (stack.url + "/graphql", body, stack.token),
+                "two": (two_url + "/graphql", body, stack.token),
+            },
+            rounds=ROUNDS,
+            seconds=SECONDS,
+        )
     finally:
         await process.stop()
+    one, two = loads["one"], loads["two"]
     rounds = [(a.rps, b.rps) for a, b in zip(one, two, strict=True)]
-    return Workers(max(one, key=lambda x: x.rps), max(two, key=lambda x: x.rps), rounds)
+    return Workers(best(one), best(two), rounds)
 
 
 def send_rows(send: SendVsMe) -> list[tuple[str, str, str, str]]:

@@ -45,11 +45,43 @@ async def run_wrk(
         body=json.dumps(json.dumps(body) if body is not None else ""),
         headers=", ".join(f"[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()),
     )
+    return await _run_script(script, url, threads=1, connections=connections, seconds=seconds)
+
+
+Target = tuple[str, dict | None, str | None]  # url, JSON body, bearer token
+
+
+async def alternating(
+    targets: dict[str, Target], *, rounds: int, seconds: int, connections: int = 32
+) -> dict[str, list[Load]]:
+    """Each target's loads over `rounds` rounds, after a 1 s warm-up of each (caches, pools):
+    the targets one after the other, in reverse order every other round (which goes first
+    matters on a noisy host)."""
+    for url, body, token in targets.values():
+        await run_wrk(url, connections=connections, seconds=1, body=body, token=token)
+    loads: dict[str, list[Load]] = {name: [] for name in targets}
+    for index in range(rounds):
+        names = list(targets) if index % 2 == 0 else list(targets)[::-1]
+        for name in names:
+            url, body, token = targets[name]
+            loads[name].append(
+                await run_wrk(url, connections=connections, seconds=seconds, body=body, token=token)
+            )
+    return loads
+
+
+def best(loads: list[Load]) -> Load:
+    return max(loads, key=lambda load: load.rps)
+
+
+async def _run_script(
+    script: str, url: str, *, threads: int, connections: int, seconds: int
+) -> Load:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as file:
         file.write(script)
     process = await asyncio.create_subprocess_exec(
         ensure_wrk(),
-        "-t1",
+        f"-t{threads}",
         f"-c{connections}",
         f"-d{seconds}s",
         "--latency",
@@ -104,19 +136,6 @@ function request()
   return req
 end
 """
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as file:
-        file.write(script)
-    process = await asyncio.create_subprocess_exec(
-        ensure_wrk(),
-        f"-t{len(tokens)}",
-        f"-c{len(tokens)}",
-        f"-d{seconds}s",
-        "--latency",
-        "-s",
-        file.name,
-        url,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+    return await _run_script(
+        script, url, threads=len(tokens), connections=len(tokens), seconds=seconds
     )
-    output = (await process.communicate())[0].decode()
-    return _parse(output)
