@@ -133,3 +133,27 @@ async def test_queries_and_errors_over_the_socket(
     )
     assert (await receive(socket))["type"] == "complete"
     await socket.close()
+
+
+def test_text_frames_are_framed_as_websockets_frames_them() -> None:
+    """The server frames text messages itself (web/server.text_frame): byte for byte what
+    websockets would send, and read back whole by websockets' own client parser, at each
+    length encoding (7-bit, 16-bit, 64-bit)."""
+    from websockets.frames import Frame, Opcode
+    from websockets.protocol import Protocol, Side, State
+    from websockets.server import ServerProtocol
+
+    from gemini_graphql.web.server import text_frame
+
+    server = ServerProtocol()
+    server.state = State.OPEN
+    client = Protocol(Side.CLIENT, max_size=None)  # reads frames from the first byte
+    for size in (0, 1, 125, 126, 127, 65535, 65536, 70000):
+        payload = ("é" * size).encode()[:size]
+        payload = payload.decode(errors="ignore").encode()  # whole characters only
+        server.send_text(payload)
+        assert text_frame(payload) == b"".join(server.data_to_send())
+        client.receive_data(text_frame(payload))
+        [event] = client.events_received()
+        assert isinstance(event, Frame) and event.opcode is Opcode.TEXT and event.fin
+        assert event.data == payload
