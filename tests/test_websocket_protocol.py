@@ -136,14 +136,14 @@ async def test_queries_and_errors_over_the_socket(
 
 
 def test_text_frames_are_framed_as_websockets_frames_them() -> None:
-    """The server frames text messages itself (web/server.text_frame): byte for byte what
+    """The server frames text messages itself (web/websocket_protocol.text_frame): byte for byte what
     websockets would send, and read back whole by websockets' own client parser, at each
     length encoding (7-bit, 16-bit, 64-bit)."""
     from websockets.frames import Frame, Opcode
     from websockets.protocol import Protocol, Side, State
     from websockets.server import ServerProtocol
 
-    from gemini_graphql.web.server import text_frame
+    from gemini_graphql.web.websocket_protocol import text_frame
 
     server = ServerProtocol()
     server.state = State.OPEN

@@ -20,13 +20,12 @@ from typing import Any
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.supervisors import multiprocess
-from websockets.protocol import State
 
 from gemini_graphql.config import Settings
 from gemini_graphql.web.drain import STATE_KEY, Drain
 from gemini_graphql.web.security_headers import API_CSP, STATIC_HEADERS
+from gemini_graphql.web.websocket_protocol import LeanWebSocketProtocol
 
 log = logging.getLogger(__name__)
 EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -124,53 +123,6 @@ class SlowClientProtocol(HttpToolsProtocol):
             lines += [name + b": " + value for name, value in headers]
             self.transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
         self.transport.close()
-
-
-class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O websocket protocol, without the handshake once it is done, and
-    with text messages framed here.
-
-    uvicorn keeps the handshake's request and response (their headers parsed into
-    websockets' Headers) for as long as the connection lives, and reads neither after the
-    response is sent: an idle subscription holds thousands of them. Each event of a stream
-    is one text frame per subscriber: websockets' send_text and data_to_send took 1.0 µs a
-    frame, `text_frame` 0.2.
-    """
-
-    async def send(self, message: Any) -> None:
-        if message["type"] == "websocket.send" and (text := message.get("text")) is not None:
-            await self.writable.wait()  # uvicorn's flow control, as its own send
-            if not self.disconnected and self._frames_plain():
-                self.transport.write(text_frame(text.encode()))
-                return
-        await super().send(message)  # everything else, and its errors, as uvicorn does
-        if self.handshake_complete and getattr(self, "response", None) is not None:
-            self.request = None  # type: ignore[assignment]
-            self.response = None  # type: ignore[assignment]
-
-    def _frames_plain(self) -> bool:
-        """A text message may be framed here, not by websockets: the connection is open,
-        no close was sent, and nothing (an extension, a fragmented message) changes how."""
-        conn = self.conn
-        return (
-            self.handshake_complete
-            and self.initial_response is None
-            and not self.close_sent
-            and conn.state is State.OPEN
-            and not conn.extensions
-            and not conn.expect_continuation_frame
-        )
-
-
-def text_frame(payload: bytes) -> bytes:
-    """One unfragmented, unmasked text frame (RFC 6455 §5.2): what websockets' Frame gives a
-    server for it, built in a fraction of the time (each delta goes to every subscriber)."""
-    size = len(payload)
-    if size < 126:
-        return bytes((0x81, size)) + payload
-    if size < 65536:
-        return b"\x81\x7e" + size.to_bytes(2, "big") + payload
-    return b"\x81\x7f" + size.to_bytes(8, "big") + payload
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
