@@ -66,6 +66,11 @@ SUBSCRIPTION_EVENTS = Counter(
     "Subscription events written to websockets, by root field.",
     ["field"],
 )
+SUBSCRIPTION_EVENTS_DIRECT = Counter(
+    "gemini_graphql_subscription_events_direct_total",
+    "Of the subscription events written, those written at once as they arrived, without "
+    "waking the subscription's task (the rest: catching up, a socket that has to drain).",
+)
 CACHE_LOOKUPS = Counter(
     "gemini_graphql_cache_lookups_total",
     "Cache lookups: `response` (whole me/chatrooms responses), `rooms_local` (a process's "

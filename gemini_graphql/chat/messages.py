@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import logging
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -252,9 +252,16 @@ class Messages:
     async def get(self, message_id: uuid.UUID) -> Message | None:
         return await message_by_id(self._autocommit, message_id)
 
-    def follow(self, relay: Relay, reply_id: uuid.UUID, after: int) -> AsyncIterator[StreamEvent]:
+    def follow(
+        self,
+        relay: Relay,
+        reply_id: uuid.UUID,
+        after: int,
+        push: Callable[[StreamEvent], bool] | None = None,
+    ) -> AsyncIterator[StreamEvent]:
         """The reply's events after `after`; a finished reply whose stream expired is replayed
-        from the database as one final event (carrying the whole text when `after` is 0)."""
+        from the database as one final event (carrying the whole text when `after` is 0).
+        `push`: see reply_stream.follow."""
 
         async def stored(last: int) -> Stored:
             message = await self.get(reply_id)
@@ -273,6 +280,7 @@ class Messages:
             after,
             stored,
             idle_timeout=self._idle_timeout,
+            push=push,
         )
 
     async def versions(self, groups: Sequence[VersionGroup]) -> dict[VersionGroup, list[Message]]:

@@ -56,6 +56,25 @@ class StreamEvent:
         return cls(seq=int(data["seq"]), delta=data["delta"], status=MessageStatus(data["status"]))
 
 
+_DECODED: dict[bytes, StreamEvent] = {}
+_DECODED_MAX = 512
+
+
+def decoded(data: bytes) -> StreamEvent | None:
+    """The event in `data`, None if malformed; decoded once for all of a process's followers
+    of the reply (the relay hands each of them the same bytes)."""
+    event = _DECODED.get(data)
+    if event is None:
+        try:
+            event = StreamEvent.decode(data)
+        except (ValueError, KeyError, TypeError):
+            return None
+        if len(_DECODED) >= _DECODED_MAX:
+            _DECODED.clear()
+        _DECODED[data] = event
+    return event
+
+
 class StreamEnded(Exception):
     """The stream already ended: someone else wrote its final event (see chat.stops)."""
 
@@ -213,6 +232,7 @@ async def follow(
     stored: Callable[[int], Awaitable[Stored]],
     *,
     idle_timeout: float = IDLE_TIMEOUT_SECONDS,
+    push: Callable[[StreamEvent], bool] | None = None,
 ) -> AsyncIterator[StreamEvent]:
     """Every event of a reply with seq > after, in order, each once, ending with the final one.
 
@@ -220,12 +240,31 @@ async def follow(
     of a finished reply (its stream expired or was lost), or the status of one still being
     made. A reply with no event for `idle_timeout` ends with an error naming its status;
     losing Redis ends with an error saying where to resume. Neither waits forever.
+
+    `push(event)`, if given, may deliver a live event itself, at once, instead of it being
+    yielded (see Mailbox.direct): only the next seq and never the final event, so which
+    events are delivered, and in what order, is the same either way; False (it could not)
+    leaves the event to be yielded.
     """
     last = after
     loop = asyncio.get_running_loop()
     progressed = loop.time()
     try:
         async with relay.listen(channels.of(message_id)) as mailbox:
+            if push is not None:
+
+                def direct(data: bytes) -> bool:
+                    nonlocal last, progressed
+                    event = decoded(data)
+                    if event is None or event.seq != last + 1 or event.is_final:
+                        return False
+                    if not push(event):
+                        return False
+                    last = event.seq
+                    progressed = loop.time()
+                    return True
+
+                mailbox.direct = direct
             must_read_stream = True
             while True:
                 if must_read_stream:
@@ -259,9 +298,8 @@ async def follow(
                 if data is RESYNC:  # a reconnect, or quiet for a while: was anything missed?
                     must_read_stream = True
                     continue
-                try:
-                    event = StreamEvent.decode(data)
-                except (ValueError, KeyError, TypeError):
+                event = decoded(data)
+                if event is None:
                     log.warning("ignored a malformed event for reply %s", message_id)
                     must_read_stream = True
                     continue

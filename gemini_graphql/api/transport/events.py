@@ -109,6 +109,13 @@ class FlatEvents:
                     result = await executed if isawaitable(executed) else executed  # type: ignore[misc]
                 yield result
 
+    def data(self, event: Any) -> dict[str, Any] | None:
+        """The event's `data`, None when it needs the general path."""
+        try:
+            return {self._root_key: self._render(event)}
+        except _NotFlat:
+            return None
+
     def _render(self, event: Any) -> dict[str, Any]:
         if event is None:
             raise _NotFlat

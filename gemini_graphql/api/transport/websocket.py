@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +32,7 @@ from starlette.websockets import WebSocket
 
 from gemini_graphql.api.context import Context
 from gemini_graphql.api.errors import BAD_REQUEST, apply_error_policy
+from gemini_graphql.api.transport.direct import offer_sink
 from gemini_graphql.api.transport.documents import Documents
 from gemini_graphql.api.transport.events import FlatEvents
 from gemini_graphql.api.transport.execution import (
@@ -53,7 +54,7 @@ from gemini_graphql.config import Settings
 from gemini_graphql.errors import Unauthenticated
 from gemini_graphql.infra.leases import Lease, Leases
 from gemini_graphql.infra.outages import is_outage
-from gemini_graphql.metrics import WEBSOCKETS_OPEN
+from gemini_graphql.metrics import SUBSCRIPTION_EVENTS_DIRECT, WEBSOCKETS_OPEN
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,10 @@ CONNECTION_INIT_TIMEOUT_SECONDS = 10.0
 MAX_WAITING_SENDS = 64
 MAX_SEND_WAIT_SECONDS = 30.0
 CLOSE_TIMEOUT_SECONDS = 1.0
+# The ASGI extension of our uvicorn protocol (web/websocket_protocol.py): writes one text
+# message (UTF-8 bytes) at once, or returns False (flow control, closing) for `send` to do.
+SEND_NOWAIT = "gemini_graphql.websocket.send_nowait"
+SendNow = Callable[[bytes], bool]
 
 
 def _encode(message: dict[str, Any]) -> str:
@@ -142,6 +147,7 @@ class GraphQLWebSocket:
             context,
             receive,
             send,
+            scope.get("extensions", {}).get(SEND_NOWAIT),
             _Limits(
                 max_message=self._settings.max_body_bytes,
                 max_operations=self._settings.max_operations_per_connection,
@@ -170,6 +176,7 @@ class _Connection:
         "_receive",
         "_schema",
         "_send",
+        "_send_now",
         "_too_slow",
         "_waiting",
         "_waiting_since",
@@ -183,14 +190,17 @@ class _Connection:
         context: Context,
         receive: Receive,
         send: Send,
+        send_now: SendNow | None,
         limits: _Limits,
     ) -> None:
+        """`send_now`: the server's SEND_NOWAIT extension, if it has it."""
         self._schema = schema
         self._documents = documents
         self._hooks = hooks
         self._context = context
         self._receive = receive
         self._send = send
+        self._send_now = send_now
         self._limits = limits
         self._lease: Lease | None = None
         self._acknowledged = False
@@ -365,7 +375,7 @@ class _Connection:
             )
             await self._next(request.id, result)
         else:
-            source = await self._subscribe(prepared.document, params)  # type: ignore[arg-type]
+            source = await self._subscribe(prepared.document, params, request.id, events)  # type: ignore[arg-type]
             if isinstance(source, ExecutionResult):  # e.g. bad variables: nothing to stream
                 await self._next(request.id, source)
             else:
@@ -373,9 +383,14 @@ class _Connection:
         await self._write({"id": request.id, "type": "complete"})
 
     async def _subscribe(
-        self, document: DocumentNode, params: GraphQLParams
+        self,
+        document: DocumentNode,
+        params: GraphQLParams,
+        op_id: str,
+        events: Counter | None,
     ) -> AsyncGenerator[ExecutionResult, None] | ExecutionResult:
-        """graphql-core's `subscribe`, with flat selections rendered without executing."""
+        """graphql-core's `subscribe`, with flat selections rendered without executing, and
+        written at once by a resolver that can (transport/direct.py)."""
 
         def build() -> Executor | list[GraphQLError]:
             return subscription_executor(
@@ -396,6 +411,8 @@ class _Connection:
         flat = FlatEvents.of(self._schema, executor.operation)
         if flat is None:
             return map_source_to_response_event(executor, source)  # type: ignore[arg-type]
+        if self._send_now is not None:
+            offer_sink(_DirectNext(self, op_id, flat, events))
         return flat.results(build, source)  # type: ignore[arg-type]
 
     async def _stream(
@@ -458,6 +475,38 @@ class _Connection:
                 await self._send({"type": "websocket.close", "code": code, "reason": reason})
         except (OSError, RuntimeError, TimeoutError):
             pass
+
+
+class _DirectNext:
+    """An operation's Sink (transport/direct.py): writes an event's `next` message at once,
+    while nothing else of its connection waits to be written (so messages keep their order)
+    and the operation goes on. An object of slots, not a closure: every idle subscription
+    holds one."""
+
+    __slots__ = ("_connection", "_events", "_flat", "_head", "_task")
+
+    def __init__(
+        self, connection: _Connection, op_id: str, flat: FlatEvents, events: Counter | None
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None and connection._send_now is not None
+        self._connection = connection
+        self._task = task  # the operation's
+        self._flat = flat
+        self._events = events
+        self._head = b'{"id":' + orjson.dumps(op_id) + b',"type":"next","payload":{"data":'
+
+    def __call__(self, event: Any) -> bool:
+        connection = self._connection
+        if not connection._open or connection._waiting or self._task.cancelling():
+            return False
+        data = self._flat.data(event)
+        if data is None or not connection._send_now(self._head + orjson.dumps(data) + b"}}"):  # type: ignore[misc]
+            return False
+        if self._events is not None:
+            self._events.inc()
+        SUBSCRIPTION_EVENTS_DIRECT.inc()
+        return True
 
 
 def _subscribe_message(message: dict[str, Any]) -> _Subscribe:
