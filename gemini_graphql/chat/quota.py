@@ -8,7 +8,6 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-from sqlmodel import col
 
 from gemini_graphql.config import Settings
 from gemini_graphql.models import Tier, User
@@ -103,32 +102,54 @@ async def consume_one(
     )
 
 
-async def give_back_one(session: AsyncSession, user_id: uuid.UUID, day: date) -> None:
-    """Return a unit counted on `day`; a unit from an earlier day has expired anyway."""
-    await session.execute(
-        sa.update(User)
-        .where(
-            col(User.id) == user_id,
-            User.last_message_date == day,
-            User.daily_message_count > 0,
-        )
-        .values(daily_message_count=User.daily_message_count - 1)
-        .execution_options(synchronize_session=False)
+_GIVEN_BACK_ON = sa.bindparam("given_back_on", type_=sa.Date)
+_TOKENS = sa.bindparam("tokens", type_=sa.Integer)
+_TOKEN_DAY = sa.bindparam("token_day", type_=sa.Date)
+_GIVES_BACK = sa.and_(
+    _USERS.c.last_message_date == _GIVEN_BACK_ON, _USERS.c.daily_message_count > 0
+)
+# A user's day settled, built once: a unit given back (to the day it was counted on: one from
+# an earlier day has expired anyway) and a reply's tokens counted. Both in one UPDATE, so a
+# reply's end can be one statement (PostgreSQL updates a row at most once per statement).
+SETTLE = (
+    sa.update(_USERS)
+    .where(
+        _USERS.c.id == sa.bindparam("owner_id", type_=sa.Uuid),
+        sa.or_(_TOKENS > 0, _GIVES_BACK),  # else there is nothing to write
     )
+    .values(
+        daily_message_count=sa.case(
+            (_GIVES_BACK, _USERS.c.daily_message_count - 1), else_=_USERS.c.daily_message_count
+        ),
+        daily_token_count=sa.case(
+            (_TOKENS <= 0, _USERS.c.daily_token_count),
+            (_USERS.c.last_token_date == _TOKEN_DAY, _USERS.c.daily_token_count + _TOKENS),
+            else_=_TOKENS,
+        ),
+        last_token_date=sa.case((_TOKENS <= 0, _USERS.c.last_token_date), else_=_TOKEN_DAY),
+    )
+)
+
+
+def settle_parameters(
+    user_id: uuid.UUID, *, give_back_on: date | None, tokens: int, day: date
+) -> dict[str, object]:
+    """SETTLE's parameters: a unit given back to `give_back_on` (None: none), `tokens`
+    counted on `day`."""
+    return {"owner_id": user_id, "given_back_on": give_back_on, "tokens": tokens, "token_day": day}
+
+
+async def give_back_one(
+    connection: AsyncSession | AsyncConnection, user_id: uuid.UUID, day: date
+) -> None:
+    """Return a unit counted on `day`; a unit from an earlier day has expired anyway."""
+    parameters = settle_parameters(user_id, give_back_on=day, tokens=0, day=day)
+    await connection.execute(SETTLE, parameters)
 
 
 async def add_tokens(
     connection: AsyncSession | AsyncConnection, user_id: uuid.UUID, tokens: int, day: date
 ) -> None:
     """Count a finished reply's tokens in the user's day (Usage.tokensToday)."""
-    await connection.execute(
-        sa.update(_USERS)
-        .where(_USERS.c.id == user_id)
-        .values(
-            daily_token_count=sa.case(
-                (_USERS.c.last_token_date == day, _USERS.c.daily_token_count + tokens),
-                else_=tokens,
-            ),
-            last_token_date=day,
-        )
-    )
+    parameters = settle_parameters(user_id, give_back_on=None, tokens=tokens, day=day)
+    await connection.execute(SETTLE, parameters)

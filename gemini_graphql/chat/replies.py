@@ -18,16 +18,16 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlmodel import col, select
+from sqlalchemy.engine import RowMapping
 
 from gemini_graphql.ai.model import ChatModel, Chunk, ModelError, TokenCounts, Turn, abandon
 from gemini_graphql.chat.messages import message_by_id
-from gemini_graphql.chat.quota import add_tokens, give_back_one, utc_day
+from gemini_graphql.chat.quota import SETTLE, settle_parameters, utc_day
 from gemini_graphql.chat.reply_stream import (
     ReplyChannels,
     StreamEnded,
@@ -55,7 +55,6 @@ from gemini_graphql.models import (
 )
 
 _ROOMS = Chatroom.__table__  # type: ignore[attr-defined]
-_INSTRUCTION = sa.select(_ROOMS.c.system_instruction).where(_ROOMS.c.id == sa.bindparam("room_id"))
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +75,30 @@ PERSIST_MARGIN_SECONDS = 2.0
 T = TypeVar("T")
 _IN_PROGRESS = tuple(sorted(status.value for status in UNFINISHED_STATUSES))
 _MESSAGES = Message.__table__  # type: ignore[attr-defined]
+# Not IN (...): SQLAlchemy expands an IN list's parameters on every execution (~17 µs).
+_UNFINISHED = sa.or_(*(_MESSAGES.c.status == status for status in _IN_PROGRESS))
 _TOO_SLOW = "The assistant took too long to answer. Please try again."
+
+
+def _of_room(column: sa.Column[Any], label: str) -> sa.Label[Any]:
+    """The reply's room's `column`, beside the reply's own (a subquery: SQLite's RETURNING
+    cannot name the tables of an UPDATE's FROM). SQLite's is rendered unqualified,
+    `id = chatroom_id`, which names the same columns: chatrooms has no chatroom_id."""
+    return (
+        sa.select(column)
+        .where(_ROOMS.c.id == _MESSAGES.c.chatroom_id)
+        .correlate(_MESSAGES)
+        .scalar_subquery()
+        .label(label)
+    )
+
+
+# What a reply job needs of the reply's room, read with the reply: the owner, whose day its
+# tokens (and a FAILED reply's unit) count in, and the room's system instruction.
+_WITH_ROOM = (
+    _of_room(_ROOMS.c.user_id, "room_owner"),
+    _of_room(_ROOMS.c.system_instruction, "room_instruction"),
+)
 
 # The hot statements, built once (SQLAlchemy then works out their cache keys once).
 _CLAIM = (  # PENDING means new: nothing was sent yet (the first event follows this write)
@@ -86,12 +108,41 @@ _CLAIM = (  # PENDING means new: nothing was sent yet (the first event follows t
         _MESSAGES.c.status == MessageStatus.PENDING.value,
     )
     .values(status=MessageStatus.STREAMING.value, updated_at=sa.bindparam("now"))
-    .returning(*_MESSAGES.c)
+    .returning(*_MESSAGES.c, *_WITH_ROOM)
 )
+_REPLY = sa.select(_MESSAGES, *_WITH_ROOM).where(_MESSAGES.c.id == sa.bindparam("reply_id"))
 _UPDATE_UNFINISHED = (  # SET takes the columns named in the parameters
     sa.update(_MESSAGES)
-    .where(_MESSAGES.c.id == sa.bindparam("reply_id"), _MESSAGES.c.status.in_(_IN_PROGRESS))
+    .where(_MESSAGES.c.id == sa.bindparam("reply_id"), _UNFINISHED)
     .returning(_MESSAGES.c.id)
+)
+# The end of a reply, if it is still unfinished (its token columns kept when none are passed).
+_FINAL = (
+    sa.update(_MESSAGES)
+    .where(_MESSAGES.c.id == sa.bindparam("reply_id"), _UNFINISHED)
+    .values(
+        status=sa.bindparam("final_status"),
+        content=sa.bindparam("final_content"),
+        error=sa.bindparam("final_error"),
+        gemini_response_id=sa.bindparam("final_response_id"),
+        updated_at=sa.bindparam("now"),
+        **{
+            name: sa.func.coalesce(sa.bindparam(f"final_{name}", type_=sa.Integer), column)
+            for name, column in (
+                ("prompt_tokens", _MESSAGES.c.prompt_tokens),
+                ("output_tokens", _MESSAGES.c.output_tokens),
+                ("total_tokens", _MESSAGES.c.total_tokens),
+            )
+        },
+    )
+    .returning(_MESSAGES.c.id)
+)
+# PostgreSQL: the end and what it does to the owner's day as one statement, so one round trip
+# and no BEGIN/COMMIT (a data-modifying WITH is one atomic statement; SQLite has none, and
+# runs _FINAL then SETTLE in a transaction).
+_FINISHED = _FINAL.cte("finished")
+_FINAL_AND_SETTLE = sa.select(_FINISHED.c.id).add_cte(
+    SETTLE.where(sa.exists(sa.select(_FINISHED.c.id))).cte("settled")
 )
 _STRANDED = (  # the partial index of unfinished replies (ix_messages_unfinished), any age
     sa.select(_MESSAGES.c.id, _MESSAGES.c.created_at)
@@ -138,13 +189,27 @@ class Stranded:
 
 
 @dataclass(frozen=True, slots=True)
+class _Reply:
+    """A reply's row, and what its job needs of its room (read with it, in one statement)."""
+
+    row: Message
+    owner: uuid.UUID  # whose day its tokens, and a FAILED reply's unit, count in
+    instruction: str | None  # the room's own system instruction
+
+    @classmethod
+    def of(cls, row: RowMapping) -> _Reply:
+        values = dict(row)
+        owner, instruction = values.pop("room_owner"), values.pop("room_instruction")
+        return cls(loaded(Message, values), owner, instruction)
+
+
+@dataclass(frozen=True, slots=True)
 class _Started:
     """A reply ready to stream: its row, the events already sent, and the context."""
 
-    reply: Message
+    reply: _Reply
     sent: list[StreamEvent]
     turns: list[Turn]
-    instruction: str | None
 
     @property
     def text(self) -> str:
@@ -174,8 +239,9 @@ class ReplyGenerator:
         self._database = Outage(log, "PostgreSQL (replies)")
         self._streams = Outage(log, "Redis (reply streams)")
         self._job_timeout_delta = timedelta(seconds=job_timeout_seconds)
-        self._sessions = database.sessions
+        self._engine = database.engine
         self._autocommit = database.autocommit
+        self._one_statement = database.engine.dialect.name == "postgresql"  # see _FINAL_AND_SETTLE
         self._redis = redis
         self._channels = channels
         self._clock = clock
@@ -207,18 +273,18 @@ class ReplyGenerator:
         reply, turns = started.reply, started.turns
         text = started.text
         writer = StreamWriter(self._redis, self._channels, reply_id, started.sent, self._streams)
-        if not started.sent and reply.content:  # Redis lost the stream: the row kept the start
-            text = reply.content
+        if not started.sent and reply.row.content:  # Redis lost the stream: the row kept it
+            text = reply.row.content
             await writer.write(StreamEvent(1, text, MessageStatus.STREAMING), until=persist_until)
         if text:
             turns.append(Turn("model", text))  # continue the reply already under way
-        calls = _Tokens.of(reply)
+        calls = _Tokens.of(reply.row)
         first_text = not text  # not a rerun that continues a reply under way
         response_id: str | None = None
         saved_at = -SAVE_EVERY_SECONDS  # the first chunk is saved: its call's tokens count
         stream_until = loop.time() + self._deadline
         try:
-            chunks = self._model.stream(turns, started.instruction)
+            chunks = self._model.stream(turns, reply.instruction or self._system_instruction)
             async with asyncio.timeout(self._deadline), _ended(chunks):
                 while True:
                     async with stop.interruptible():  # a stop cuts the read from the model
@@ -231,7 +297,8 @@ class ReplyGenerator:
                         continue
                     if first_text:
                         first_text = False
-                        FIRST_CHUNK.observe((self._clock() - reply.created_at).total_seconds())
+                        waited = self._clock() - reply.row.created_at
+                        FIRST_CHUNK.observe(waited.total_seconds())
                     text += chunk.text
                     event = StreamEvent(writer.last_seq + 1, chunk.text, MessageStatus.STREAMING)
                     await writer.write(event, until=stream_until)
@@ -292,17 +359,17 @@ class ReplyGenerator:
     async def _start(self, reply_id: uuid.UUID) -> _Started | ReplyOutcome | None:
         claimed = await self._claim(reply_id)
         if claimed is not None:  # the usual case: a new reply
-            turns, instruction = await self._context(claimed)
-            return _Started(claimed, [], turns, instruction)
+            return _Started(claimed, [], await self._context(claimed.row))
         return await self._resume(reply_id)
 
     async def _resume(self, reply_id: uuid.UUID) -> _Started | ReplyOutcome | None:
         """A rerun: a finished reply is left alone, an unfinished one continues from what
         its subscribers were sent (or, when Redis lost the stream, what the row kept)."""
-        reply = await message_by_id(self._autocommit, reply_id)
-        if reply is None or reply.role != MessageRole.ASSISTANT.value:
+        found = await self._reply(reply_id)
+        if found is None or found.row.role != MessageRole.ASSISTANT.value:
             log.warning("reply %s does not exist; nothing to do", reply_id)
             return None
+        reply = found.row
         sent = await history(self._redis, self._channels, reply_id)
         if reply.is_finished:
             if reply.status != MessageStatus.STOPPED.value:  # a stopper writes its own end
@@ -314,14 +381,14 @@ class ReplyGenerator:
         text = text_of(sent) if sent else reply.content
         # Independent, so together: the first word waits for neither twice. A stop asked
         # while no worker had the reply is found from its marker.
-        _, (turns, instruction), _ = await asyncio.gather(
+        _, turns, _ = await asyncio.gather(
             self._set_streaming(reply_id, text), self._context(reply), self._stops.check(reply_id)
         )
-        return _Started(reply, sent, turns, instruction)
+        return _Started(found, sent, turns)
 
     async def _model_failed(
         self,
-        reply: Message,
+        reply: _Reply,
         text: str,
         writer: StreamWriter,
         exc: ModelError,
@@ -331,45 +398,48 @@ class ReplyGenerator:
     ) -> ReplyOutcome | None:
         if exc.retryable and not final_try:
             # _finish below writes the text itself; the tokens of this call count either way.
-            await self._update(reply.id, content=text, **_token_columns(tokens))
+            await self._update(reply.row.id, content=text, **_token_columns(tokens))
             raise RetryLater(exc) from exc
-        log.warning("reply %s failed: %s", reply.id, exc)
+        log.warning("reply %s failed: %s", reply.row.id, exc)
         return await self._finish(
             reply, MessageStatus.FAILED, text, writer, persist_until, tokens, exc.user_message
         )
 
     async def fail(self, reply_id: uuid.UUID, user_message: str) -> None:
         """Give up on a reply (too many tries, or stranded too long), keeping what was sent."""
-        reply = await message_by_id(self._autocommit, reply_id)
-        if reply is None or reply.is_finished:
+        reply = await self._reply(reply_id)
+        if reply is None or reply.row.is_finished:
             return
         sent = await history(self._redis, self._channels, reply_id)
-        text = text_of(sent) if sent else reply.content
+        text = text_of(sent) if sent else reply.row.content
         until = asyncio.get_running_loop().time() + self._job_timeout - PERSIST_MARGIN_SECONDS
         writer = StreamWriter(self._redis, self._channels, reply_id, sent, self._streams)
-        tokens = _Tokens.of(reply).total
+        tokens = _Tokens.of(reply.row).total
         await self._finish(reply, MessageStatus.FAILED, text, writer, until, tokens, user_message)
 
-    async def _context(self, reply: Message) -> tuple[list[Turn], str | None]:
+    async def _context(self, reply: Message) -> list[Turn]:
         """The branch ending at the USER message answered: it and the ten before it, oldest
-        first, replies that are not COMPLETE left out; and the room's instruction."""
+        first, replies that are not COMPLETE left out."""
         if reply.parent_id is None:
-            return [], self._system_instruction
+            return []
         async with self._autocommit.connect() as connection:
-            instruction = await connection.scalar(_INSTRUCTION, {"room_id": reply.chatroom_id})
             rows = await context_rows(connection, reply.parent_id, CONTEXT_MESSAGES + 1)
-        turns = [
+        return [
             Turn("user" if role == MessageRole.USER.value else "model", content)
             for role, content in reversed(rows)
         ]
-        return turns, instruction or self._system_instruction
 
-    async def _claim(self, reply_id: uuid.UUID) -> Message | None:
+    async def _claim(self, reply_id: uuid.UUID) -> _Reply | None:
         """The reply, now STREAMING, if it was PENDING; one statement."""
         async with self._autocommit.begin() as connection:
             parameters = {"reply_id": reply_id, "now": self._clock()}
             row = (await connection.execute(_CLAIM, parameters)).mappings().first()
-        return loaded(Message, row) if row is not None else None
+        return _Reply.of(row) if row is not None else None
+
+    async def _reply(self, reply_id: uuid.UUID) -> _Reply | None:
+        async with self._autocommit.connect() as connection:
+            row = (await connection.execute(_REPLY, {"reply_id": reply_id})).mappings().first()
+        return _Reply.of(row) if row is not None else None
 
     async def _set_streaming(self, reply_id: uuid.UUID, text: str) -> None:
         await self._update(reply_id, status=MessageStatus.STREAMING.value, content=text)
@@ -413,7 +483,7 @@ class ReplyGenerator:
 
     async def _finish(
         self,
-        reply: Message,
+        reply: _Reply,
         status: MessageStatus,
         text: str,
         writer: StreamWriter,
@@ -428,72 +498,77 @@ class ReplyGenerator:
         process that gave up waiting, or deleted with its room). `forget_if_gone`: a stop
         notice ended it, and the deleter had ended its stream before sending the notice, so
         a stream this worker wrote to since is deleted too."""
-        owner = await self._persisted(
+        finished = await self._persisted(
             lambda: self._mark_finished(reply, status, text, tokens, error, response_id), until
         )
-        if owner is None:
-            if forget_if_gone and await message_by_id(self._autocommit, reply.id) is None:
-                await delete_streams(self._redis, self._channels, [reply.id])  # room gone
+        reply_id, owner = reply.row.id, reply.owner
+        if not finished:
+            if forget_if_gone and await message_by_id(self._autocommit, reply_id) is None:
+                await delete_streams(self._redis, self._channels, [reply_id])  # room gone
             return None
-        finished = RoomEvent(
-            RoomEventType.REPLY_FINISHED, reply.chatroom_id, self._clock(), reply.id
+        finished_event = RoomEvent(
+            RoomEventType.REPLY_FINISHED, reply.row.chatroom_id, self._clock(), reply_id
         )
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 # Before the final event: whoever sees it and asks for `usage` finds the
                 # tokens (and a FAILED reply's unit given back) counted.
                 await self._users.changed(owner, pipe)
-                self._room_events.publish_into(pipe, owner, [finished])
+                self._room_events.publish_into(pipe, owner, [finished_event])
                 await pipe.execute()
         except RedisError:
-            log.warning("could not announce the end of reply %s", reply.id, exc_info=True)
+            log.warning("could not announce the end of reply %s", reply_id, exc_info=True)
         try:
             await writer.write(StreamEvent(writer.last_seq + 1, "", status), until=until)
         except StreamEnded:  # ended by someone else after all: theirs is the final event
-            log.warning("reply %s was ended elsewhere as it finished", reply.id)
+            log.warning("reply %s was ended elsewhere as it finished", reply_id)
         return ReplyOutcome(status, text)
 
     async def _mark_finished(
         self,
-        reply: Message,
+        reply: _Reply,
         status: MessageStatus,
         text: str,
         tokens: TokenCounts | None,
         error: str | None,
         response_id: str | None,
-    ) -> uuid.UUID | None:
-        """One transaction: the final row if still unfinished, its tokens counted in the
-        owner's day, and a FAILED reply's unit given back; the owner, None if it was not."""
+    ) -> bool:
+        """One transaction (on PostgreSQL one statement): the final row if still unfinished,
+        its tokens counted in the owner's day, and a FAILED reply's unit given back; False if
+        it was not unfinished."""
         now = self._clock()
-        async with self._sessions() as session:
-            result = await session.execute(
-                sa.update(Message)
-                .where(col(Message.id) == reply.id, col(Message.status).in_(_IN_PROGRESS))
-                .values(
-                    status=status.value,
-                    content=text,
-                    error=error,
-                    gemini_response_id=response_id,
-                    updated_at=now,
-                    **_token_columns(tokens),
-                )
-                .returning(Message.id)
-            )
-            owner = None
-            if result.first() is not None:
-                owner = await session.scalar(
-                    select(Chatroom.user_id).where(col(Chatroom.id) == reply.chatroom_id)
-                )
-                if owner is not None and status is MessageStatus.FAILED:
-                    await give_back_one(session, owner, utc_day(reply.created_at))
-                if owner is not None and tokens is not None and tokens.total:
-                    await add_tokens(session, owner, tokens.total, utc_day(now))
-            await session.commit()
-        if owner is not None and tokens is not None:  # once per reply: this run finished it
+        final = {
+            "reply_id": reply.row.id,
+            "final_status": status.value,
+            "final_content": text,
+            "final_error": error,
+            "final_response_id": response_id,
+            "now": now,
+            "final_prompt_tokens": tokens.prompt if tokens is not None else None,
+            "final_output_tokens": tokens.output if tokens is not None else None,
+            "final_total_tokens": tokens.total if tokens is not None else None,
+        }
+        give_back = utc_day(reply.row.created_at) if status is MessageStatus.FAILED else None
+        settle = settle_parameters(
+            reply.owner,
+            give_back_on=give_back,
+            tokens=tokens.total if tokens is not None else 0,
+            day=utc_day(now),
+        )
+        if self._one_statement:
+            async with self._autocommit.connect() as connection:
+                result = await connection.execute(_FINAL_AND_SETTLE, {**final, **settle})
+                finished = result.first() is not None
+        else:
+            async with self._engine.begin() as connection:
+                finished = (await connection.execute(_FINAL, final)).first() is not None
+                if finished:
+                    await connection.execute(SETTLE, settle)
+        if finished and tokens is not None:  # once per reply: this run finished it
             _TOKENS["prompt"].inc(tokens.prompt)
             _TOKENS["output"].inc(tokens.output)
             _TOKENS["total"].inc(tokens.total)
-        return owner
+        return finished
 
     async def _ensure_final_event(self, reply: Message, sent: list[StreamEvent]) -> None:
         """A rerun of a finished reply whose final event was not written (or was lost)."""

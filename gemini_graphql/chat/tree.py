@@ -124,18 +124,31 @@ async def branch_rows(
 
 
 # The context of a reply: the branch ending at the message it answers. Replies that are not
-# COMPLETE are left out, so the walk goes far enough to still find `limit` messages.
-_CONTEXT_BRANCH = _branch_cte(
-    sa.select(_MESSAGES.c.id, _MESSAGES.c.chatroom_id, _MESSAGES.c.parent_id).where(
-        _MESSAGES.c.id == sa.bindparam("last_id", type_=sa.Uuid)
-    ),
-    max_steps=sa.bindparam("steps", type_=sa.Integer),
+# COMPLETE are left out, so the walk goes far enough to still find `limit` messages. The walk
+# carries the columns it needs: joined back to `messages` and ordered by id, PostgreSQL chose
+# a backward scan of the whole primary key down to the branch (every newer message of every
+# room read, per reply), not one probe per step.
+_CONTEXT_COLUMNS = (
+    _MESSAGES.c.id,
+    _MESSAGES.c.parent_id,
+    _MESSAGES.c.role,
+    _MESSAGES.c.content,
+    _MESSAGES.c.status,
+)
+_CONTEXT_START = (
+    sa.select(*_CONTEXT_COLUMNS, sa.literal(0, sa.Integer).label("n"))
+    .where(_MESSAGES.c.id == sa.bindparam("last_id", type_=sa.Uuid))
+    .cte("context", recursive=True)
+)
+_CONTEXT_WALK = _CONTEXT_START.union_all(
+    sa.select(*_CONTEXT_COLUMNS, _CONTEXT_START.c.n + 1)
+    .join(_CONTEXT_START, _MESSAGES.c.id == _CONTEXT_START.c.parent_id)
+    .where(_CONTEXT_START.c.n < sa.bindparam("steps", type_=sa.Integer))
 )
 _CONTEXT = (
-    sa.select(_MESSAGES.c.role, _MESSAGES.c.content)
-    .join(_CONTEXT_BRANCH, _CONTEXT_BRANCH.c.id == _MESSAGES.c.id)
-    .where(_MESSAGES.c.status == "complete", _MESSAGES.c.content != "")
-    .order_by(_MESSAGES.c.id.desc())
+    sa.select(_CONTEXT_WALK.c.role, _CONTEXT_WALK.c.content)
+    .where(_CONTEXT_WALK.c.status == "complete", _CONTEXT_WALK.c.content != "")
+    .order_by(_CONTEXT_WALK.c.n)  # newest first: n counts the steps up from `last_id`
     .limit(_LIMIT)
 )
 
