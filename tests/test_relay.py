@@ -57,6 +57,39 @@ async def test_live_events_reach_every_listener_of_a_channel(
         await relay.close()
 
 
+async def test_a_burst_read_at_once_is_handed_over_whole_and_in_order(
+    redis_client: aioredis.Redis, reply_channels: ReplyChannels
+) -> None:
+    """Messages published in one pipeline reach the relay in one socket read; those it takes
+    from hiredis' buffer (Relay._buffered) arrive whole and in order, across channels, and a
+    subscription confirmed in the middle of the burst still confirms."""
+    relay = Relay(redis_client)
+    first_id, second_id, late_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    burst = 500
+    try:
+        async with (
+            relay.listen(reply_channels.of(first_id)) as first,
+            relay.listen(reply_channels.of(second_id)) as second,
+            redis_client.pipeline(transaction=False) as pipe,
+        ):
+            for index in range(burst):
+                pipe.publish(reply_channels.of(first_id), b"f%d" % index)
+                pipe.publish(reply_channels.of(second_id), b"s%d" % index)
+            publishing = asyncio.ensure_future(pipe.execute())
+            async with asyncio.timeout(5), relay.listen(reply_channels.of(late_id)) as late:
+                await publishing
+                await redis_client.publish(reply_channels.of(late_id), b"late")
+                assert await late.get() == b"late"
+                assert [await first.get() for _ in range(burst)] == [
+                    b"f%d" % index for index in range(burst)
+                ]
+                assert [await second.get() for _ in range(burst)] == [
+                    b"s%d" % index for index in range(burst)
+                ]
+    finally:
+        await relay.close()
+
+
 async def test_quiet_listeners_are_asked_to_reread(
     redis_client: aioredis.Redis, reply_channels: ReplyChannels
 ) -> None:
