@@ -152,6 +152,7 @@ class Relay:
         self._pending: set[asyncio.Task[None]] = set()  # unsubscribes under way
         self._watchers: dict[str, Watcher] = {}
         self._watching: set[asyncio.Task[None]] = set()
+        self._now: Callable[[], float] = time.monotonic  # the loop's clock, once reading
 
     @property
     def channel_count(self) -> int:
@@ -225,6 +226,7 @@ class Relay:
             self._janitor = asyncio.create_task(self._resync_quiet(), name="relay-janitor")
 
     async def _read(self) -> None:
+        self._now = asyncio.get_running_loop().time  # (3.11's get_running_loop calls getpid)
         assert self._pubsub is not None
         while True:
             try:
@@ -290,7 +292,7 @@ class Relay:
             self._dispatch(channel, data)
 
     def _dispatch(self, channel: str, data: bytes | None) -> None:
-        now = asyncio.get_running_loop().time()
+        now = self._now()
         for mailbox in self._mailboxes.get(channel, ()):
             mailbox.put(data, now)  # when full, the slow subscriber fills the gap itself
 
