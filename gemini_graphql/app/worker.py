@@ -220,6 +220,15 @@ class ReplyWorker(Worker):
         await self.wakeups.wait()
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
+        # A job stays in arq's queue while it runs, and arq checks each one it reads at every
+        # poll (WATCH, EXISTS, ZSCORE: a round trip each) only to find it running: with 50
+        # replies under way, a quarter of the worker's CPU. Those running here are skipped.
+        running = self.tasks
+        job_ids = [
+            job_id
+            for job_id in job_ids
+            if (task := running.get(job_id.decode())) is None or task.done()
+        ]
         try:
             await super().start_jobs(job_ids)
         except (RedisError, OSError):
