@@ -41,6 +41,7 @@ class Stack:
     gemini_url: str
     redis: aioredis.Redis
     dsn: str
+    worker_pid: int | None = None  # the stack's worker process, when it has one
 
     async def gql(self, http: httpx.AsyncClient, query: str, variables: dict | None = None) -> dict:
         response = await http.post(
@@ -122,6 +123,7 @@ async def running_stack(
                 gemini_url,
                 redis,
                 dsn,
+                workers[0].pid if workers else None,
             )
             async with httpx.AsyncClient(base_url=url, timeout=60) as http:
                 room = await stack.gql(
