@@ -353,10 +353,11 @@ def render(
         f"Run on {started} UTC ({seconds / 60:.1f} minutes); load average at the start "
         f"{sections[0].load_at_start if sections else loadavg()}; {os.cpu_count()} CPUs; "
         f"Python {platform.python_version()}; {versions}.",
-        "One uvicorn process (uvloop, httptools) for the api unless a row says otherwise; wrk",
-        "(1 thread) or a Python websocket process for the load; PostgreSQL, Redis, a worker and",
-        "the fake Gemini on the same machine. The hosts are shared and of different speeds: compare",
-        "the ratios to the same-run baselines; a figure marked host-dependent has none.",
+        "One uvicorn process (uvloop, httptools) for the api unless a row says otherwise, with",
+        "production's ACCESS_LOG=errors (row 10 runs both trees as dev: each logs every request);",
+        "wrk (1 thread) or a Python websocket process for the load; PostgreSQL, Redis, a worker",
+        "and the fake Gemini on the same machine. The hosts are shared and of different speeds:",
+        "compare the ratios to the same-run baselines; a figure marked host-dependent has none.",
         f"Sections: {timings}.",
         "",
         "| measure | value | baseline in the same run | target | machine during the section |",

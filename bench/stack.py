@@ -15,7 +15,7 @@ import asyncpg
 import httpx
 import redis.asyncio as aioredis
 
-from gemini_graphql.config import AppEnv, Settings
+from gemini_graphql.config import AccessLog, AppEnv, Settings
 from gemini_graphql.infra.migrate import migrate
 from gemini_graphql.testing.fakes.gemini import API_KEY
 from gemini_graphql.testing.processes import Process, free_port, start_api, start_worker
@@ -98,6 +98,7 @@ async def running_stack(
             pro_daily_limit=1_000_000_000,
             # One user holds every benchmark subscription, each on its own socket.
             max_websockets_per_user=100_000,
+            access_log=AccessLog.ERRORS,  # production's default
         )
         # settings_env passes no daily limits: without this a Pro user meets 1000 a day.
         limit = {"PRO_DAILY_LIMIT": str(settings.pro_daily_limit)}

@@ -119,7 +119,7 @@ def create_app(
         ],
         middleware=[
             *traced,  # outermost: the request's span covers all the rest
-            Middleware(RequestIdMiddleware),
+            Middleware(RequestIdMiddleware, access_log=settings.access_log),
             # The GraphQL websocket skips what follows (CORS, body cap, router): see there.
             Middleware(WebSocketShortcut, path="/graphql", endpoint=graphql_ws),
             Middleware(SecurityHeadersMiddleware, force_https=settings.force_https),

@@ -35,6 +35,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "AUTH_RATE_PER_NUMBER": str(settings.auth_rate_per_number),
         "MAX_WEBSOCKETS_PER_USER": str(settings.max_websockets_per_user),
         "DRAIN_GRACE_SECONDS": str(settings.drain_grace_seconds),
+        "ACCESS_LOG": settings.access_log.value,
         "METRICS_PORT": str(settings.metrics_port),
     }
     return env

@@ -13,6 +13,8 @@ import time
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gemini_graphql.config import AccessLog
+
 access_log = logging.getLogger("gemini_graphql.access")
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -28,12 +30,18 @@ class RequestIds:
         return f"{self._prefix}{next(self._counter):016x}"
 
 
-class RequestIdMiddleware:
-    """Gives each request an id (or keeps a sane `X-Request-ID`), returns it, and logs one line."""
+# Under ACCESS_LOG=errors, a request that took this long is logged whatever its status.
+SLOW_REQUEST_MS = 1000.0
 
-    def __init__(self, app: ASGIApp) -> None:
+
+class RequestIdMiddleware:
+    """Gives each request an id (or keeps a sane `X-Request-ID`), returns it, and logs a line
+    for it as ACCESS_LOG says (see config.AccessLog)."""
+
+    def __init__(self, app: ASGIApp, access_log: AccessLog = AccessLog.ALL) -> None:
         self.app = app
         self._ids = RequestIds()
+        self._log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -58,19 +66,35 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id if scope["type"] == "http" else send)
         finally:
             duration_ms = round((time.perf_counter() - started) * 1000, 1)
-            access_log.info(
-                "%s %s %s %.1fms",
-                scope.get("method", "WS"),
-                scope["path"],
-                status or "-",
-                duration_ms,
-                extra={
-                    "request_id": request_id,
-                    "user_id": scope["state"].get("user_id"),
-                    "status": status or None,
-                    "duration_ms": duration_ms,
-                },
-            )
+            if self._wanted(scope, status, duration_ms):
+                self._write(scope, status, duration_ms, request_id)
+
+    def _wanted(self, scope: Scope, status: int, duration_ms: float) -> bool:
+        if self._log is AccessLog.ALL:
+            return True
+        if self._log is AccessLog.OFF:
+            return False
+        return (
+            scope["type"] == "websocket"
+            or not 200 <= status < 400  # (0: no answer was sent)
+            or duration_ms >= SLOW_REQUEST_MS
+        )
+
+    @staticmethod
+    def _write(scope: Scope, status: int, duration_ms: float, request_id: str) -> None:
+        access_log.info(
+            "%s %s %s %.1fms",
+            scope.get("method", "WS"),
+            scope["path"],
+            status or "-",
+            duration_ms,
+            extra={
+                "request_id": request_id,
+                "user_id": scope["state"].get("user_id"),
+                "status": status or None,
+                "duration_ms": duration_ms,
+            },
+        )
 
 
 class BodySizeLimitMiddleware:
