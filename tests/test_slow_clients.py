@@ -24,7 +24,7 @@ from starlette.websockets import WebSocket
 
 from gemini_graphql.app.http_app import create_app
 from gemini_graphql.config import Settings
-from gemini_graphql.web.server import MAX_HEAD_BYTES
+from gemini_graphql.web.server import MAX_HEAD_BYTES, HeadWithBody
 from tests.conftest import FakeClock, RecordingSms
 from tests.live import serve
 
@@ -257,3 +257,52 @@ async def test_responses_and_websockets_outlast_the_header_timeout(settings: Set
             await asyncio.sleep(TIMEOUT * 1.5)
             await socket.send("still here")
             assert await asyncio.wait_for(socket.recv(), 5) == "still here"
+
+
+class _RecordingTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str) -> str:
+        return f"extra {name}"
+
+
+async def test_a_response_head_leaves_with_its_body_or_alone_at_the_turns_end() -> None:
+    """HeadWithBody: a head and the body written in the same turn are one write; a head
+    whose body is late goes alone when the turn ends; close sends what waits first; the
+    rest of the transport is the transport's."""
+    loop = asyncio.get_running_loop()
+    transport = _RecordingTransport()
+    corked = HeadWithBody(transport, loop)  # type: ignore[arg-type]
+    corked.write(b"HEAD ")
+    corked.write(b"body")
+    corked.write(b" more")
+    assert transport.writes == [b"HEAD body", b" more"]
+    await asyncio.sleep(0)
+    assert transport.writes == [b"HEAD body", b" more"]  # nothing written twice
+
+    transport = _RecordingTransport()
+    late = HeadWithBody(transport, loop)  # type: ignore[arg-type]
+    late.write(b"HEAD")
+    assert transport.writes == []
+    await asyncio.sleep(0)
+    assert transport.writes == [b"HEAD"]
+    late.write(b"body")
+    assert transport.writes == [b"HEAD", b"body"]
+
+    transport = _RecordingTransport()
+    closing = HeadWithBody(transport, loop)  # type: ignore[arg-type]
+    closing.write(b"HEAD")
+    closing.close()
+    assert transport.writes == [b"HEAD"] and transport.closed
+    assert closing.get_extra_info("peername") == "extra peername"

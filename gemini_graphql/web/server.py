@@ -36,8 +36,47 @@ KEEP_ALIVE_SECONDS = 5
 MAX_HEAD_BYTES = 64 * 1024
 
 
+class HeadWithBody:
+    """One response's transport: the head uvicorn writes at `http.response.start` waits for
+    the first piece of its body, so a small response leaves in one write (one syscall, one
+    TCP segment) rather than two. A head still alone when the loop's turn ends goes alone
+    (a response whose body is slow to come). Everything else is the transport's."""
+
+    __slots__ = ("_loop", "_pending", "_started", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: bytes | None = None
+        self._started = False
+
+    def write(self, data: bytes) -> None:
+        if not self._started:
+            self._started = True
+            self._pending = data
+            self._loop.call_soon(self._flush)
+            return
+        if self._pending is not None:
+            data, self._pending = self._pending + data, None
+        self._transport.write(data)
+
+    def _flush(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            if not self._transport.is_closing():
+                self._transport.write(pending)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class SlowClientProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a deadline for each request's head.
+    """uvicorn's httptools protocol with a deadline for each request's head, and each
+    response's head written with its body (HeadWithBody).
 
     uvicorn stops its keep-alive timer at a request's first byte, then waits for the rest
     of the head for as long as the client likes: one header byte every few seconds holds a
@@ -82,6 +121,8 @@ class SlowClientProtocol(HttpToolsProtocol):
         self._in_head = False
         self._stop_header_timer()
         super().on_headers_complete()
+        if self.cycle is not None:  # the request's, just made
+            self.cycle.transport = HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
 
     def on_response_complete(self) -> None:
         next_head_in = bool(self.pipeline)  # a pipelined request, about to start
