@@ -15,7 +15,7 @@ from gemini_graphql.api.context import Context
 from gemini_graphql.api.schema import build_schema
 from gemini_graphql.app.http_app import create_app
 from gemini_graphql.config import Settings
-from gemini_graphql.web.middleware import WebSocketShortcut
+from gemini_graphql.web.middleware import Shortcut
 
 
 class StockGraphQL(GraphQL):
@@ -28,10 +28,8 @@ class StockGraphQL(GraphQL):
 def stock_app(settings: Settings):  # type: ignore[no-untyped-def]
     app = create_app(settings)
     view = StockGraphQL(build_schema(), graphql_ide=None)
-    # Our websocket endpoint is a middleware in front of the router: take it out.
-    app.user_middleware = [
-        entry for entry in app.user_middleware if entry.cls is not WebSocketShortcut
-    ]
+    # Our endpoints are middleware in front of the router (Shortcut): take them out.
+    app.user_middleware = [entry for entry in app.user_middleware if entry.cls is not Shortcut]
     routes = [route for route in app.router.routes if getattr(route, "path", None) != "/graphql"]
     app.router.routes = [
         Route("/graphql", view, methods=["GET", "POST"]),

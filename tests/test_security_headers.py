@@ -17,7 +17,7 @@ from starlette.types import Message
 
 from gemini_graphql.app.http_app import create_app
 from gemini_graphql.config import Settings
-from gemini_graphql.web.middleware import WebSocketShortcut
+from gemini_graphql.web.middleware import Shortcut
 from gemini_graphql.web.security_headers import SecurityHeadersMiddleware
 from tests.conftest import FakeClock, RecordingSms
 from tests.live import serve
@@ -150,9 +150,9 @@ async def test_websockets_pass_through_untouched() -> None:
     middleware = SecurityHeadersMiddleware(inner, force_https=True)
     await middleware({"type": "websocket", "path": "/other"}, receive, send)
     assert seen == {"receive": receive, "send": send}
-    # And the GraphQL websocket never reaches it: WebSocketShortcut comes first.
+    # And the GraphQL websocket never reaches it: its Shortcut comes first.
     order = [entry.cls for entry in create_app(Settings()).user_middleware]
-    assert order.index(WebSocketShortcut) < order.index(SecurityHeadersMiddleware)
+    assert order.index(Shortcut) < order.index(SecurityHeadersMiddleware)
 
 
 async def test_over_a_real_socket_there_is_no_server_header(

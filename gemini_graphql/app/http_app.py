@@ -33,7 +33,7 @@ from gemini_graphql.web.metrics import metrics_endpoint
 from gemini_graphql.web.middleware import (
     BodySizeLimitMiddleware,
     RequestIdMiddleware,
-    WebSocketShortcut,
+    Shortcut,
 )
 from gemini_graphql.web.routes import health, live, ready, root
 from gemini_graphql.web.security_headers import SecurityHeadersMiddleware
@@ -105,10 +105,11 @@ def create_app(
             finally:
                 process_exited()
 
+    graphql_route = Route("/graphql", graphql, methods=["GET", "POST"], name="graphql")
     return Starlette(
         debug=False,  # never render tracebacks; errors are logged with a request id
         routes=[  # the busiest first: the router tries them in order
-            Route("/graphql", graphql, methods=["GET", "POST"], name="graphql"),
+            graphql_route,
             Route("/", root, methods=["GET"], name="root"),
             Route("/health", health, methods=["GET"], name="health"),
             Route("/health/live", live, methods=["GET"], name="health_live"),
@@ -121,13 +122,22 @@ def create_app(
             *traced,  # outermost: the request's span covers all the rest
             Middleware(RequestIdMiddleware, access_log=settings.access_log),
             # The GraphQL websocket skips what follows (CORS, body cap, router): see there.
-            Middleware(WebSocketShortcut, path="/graphql", endpoint=graphql_ws),
+            Middleware(Shortcut, path="/graphql", endpoint=graphql_ws),
             Middleware(SecurityHeadersMiddleware, force_https=settings.force_https),
             cors_middleware(settings),
             Middleware(
                 BodySizeLimitMiddleware,
                 max_bytes=settings.max_body_bytes,
                 timeout_seconds=settings.http_body_timeout_seconds,
+            ),
+            # GraphQL over HTTP skips the router and its exception middleware: see there.
+            Middleware(
+                Shortcut,
+                path="/graphql",
+                endpoint=graphql,
+                kind="http",
+                methods=frozenset({"GET", "POST"}),
+                route=graphql_route,
             ),
         ],
         lifespan=lifespan,
