@@ -86,7 +86,7 @@ class Mailbox:
     __slots__ = ("_events", "_waiter", "direct", "last_put")
 
     def __init__(self, now: float) -> None:
-        self._events: deque[bytes | None] | None = None  # made at the first event
+        self._events: deque[bytes | None] | None = None  # while anything waits in it
         self._waiter: asyncio.Future[None] | None = None
         self.direct: Direct | None = None
         self.last_put = now
@@ -129,7 +129,10 @@ class Mailbox:
                 await self._waiter
             finally:
                 self._waiter = None
-        return self._events.popleft()
+        data = self._events.popleft()
+        if not self._events:  # an empty deque keeps a 600-byte block: idle, hold none
+            self._events = None
+        return data
 
 
 class Relay:

@@ -54,17 +54,23 @@ class RequestIdMiddleware:
         started = time.perf_counter()
         status = 0
 
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
-            await send(message)
+        downstream = send  # a websocket: no response head to stamp, many frames to send
+        if scope["type"] == "http":
 
+            async def send_with_id(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    message.setdefault("headers", [])
+                    message["headers"] = [
+                        *message["headers"],
+                        (b"x-request-id", request_id.encode()),
+                    ]
+                await send(message)
+
+            downstream = send_with_id
         try:
-            # A websocket sends no response head to stamp, but many frames: its sends go direct.
-            await self.app(scope, receive, send_with_id if scope["type"] == "http" else send)
+            await self.app(scope, receive, downstream)
         finally:
             duration_ms = round((time.perf_counter() - started) * 1000, 1)
             if self._wanted(scope, status, duration_ms):
