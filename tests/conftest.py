@@ -21,6 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 from starlette.applications import Starlette
 
+from gemini_graphql.app.embedded_redis import EmbeddedRedis
 from gemini_graphql.app.http_app import create_app
 from gemini_graphql.chat.reply_stream import ReplyChannels
 from gemini_graphql.config import AppEnv, Settings
@@ -259,3 +260,16 @@ def new_number() -> str:
     tests spell out are in +1 415, so a generated one never collides with them)."""
     n = uuid.uuid4().int % (800 * 10**4)
     return f"+1201{200 + n // 10**4}{n % 10**4:04d}"
+
+
+@pytest.fixture(scope="module")
+def dev_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """The dev mode's stores, once for the module: a migrated SQLite file, embedded Redis."""
+    database = tmp_path_factory.mktemp("dev") / "dev.sqlite3"
+    url = f"sqlite+aiosqlite:///{database}"
+    migrate(url)
+    embedded = EmbeddedRedis().start()
+    try:
+        yield url, embedded.url
+    finally:
+        embedded.stop()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -19,11 +19,9 @@ import pytest
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 
-from gemini_graphql.app.embedded_redis import EmbeddedRedis
 from gemini_graphql.chat.reply_stream import ReplyChannels
 from gemini_graphql.config import Settings
 from gemini_graphql.ids import new_id
-from gemini_graphql.infra.migrate import migrate
 from gemini_graphql.models import Message
 from gemini_graphql.testing.fakes.gemini import FakeGemini, Script, prompt_tokens
 from tests.chat_harness import (
@@ -75,19 +73,6 @@ EVENTS = """subscription($room: ID) { chatroomEvents(chatroomId: $room) {
   type chatroomId at chatroom { id title } message { id role status content } } }"""
 EVENT_TYPES = """subscription { chatroomEvents { type chatroomId at } }"""
 USAGE = "query { me { usage { used tokensToday } } }"
-
-
-@pytest.fixture(scope="module")
-def dev_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """The dev mode's stores, once for the module: a migrated SQLite file, embedded Redis."""
-    database = tmp_path_factory.mktemp("dev") / "dev.sqlite3"
-    url = f"sqlite+aiosqlite:///{database}"
-    migrate(url)
-    embedded = EmbeddedRedis().start()
-    try:
-        yield url, embedded.url
-    finally:
-        embedded.stop()
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

@@ -7,7 +7,7 @@ in a transaction of two; both are held to the same outcomes here."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -16,7 +16,6 @@ import pytest
 import sqlalchemy as sa
 
 from gemini_graphql.ai.model import Chunk, ModelError, TokenCounts, Turn
-from gemini_graphql.app.embedded_redis import EmbeddedRedis
 from gemini_graphql.chat.quota import add_tokens, give_back_one, utc_day
 from gemini_graphql.chat.replies import ReplyGenerator
 from gemini_graphql.chat.reply_stream import ReplyChannels
@@ -24,24 +23,11 @@ from gemini_graphql.chat.room_events import RoomEventChannels
 from gemini_graphql.chat.stops import StopRequests
 from gemini_graphql.config import Settings
 from gemini_graphql.ids import new_id
-from gemini_graphql.infra.migrate import migrate
 from gemini_graphql.infra.resources import Resources
 from gemini_graphql.models import Chatroom, Message, User
 
 USERS, ROOMS, MESSAGES = (model.__table__ for model in (User, Chatroom, Message))  # type: ignore[attr-defined]
 DEFAULT_INSTRUCTION = "the default instruction"
-
-
-@pytest.fixture(scope="module")
-def dev_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    database = tmp_path_factory.mktemp("dev") / "dev.sqlite3"
-    url = f"sqlite+aiosqlite:///{database}"
-    migrate(url)
-    embedded = EmbeddedRedis().start()
-    try:
-        yield url, embedded.url
-    finally:
-        embedded.stop()
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

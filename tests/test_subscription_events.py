@@ -64,45 +64,8 @@ GENERAL = """subscription($id: ID!) {
 }"""
 
 
-async def collect(
-    client: WsClient, document: str, reply_id: str, op_id: str
-) -> list[dict[str, Any]]:
-    await client.socket.send(
-        json.dumps(
-            {
-                "id": op_id,
-                "type": "subscribe",
-                "payload": {"query": document, "variables": {"id": reply_id}},
-            }
-        )
-    )
-    events = []
-    while True:
-        message = json.loads(await client.socket.recv())
-        if message["type"] == "complete":
-            return events
-        assert message["type"] == "next" and "errors" not in message["payload"], message
-        events.append(message["payload"]["data"]["stream"])
-
-
-async def test_flat_and_general_paths_answer_alike(
-    live: Live, worker, sms: RecordingSms, fake_gemini, pg
-) -> None:
-    token, reply_id = await finished_reply(live, sms, fake_gemini[0], pg)
-    async with WsClient.connect(live.ws_url, token) as client:
-        flat = await collect(client, FLAT, reply_id, "flat")
-        general = await collect(client, GENERAL, reply_id, "general")
-    assert [event["n"] for event in flat] == [1, 2, 3, 4, 5, 6]
-    assert flat == [
-        {key: value for key, value in event.items() if key != "message"} for event in general
-    ]
-    assert {event["kind"] for event in flat} == {"ReplyEvent"}
-    assert flat[-1]["status"] == "COMPLETE" and flat[0]["status"] == "STREAMING"
-    assert general[-1]["message"]["id"] == reply_id
-
-
 async def frames(client: WsClient, document: str, reply_id: str, op_id: str) -> list[str]:
-    """The raw text of every `next` message of one subscription, up to its `complete`."""
+    """The raw text of every message of one subscription, up to its `complete`."""
     await client.socket.send(
         json.dumps(
             {
@@ -119,6 +82,33 @@ async def frames(client: WsClient, document: str, reply_id: str, op_id: str) -> 
         if json.loads(text)["type"] == "complete":
             return texts
         texts.append(text)
+
+
+async def collect(
+    client: WsClient, document: str, reply_id: str, op_id: str
+) -> list[dict[str, Any]]:
+    events = []
+    for text in await frames(client, document, reply_id, op_id):
+        message = json.loads(text)
+        assert message["type"] == "next" and "errors" not in message["payload"], message
+        events.append(message["payload"]["data"]["stream"])
+    return events
+
+
+async def test_flat_and_general_paths_answer_alike(
+    live: Live, worker, sms: RecordingSms, fake_gemini, pg
+) -> None:
+    token, reply_id = await finished_reply(live, sms, fake_gemini[0], pg)
+    async with WsClient.connect(live.ws_url, token) as client:
+        flat = await collect(client, FLAT, reply_id, "flat")
+        general = await collect(client, GENERAL, reply_id, "general")
+    assert [event["n"] for event in flat] == [1, 2, 3, 4, 5, 6]
+    assert flat == [
+        {key: value for key, value in event.items() if key != "message"} for event in general
+    ]
+    assert {event["kind"] for event in flat} == {"ReplyEvent"}
+    assert flat[-1]["status"] == "COMPLETE" and flat[0]["status"] == "STREAMING"
+    assert general[-1]["message"]["id"] == reply_id
 
 
 async def test_live_events_written_at_once_match_the_general_path(
