@@ -18,7 +18,7 @@ _TODAY = sa.bindparam("today", type_=sa.Date)
 _CONSUME_ONE = (
     sa.update(_USERS)
     .where(
-        _USERS.c.id == sa.bindparam("user_id"),
+        _USERS.c.id == sa.bindparam("owner_id"),
         sa.or_(
             _USERS.c.last_message_date.is_distinct_from(_TODAY),
             _USERS.c.daily_message_count
@@ -76,6 +76,31 @@ def usage_of(user: User, settings: Settings, now: datetime) -> Usage:
     )
 
 
+def consuming(gate: sa.ColumnElement[bool]) -> sa.Update:
+    """consume_one's UPDATE, counting only where `gate` holds too (with its parameters, see
+    consume_parameters; it returns the count and the tier, see counted). For a statement
+    that counts the message together with other steps: Messages.add_turn's, which counts it
+    only in a room it found, and locked first."""
+    return _CONSUME_ONE.where(gate)
+
+
+def consume_parameters(user_id: uuid.UUID, settings: Settings, now: datetime) -> dict[str, object]:
+    return {
+        "owner_id": user_id,
+        "today": utc_day(now),
+        "pro_limit": settings.pro_daily_limit,
+        "basic_limit": settings.basic_daily_limit,
+    }
+
+
+def counted(used: int, tier: str, settings: Settings, now: datetime) -> Usage:
+    """The usage after a message was counted: the count and tier the UPDATE returned."""
+    cap = daily_limit(settings, Tier(tier))
+    return Usage(
+        used=used, limit=cap, remaining=max(0, cap - used), resets_at=next_utc_midnight(now)
+    )
+
+
 async def consume_one(
     session: AsyncSession | AsyncConnection, user_id: uuid.UUID, settings: Settings, now: datetime
 ) -> Usage | None:
@@ -85,21 +110,12 @@ async def consume_one(
     each re-checks the condition, so N parallel sends against a limit of 5
     accept exactly 5.
     """
-    parameters = {
-        "user_id": user_id,
-        "today": utc_day(now),
-        "pro_limit": settings.pro_daily_limit,
-        "basic_limit": settings.basic_daily_limit,
-    }
-    result = await session.execute(_CONSUME_ONE, parameters)
+    result = await session.execute(_CONSUME_ONE, consume_parameters(user_id, settings, now))
     row = result.first()
     if row is None:
         return None
     used, tier = row
-    cap = daily_limit(settings, Tier(tier))
-    return Usage(
-        used=used, limit=cap, remaining=max(0, cap - used), resets_at=next_utc_midnight(now)
-    )
+    return counted(used, tier, settings, now)
 
 
 _GIVEN_BACK_ON = sa.bindparam("given_back_on", type_=sa.Date)

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from gemini_graphql.chat.room_events import RoomEvent, RoomEventChannels
@@ -85,16 +86,24 @@ class RoomListCache:
     async def invalidate(self, user_id: uuid.UUID, announce: Sequence[RoomEvent] = ()) -> None:
         """Called after a commit, with the room events it makes (sent in the same round
         trip); a Redis outage must not turn a done change into an error."""
-        version_key, _ = self._keys(user_id)
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.incr(version_key)
-                pipe.expire(version_key, VERSION_TTL_SECONDS)
-                await self._users.changed(user_id, pipe)
-                self._events.publish_into(pipe, user_id, announce)
+                await self.invalidate_on(pipe, user_id, announce)
                 await pipe.execute()
         except RedisError:
             log.warning("could not invalidate the room list of %s", user_id, exc_info=True)
+
+    async def invalidate_on(
+        self, pipe: Pipeline, user_id: uuid.UUID, announce: Sequence[RoomEvent] = ()
+    ) -> None:
+        """`invalidate`'s commands, added to `pipe` (a transaction), for a caller that sends
+        more in the same round trip; it executes `pipe` after its commit, and decides what a
+        failure means."""
+        version_key, _ = self._keys(user_id)
+        pipe.incr(version_key)
+        pipe.expire(version_key, VERSION_TTL_SECONDS)
+        await self._users.changed(user_id, pipe)
+        self._events.publish_into(pipe, user_id, announce)
 
 
 def _row(room: Chatroom) -> dict[str, str | None]:
