@@ -46,6 +46,12 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         if scope is not None:
             scope["extensions"][SEND_NOWAIT] = self.send_nowait
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        scope = getattr(self, "scope", None)
+        if scope is not None:  # the extension refers back to this protocol: let go
+            scope["extensions"].pop(SEND_NOWAIT, None)
+
     def send_nowait(self, text: bytes) -> bool:
         """The SEND_NOWAIT extension: one text message (UTF-8) written now, or False when
         it has to wait (the socket's buffer is full) or go through `send` (closing)."""

@@ -483,22 +483,27 @@ class _DirectNext:
     and the operation goes on. An object of slots, not a closure: every idle subscription
     holds one."""
 
-    __slots__ = ("_connection", "_events", "_flat", "_head", "_task")
+    __slots__ = ("_connection", "_events", "_flat", "_head", "_op_id")
 
     def __init__(
         self, connection: _Connection, op_id: str, flat: FlatEvents, events: Counter | None
     ) -> None:
-        task = asyncio.current_task()
-        assert task is not None and connection._send_now is not None
+        assert connection._send_now is not None
         self._connection = connection
-        self._task = task  # the operation's
+        # The operation's task is looked up, not held: the task's context holds this sink,
+        # and a reference back would keep every finished operation until the cycle collector
+        # got round to it.
+        self._op_id = op_id
         self._flat = flat
         self._events = events
         self._head = b'{"id":' + orjson.dumps(op_id) + b',"type":"next","payload":{"data":'
 
     def __call__(self, event: Any) -> bool:
         connection = self._connection
-        if not connection._open or connection._waiting or self._task.cancelling():
+        if not connection._open or connection._waiting:
+            return False
+        task = connection._operations.get(self._op_id)
+        if task is None or task.cancelling():  # completed by the client, or closing
             return False
         data = self._flat.data(event)
         if data is None or not connection._send_now(self._head + orjson.dumps(data) + b"}}"):  # type: ignore[misc]
