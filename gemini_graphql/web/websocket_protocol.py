@@ -63,8 +63,7 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
     async def send(self, message: Any) -> None:
         if message["type"] == "websocket.send" and (text := message.get("text")) is not None:
             await self.writable.wait()  # uvicorn's flow control, as its own send
-            if not self.disconnected and self._frames_plain():
-                self.transport.write(text_frame(text.encode()))
+            if self.send_nowait(text.encode()):
                 return
         await super().send(message)  # everything else, and its errors, as uvicorn does
         if self.handshake_complete and getattr(self, "response", None) is not None:

@@ -102,9 +102,10 @@ class FlatEvents:
         """
         async with aclosing(events):  # closing this closes the source (its Redis channel) at once
             async for event in events:
-                try:
-                    result = ExecutionResult({self._root_key: self._render(event)}, None)
-                except _NotFlat:
+                data = self.data(event)
+                if data is not None:
+                    result = ExecutionResult(data, None)
+                else:
                     executed = execute_subscription_event(rebuild().build_per_event_executor(event))
                     result = await executed if isawaitable(executed) else executed  # type: ignore[misc]
                 yield result
